@@ -1,0 +1,1 @@
+"""The national register of personal identification numbers and citizen identity cards."""

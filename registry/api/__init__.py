@@ -1,0 +1,1 @@
+"""The gRPC edge: interceptors, proto<->domain conversion, error translation, servicers."""

@@ -1,0 +1,125 @@
+"""In-memory copies of small, hot tables, kept fresh from the database.
+
+Agencies and keys are read on every call, so the server holds a snapshot and replaces it
+whole when the database says they changed (LISTEN registry_agencies, fired by a trigger), with
+a periodic reload as a safety net for notifications lost while the listener was reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+from registry.db import agencies, prefixes
+from registry.db.pool import Database
+from registry.pin import PrefixTable
+from registry.tokens import DirectorySnapshot
+
+log = logging.getLogger(__name__)
+
+_CHANNEL = "registry_agencies"
+
+
+class AgencyDirectory:
+    """The current snapshot of agencies and their keys."""
+
+    def __init__(self, db: Database, refresh_s: float = 5.0):
+        self._db = db
+        self._refresh_s = refresh_s
+        self.snapshot = DirectorySnapshot({}, {})
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the snapshot and keep it fresh in the background."""
+        await self.reload()
+        self._task = asyncio.create_task(self._run(), name="agency-directory")
+
+    async def reload(self) -> None:
+        """Replace the snapshot with the database's current agencies and keys."""
+        async with self._lock:
+            rows = await agencies.list_all(self._db.pool)
+            self.snapshot = DirectorySnapshot.from_agencies(rows)
+            self._loaded_at = time.monotonic()
+
+    async def reload_if_stale(self, min_age_s: float = 1.0) -> bool:
+        """Reload unless the snapshot is younger than min_age_s; tell whether it reloaded.
+
+        Called when a token names an unknown key, so a just-registered agency works at once,
+        while a flood of bad tokens costs at most one query per second.
+        """
+        if time.monotonic() - self._loaded_at < min_age_s:
+            return False
+        await self.reload()
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+                    await self.reload()  # changes made while we were not listening
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._refresh_s)
+                self._wake.clear()
+                await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("agency directory refresh failed: %s", type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _listen(self) -> None:
+        if self._listener is not None:
+            self._listener.terminate()
+        self._listener = await asyncpg.connect(self._db.dsn, timeout=5.0)
+        await self._listener.add_listener(_CHANNEL, self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._listener is not None:
+            self._listener.terminate()
+
+
+class PrefixCache:
+    """The PIN province-code table, re-read periodically (operators change it rarely)."""
+
+    def __init__(self, db: Database, refresh_s: float = 30.0):
+        self._db = db
+        self._refresh_s = refresh_s
+        self.table = PrefixTable.load_default()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the table and keep it fresh in the background."""
+        self.table = await prefixes.load(self._db.pool)
+        self._task = asyncio.create_task(self._run(), name="prefix-cache")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                self.table = await prefixes.load(self._db.pool)
+            except Exception as exc:
+                log.warning("prefix table refresh failed: %s", type(exc).__name__)
+
+    async def close(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

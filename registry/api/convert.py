@@ -1,0 +1,97 @@
+"""Conversion between protobuf messages and domain types; no rules live here."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+
+from registry.dates import PartialDate
+from registry.model import Citizen
+from registry.registration import DateParts, RawBirth, RawDeath
+from registry.v1 import citizen_pb2, civil_registration_service_pb2
+
+
+def date_parts(value: date_pb2.Date) -> DateParts:
+    """Return a google.type.Date as (year, month, day); all zero when not given."""
+    return (value.year, value.month, value.day)
+
+
+def partial_date(value: PartialDate | None) -> date_pb2.Date | None:
+    """Return a PartialDate as google.type.Date (0 for unknown month/day)."""
+    if value is None:
+        return None
+    return date_pb2.Date(year=value.year, month=value.month or 0, day=value.day or 0)
+
+
+def raw_birth(request: civil_registration_service_pb2.RegisterBirthRequest) -> RawBirth:
+    """Take the fields of a RegisterBirthRequest as given."""
+    return RawBirth(
+        request_id=request.request_id,
+        full_name=request.full_name,
+        sex=request.sex,
+        date_of_birth=date_parts(request.date_of_birth),
+        place_of_birth=request.place_of_birth,
+        registration_province_code=request.registration_province_code,
+        hometown=request.hometown,
+        ethnicity=request.ethnicity,
+        nationality=request.nationality,
+        father_pin=request.father_pin,
+        mother_pin=request.mother_pin,
+        registration_authority=request.registration_authority,
+        registration_number=request.registration_number,
+        registered_on=date_parts(request.registered_on),
+    )
+
+
+def raw_death(request: civil_registration_service_pb2.RegisterDeathRequest) -> RawDeath:
+    """Take the fields of a RegisterDeathRequest as given."""
+    return RawDeath(
+        request_id=request.request_id,
+        pin=request.pin,
+        date_of_death=date_parts(request.date_of_death),
+        registration_authority=request.registration_authority,
+        registration_number=request.registration_number,
+    )
+
+
+def citizen(value: Citizen) -> citizen_pb2.Citizen:
+    """Return the full Citizen message of a record."""
+    message = citizen_pb2.Citizen(
+        pin=value.pin,
+        full_name=value.full_name,
+        other_names=value.other_names,
+        date_of_birth=partial_date(value.date_of_birth),
+        sex=int(value.sex),
+        place_of_birth=value.place_of_birth,
+        registration_province_code=value.registration_province_code,
+        hometown=value.hometown,
+        ethnicity=value.ethnicity,
+        religion=value.religion,
+        nationality=value.nationality,
+        blood_type=int(value.blood_type),
+        legacy_ids=value.legacy_ids,
+        father_pin=value.father_pin or "",
+        mother_pin=value.mother_pin or "",
+        spouse_pin=value.spouse_pin or "",
+        representative_pin=value.representative_pin or "",
+        permanent_address=value.permanent_address,
+        temporary_address=value.temporary_address,
+        current_address=value.current_address,
+        marital_status=int(value.marital_status),
+        status=int(value.status),
+        date_of_death=partial_date(value.date_of_death),
+        replaced_by_pin=value.replaced_by_pin or "",
+        version=value.version,
+        pin_mismatch=value.pin_mismatch,
+    )
+    if value.create_time is not None:
+        message.create_time.CopyFrom(_timestamp(value.create_time))
+    if value.update_time is not None:
+        message.update_time.CopyFrom(_timestamp(value.update_time))
+    return message
+
+
+def _timestamp(value: object) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)  # type: ignore[arg-type]
+    return stamp

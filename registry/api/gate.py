@@ -1,0 +1,237 @@
+"""The gate every RPC passes: authentication, scope, error translation, one access-log line.
+
+Implemented as an aio server interceptor that wraps each method handler, so the wrapper runs
+in the handler's own task: it can abort with a rich status, and the authenticated caller is
+visible to the servicer through `current_caller()`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from registry.api.caches import AgencyDirectory
+from registry.api.errors import to_grpc_status
+from registry.db.pool import is_unavailable
+from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
+from registry.model import Caller
+from registry.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("registry.access")
+
+_V1 = "/registry.v1."
+# The scope each RPC needs (SPEC §5). None: any authenticated agency. A method missing here
+# is refused: new RPCs must be given a scope deliberately.
+METHOD_SCOPES: dict[str, str | None] = {
+    f"{_V1}CivilRegistrationService/RegisterBirth": "birth:register",
+    f"{_V1}CivilRegistrationService/RegisterDeath": "death:register",
+    f"{_V1}CardService/IssueCard": "card:issue",
+    f"{_V1}CardService/RevokeCard": "card:revoke",
+    f"{_V1}CardService/WithholdCard": "card:revoke",
+    f"{_V1}CardService/ReleaseCard": "card:revoke",
+    f"{_V1}CardService/ListCards": "card:read",
+    f"{_V1}CardService/LinkLegacyId": "card:issue",
+    f"{_V1}IdentityService/VerifyIdentity": "identity:verify",
+    f"{_V1}IdentityService/BatchVerify": "identity:verify",
+    f"{_V1}IdentityService/GetCitizen": "citizen:read",
+    f"{_V1}IdentityService/ResolveLegacyId": "citizen:read",
+    f"{_V1}IdentityService/GetSigningKeys": None,
+    f"{_V1}PopulationService/ImportCitizens": "population:import",
+    f"{_V1}PopulationService/UpdateCitizen": "citizen:update",
+    f"{_V1}PopulationService/WatchChanges": "changes:watch",
+    f"{_V1}AuditService/ListAccessLog": "audit:read",
+}
+# Served without a token: load balancers and tools must reach these.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_MAX_PURPOSE = 200
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+
+
+def current_caller() -> Caller:
+    """Return the authenticated caller of the RPC being served."""
+    return _caller.get()
+
+
+def _bearer(metadata: Any) -> tuple[str, str]:
+    token = ""
+    purpose = ""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, rest = value.partition(" ")
+            if scheme.lower() == "bearer":
+                token = rest.strip()
+        elif key == "x-purpose" and isinstance(value, str):
+            purpose = "".join(ch for ch in value if ch.isprintable())[:_MAX_PURPOSE]
+    return token, purpose
+
+
+class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticate and authorise every non-public call; translate its errors."""
+
+    def __init__(self, directory: AgencyDirectory, verifier: TokenVerifier):
+        self._directory = directory
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        scope = METHOD_SCOPES.get(method, "")
+        wrap = {
+            "unary_unary": (self._unary, grpc.unary_unary_rpc_method_handler),
+            "stream_unary": (self._unary, grpc.stream_unary_rpc_method_handler),
+            "unary_stream": (self._streaming, grpc.unary_stream_rpc_method_handler),
+            "stream_stream": (self._streaming, grpc.stream_stream_rpc_method_handler),
+        }
+        for kind, (wrapper, make) in wrap.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make(  # type: ignore[no-any-return]
+                    wrapper(behavior, method, scope),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None) -> Caller:
+        token, purpose = _bearer(context.invocation_metadata())
+        if not token:
+            raise unauthenticated(
+                "TOKEN_MISSING", "the call needs 'authorization: Bearer <agency JWT>' metadata"
+            )
+        try:
+            caller = self._verifier.verify(token, self._directory.snapshot, purpose)
+        except RegistryError as exc:
+            if exc.reason != "TOKEN_KEY_UNKNOWN" or not await self._directory.reload_if_stale():
+                raise
+            caller = self._verifier.verify(token, self._directory.snapshot, purpose)
+        if scope == "":
+            raise permission_denied("METHOD_NOT_ALLOWED", "this method is not open to agencies")
+        if scope is not None and scope not in caller.scopes:
+            raise permission_denied(
+                "SCOPE_MISSING",
+                f"the token does not grant the scope {scope!r} this method needs",
+                required_scope=scope,
+            )
+        return caller
+
+    def _unary(self, behavior: Callable[..., Any], method: str, scope: str | None) -> Callable[..., Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            try:
+                caller = await self._authorize(context, scope)
+                outcome.agency = caller.agency_id
+                token = _caller.set(caller)
+                try:
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
+                finally:
+                    _caller.reset(token)
+            except BaseException as exc:
+                await self._fail(exc, context, outcome)
+                raise
+            finally:
+                outcome.log(method, started)
+
+        return call
+
+    def _streaming(
+        self, behavior: Callable[..., Any], method: str, scope: str | None
+    ) -> Callable[..., Any]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            try:
+                caller = await self._authorize(context, scope)
+                outcome.agency = caller.agency_id
+                token = _caller.set(caller)
+                try:
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        await result
+                    else:
+                        async for response in result:
+                            yield response
+                finally:
+                    _caller.reset(token)
+            except BaseException as exc:
+                await self._fail(exc, context, outcome)
+                raise
+            finally:
+                outcome.log(method, started)
+
+        return call
+
+    async def _fail(
+        self, exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome
+    ) -> None:
+        """Abort the call with the status the exception deserves (raises AbortError)."""
+        if isinstance(exc, grpc.aio.AbortError | GeneratorExit):
+            return  # already aborted / stream closed by the client
+        if not isinstance(exc, Exception):
+            outcome.status = "CANCELLED"
+            return  # cancellation (client gone, deadline passed): nothing to answer
+        error = _as_registry_error(exc)
+        outcome.status = error.code.value
+        outcome.reason = error.reason
+        await context.abort_with_status(to_grpc_status(error))
+
+
+def _as_registry_error(exc: Exception) -> RegistryError:
+    if isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, NotImplementedError):
+        return RegistryError(
+            Code.UNIMPLEMENTED, "NOT_IMPLEMENTED", "this RPC is declared but not implemented yet"
+        )
+    if is_unavailable(exc):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return unavailable("the register's database is temporarily unavailable; retry shortly")
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s", error_id, exc_info=exc)
+    return RegistryError(
+        Code.INTERNAL,
+        "INTERNAL",
+        f"internal error; quote error id {error_id} to the registry operator",
+        metadata={"error_id": error_id},
+    )
+
+
+class _Outcome:
+    __slots__ = ("agency", "reason", "status")
+
+    def __init__(self) -> None:
+        self.agency = "-"
+        self.status = "OK"
+        self.reason = ""
+
+    def log(self, method: str, started: float) -> None:
+        access_log.info(
+            "rpc",
+            extra={
+                "fields": {
+                    "agency": self.agency,
+                    "method": method,
+                    "status": self.status,
+                    "reason": self.reason,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+            },
+        )

@@ -1,0 +1,157 @@
+"""Assembly of the gRPC server: servicers, the call gate, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from registry.api.caches import AgencyDirectory, PrefixCache
+from registry.api.civil_registration import CivilRegistrationServicer
+from registry.api.gate import CallGate
+from registry.config import Settings
+from registry.db.pool import Database
+from registry.tokens import TokenVerifier
+from registry.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    card_service_pb2,
+    card_service_pb2_grpc,
+    civil_registration_service_pb2,
+    civil_registration_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    population_service_pb2,
+    population_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    civil_registration_service_pb2.DESCRIPTOR.services_by_name["CivilRegistrationService"].full_name,
+    card_service_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
+    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    population_service_pb2.DESCRIPTOR.services_by_name["PopulationService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class RegistryServer:
+    """A built server and the background work that keeps it honest."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    db: Database
+    directory: AgencyDirectory
+    prefixes: PrefixCache
+    settings: Settings
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start serving; health turns SERVING once the database answers."""
+        await self.server.start()
+        self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
+        log.info("registry serving on port %d", self.port)
+
+    async def _watch_database(self) -> None:
+        serving: bool | None = None
+        while True:
+            ok = await self.db.ping(timeout=max(self.settings.health_check_s, 1.0))
+            if ok != serving:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ("", *SERVICE_NAMES):
+                    await self.health.set(name, status)
+                if serving is not None:
+                    log.warning("database %s", "is back: SERVING" if ok else "unreachable: NOT_SERVING")
+                serving = ok
+            await asyncio.sleep(self.settings.health_check_s)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, finish in-flight calls within grace, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.directory.close()
+        await self.prefixes.close()
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_enabled:
+        return None
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def build_server(settings: Settings, db: Database) -> RegistryServer:
+    """Build (not start) the server on a migrated database."""
+    directory = AgencyDirectory(db, refresh_s=settings.agency_refresh_s)
+    prefixes = PrefixCache(db)
+    await directory.start()
+    await prefixes.start()
+    verifier = TokenVerifier(
+        settings.jwt_audience,
+        max_lifetime_s=settings.token_max_lifetime_s,
+        leeway_s=settings.clock_skew_s,
+    )
+    server = grpc.aio.server(
+        interceptors=[CallGate(directory, verifier)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    civil_registration_service_pb2_grpc.add_CivilRegistrationServiceServicer_to_server(
+        CivilRegistrationServicer(db, prefixes), server
+    )
+    # Declared services whose RPCs later work implements: the generated base classes answer
+    # UNIMPLEMENTED (after authentication, like every call).
+    card_service_pb2_grpc.add_CardServiceServicer_to_server(
+        card_service_pb2_grpc.CardServiceServicer(), server
+    )
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+        identity_service_pb2_grpc.IdentityServiceServicer(), server
+    )
+    population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
+        population_service_pb2_grpc.PopulationServiceServicer(), server
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        audit_service_pb2_grpc.AuditServiceServicer(), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.listen}")
+    return RegistryServer(server, port, health, db, directory, prefixes, settings)

@@ -1,0 +1,201 @@
+"""Use cases of the civil-status systems: register a birth (issue a PIN), register a death."""
+
+from __future__ import annotations
+
+import logging
+import asyncpg
+
+from registry import pin as pins
+from registry.db import citizens, idempotency
+from registry.db import pins as buckets
+from registry.db.pool import Database
+from registry.errors import (
+    Code,
+    PreconditionViolation,
+    QuotaViolation,
+    RegistryError,
+    failed_precondition,
+    not_found,
+)
+from registry.model import BirthRegistration, Caller, Citizen, CitizenStatus, DeathRegistration
+from registry.registration import request_hash
+
+log = logging.getLogger(__name__)
+
+REGISTER_BIRTH = "RegisterBirth"
+REGISTER_DEATH = "RegisterDeath"
+# A number already held by an imported record is skipped; the permutation makes such hits
+# independent, so even a bucket that is half taken needs more than 16 draws about once
+# in 65,000 births.
+_MAX_TAKEN_NUMBERS = 16
+
+
+async def _replay(
+    conn: asyncpg.Connection, stored: idempotency.StoredRequest, method: str, digest: bytes, request_id: str
+) -> Citizen:
+    pin = idempotency.check_replay(stored, method, digest, request_id)
+    citizen = await citizens.get(conn, pin)
+    if citizen is None:  # pragma: no cover - citizens are never deleted
+        raise RegistryError(Code.INTERNAL, "REPLAY_TARGET_MISSING", "the original record is gone")
+    return citizen
+
+
+async def _check_parents(conn: asyncpg.Connection, birth: BirthRegistration) -> None:
+    given = {"father_pin": birth.father_pin, "mother_pin": birth.mother_pin}
+    wanted = [p for p in given.values() if p is not None]
+    if not wanted:
+        return
+    found = await citizens.get_many(conn, wanted)
+    violations: list[PreconditionViolation] = []
+    for field, parent_pin in given.items():
+        if parent_pin is None:
+            continue
+        parent = found.get(parent_pin)
+        if parent is None:
+            violations.append(
+                PreconditionViolation("PARENT_NOT_FOUND", field, f"no citizen has PIN {parent_pin}")
+            )
+        elif parent.status == CitizenStatus.PIN_CANCELLED:
+            violations.append(
+                PreconditionViolation(
+                    "PARENT_PIN_CANCELLED",
+                    field,
+                    f"PIN {parent_pin} was cancelled and replaced by {parent.replaced_by_pin}; "
+                    "use the new PIN",
+                )
+            )
+        elif parent.date_of_birth.earliest() >= birth.date_of_birth.latest():
+            violations.append(
+                PreconditionViolation(
+                    "PARENT_BORN_AFTER_CHILD",
+                    field,
+                    f"the citizen with PIN {parent_pin} was born on or after the child",
+                )
+            )
+    if violations:
+        raise failed_precondition(
+            violations[0].type,
+            "the parents' records do not allow this registration: "
+            + "; ".join(v.description for v in violations),
+            violations,
+        )
+
+
+async def register_birth(
+    db: Database,
+    caller: Caller,
+    request_id: str,
+    birth: BirthRegistration,
+) -> tuple[Citizen, bool]:
+    """Create the citizen and issue the PIN; return (citizen, replayed)."""
+    digest = request_hash(REGISTER_BIRTH, birth)
+    bucket = pins.bucket_for(birth.registration_province_code, birth.sex, birth.date_of_birth.year)
+    async with db.pool.acquire() as conn:
+        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+        if stored is not None:
+            return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+        await _check_parents(conn, birth)
+        for _ in range(_MAX_TAKEN_NUMBERS):
+            async with db.counters.acquire() as counter_conn:
+                reserved = await buckets.reserve(counter_conn, bucket)
+            if reserved is None:
+                raise _bucket_full(bucket)
+            counter, key = reserved
+            pin = pins.allocate(bucket, key, counter)
+            try:
+                citizen = await citizens.insert_birth(
+                    conn,
+                    pin,
+                    birth,
+                    agency_id=caller.agency_id,
+                    request_id=request_id,
+                    method=REGISTER_BIRTH,
+                    request_hash=digest,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "idempotency_keys_pkey":
+                    # The same key was carried out by a concurrent call: answer as a replay.
+                    stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+                    assert stored is not None
+                    return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+                if exc.constraint_name == "citizens_pkey":
+                    log.warning("PIN number in bucket %s already held; drawing the next", bucket)
+                    continue
+                raise
+            except asyncpg.ForeignKeyViolationError:
+                # A parent vanished between the check and the insert: cannot happen while
+                # citizens are never deleted; re-check to answer precisely.
+                await _check_parents(conn, birth)
+                raise
+            return citizen, False
+    raise RegistryError(
+        Code.RESOURCE_EXHAUSTED,
+        "PIN_BUCKET_CONGESTED",
+        f"could not find a free PIN in bucket {bucket} after {_MAX_TAKEN_NUMBERS} draws",
+        quota_violations=(QuotaViolation(f"pin-bucket:{bucket}", "too many numbers taken"),),
+    )
+
+
+def _bucket_full(bucket: pins.Bucket) -> RegistryError:
+    return RegistryError(
+        Code.RESOURCE_EXHAUSTED,
+        "PIN_BUCKET_EXHAUSTED",
+        f"all {pins.BUCKET_SIZE:,} PINs of bucket {bucket} (province {bucket.province_code}, "
+        f"birth year {bucket.birth_year}, {bucket.sex.name.lower()}) have been issued; "
+        "an operator must open a new province code for this registration",
+        quota_violations=(
+            QuotaViolation(f"pin-bucket:{bucket}", "no unissued numbers left in this bucket"),
+        ),
+        metadata={"bucket": str(bucket)},
+    )
+
+
+async def register_death(
+    db: Database, caller: Caller, request_id: str, death: DeathRegistration
+) -> tuple[Citizen, bool]:
+    """Mark a living citizen deceased; return (citizen, replayed)."""
+    digest = request_hash(REGISTER_DEATH, death)
+    async with db.pool.acquire() as conn:
+        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+        if stored is not None:
+            return await _replay(conn, stored, REGISTER_DEATH, digest, request_id), True
+        async with conn.transaction():
+            # Claim the key first: a concurrent identical call waits here and then replays,
+            # instead of reading the death we are about to write and calling it an error.
+            claimed = await idempotency.claim(
+                conn, caller.agency_id, request_id, REGISTER_DEATH, digest, death.pin
+            )
+            if claimed:
+                citizen = await citizens.get(conn, death.pin, for_update=True)
+                _check_can_die(citizen, death)
+                return await citizens.mark_deceased(conn, death), False
+        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+        assert stored is not None
+        return await _replay(conn, stored, REGISTER_DEATH, digest, request_id), True
+
+
+def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:
+    if citizen is None:
+        raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {death.pin}", pin=death.pin)
+    if citizen.status == CitizenStatus.DECEASED:
+        raise failed_precondition(
+            "CITIZEN_DECEASED",
+            f"the death of the citizen with PIN {death.pin} is already registered "
+            f"(date of death {citizen.date_of_death})",
+            [PreconditionViolation("CITIZEN_DECEASED", death.pin, "already registered as deceased")],
+        )
+    if citizen.status == CitizenStatus.PIN_CANCELLED:
+        raise failed_precondition(
+            "PIN_CANCELLED",
+            f"PIN {death.pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
+            "register the death against the new PIN",
+            [PreconditionViolation("PIN_CANCELLED", death.pin, "this PIN is no longer in use")],
+            replaced_by_pin=citizen.replaced_by_pin or "",
+        )
+    if death.date_of_death.latest() < citizen.date_of_birth.earliest():
+        raise failed_precondition(
+            "DEATH_BEFORE_BIRTH",
+            f"date of death {death.date_of_death} is before the date of birth "
+            f"{citizen.date_of_birth}",
+            [PreconditionViolation("DEATH_BEFORE_BIRTH", "date_of_death", "before the birth")],
+        )

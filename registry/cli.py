@@ -1,0 +1,254 @@
+"""The `registry` command: serve, migrate, and manage calling agencies and their keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import asyncpg
+
+from registry import logs
+from registry.config import ConfigError, Settings
+from registry.db import agencies
+from registry.db.migrate import MigrationError, migrate
+from registry.db.pool import Database
+from registry.embedded import EmbeddedCluster, EmbeddedError
+from registry.errors import RegistryError
+from registry.tokens import SCOPES, KeyError_, load_public_key
+from registry.v1 import citizen_pb2
+
+log = logging.getLogger("registry")
+
+CITIZEN_FIELDS = tuple(f.name for f in citizen_pb2.Citizen.DESCRIPTOR.fields)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield the DSN to use, starting the embedded cluster (and stopping it after) if needed."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    cluster = EmbeddedCluster(settings.data_dir, settings.pg_bin_dir, install=True)
+    started = cluster.ensure_running()
+    try:
+        yield cluster.dsn
+    finally:
+        if started:
+            cluster.stop()
+
+
+async def _connect_and_migrate(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await migrate(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, dsn: str) -> None:
+    from registry.app import build_server  # grpc only where serving
+
+    conn = await _connect_and_migrate(dsn)
+    await conn.close()
+    db = await Database.wait_and_connect(
+        dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+    )
+    try:
+        app = await build_server(settings, db)
+        await app.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"registry listening on {settings.listen_host}:{app.port}", flush=True)
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls")
+        await app.stop()
+    finally:
+        await db.close()
+    log.info("stopped")
+
+
+def cmd_serve(settings: Settings, _: argparse.Namespace) -> None:
+    with database_url(settings) as dsn:
+        asyncio.run(_serve(settings, dsn))
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
+    async def run(dsn: str) -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            done = await migrate(conn)
+        finally:
+            await conn.close()
+        print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
+
+    with database_url(settings) as dsn:
+        asyncio.run(run(dsn))
+
+
+# -- agency -------------------------------------------------------------------------------------
+
+
+def _csv(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _read_key(path: str) -> tuple[str, str]:
+    try:
+        pem = Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read public key {path}: {exc.strerror}") from None
+    try:
+        algorithm, _ = load_public_key(pem)
+    except KeyError_ as exc:
+        raise CliError(f"{path}: {exc}") from None
+    return algorithm, pem
+
+
+async def _agency(settings: Settings, args: argparse.Namespace) -> None:
+    with database_url(settings) as dsn:
+        conn = await _connect_and_migrate(dsn)
+        try:
+            await _agency_action(conn, args)
+        finally:
+            await conn.close()
+
+
+async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> None:
+    action = args.agency_command
+    if action == "add":
+        scopes = _csv(args.scopes)
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if not scopes or unknown:
+            problem = f"unknown scope(s): {', '.join(unknown)}" if unknown else "--scopes is empty"
+            raise CliError(f"{problem} (known: {', '.join(SCOPES)})")
+        fields = _csv(args.fields)
+        bad_fields = sorted(set(fields) - set(CITIZEN_FIELDS))
+        if bad_fields:
+            raise CliError(
+                f"unknown citizen field(s): {', '.join(bad_fields)} (known: {', '.join(CITIZEN_FIELDS)})"
+            )
+        if args.rate_limit is not None and args.rate_limit <= 0:
+            raise CliError("--rate-limit must be a positive number of calls per second")
+        algorithm, pem = _read_key(args.public_key)
+        try:
+            await agencies.add(
+                conn,
+                agency_id=args.id,
+                name=args.name,
+                kind=args.kind,
+                scopes=scopes,
+                fields=fields,
+                rate_limit=args.rate_limit,
+                kid=args.kid,
+                algorithm=algorithm,
+                public_key_pem=pem,
+            )
+        except asyncpg.CheckViolationError as exc:
+            raise CliError(f"invalid agency: {exc.constraint_name}") from None
+        print(f"agency {args.id} added with key {args.kid} ({algorithm})")
+    elif action == "list":
+        for agency in await agencies.list_all(conn):
+            state = "enabled" if agency.enabled else "DISABLED"
+            print(
+                f"{agency.id}\t{agency.kind}\t{state}\t{agency.name}\n"
+                f"  scopes: {','.join(agency.scopes) or '-'}\n"
+                f"  fields: {','.join(agency.fields) or '-'}\n"
+                f"  rate limit: {agency.rate_limit or 'default'}"
+            )
+            for key in agency.keys:
+                status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+                print(f"  key {key.kid}\t{key.algorithm}\t{status}")
+    elif action in ("disable", "enable"):
+        await agencies.set_enabled(conn, args.id, action == "enable")
+        print(f"agency {args.id} {action}d")
+    elif action == "add-key":
+        algorithm, pem = _read_key(args.public_key)
+        await agencies.add_key(
+            conn, agency_id=args.id, kid=args.kid, algorithm=algorithm, public_key_pem=pem
+        )
+        print(f"agency {args.id}: key {args.kid} ({algorithm}) added")
+    elif action == "revoke-key":
+        await agencies.revoke_key(conn, args.id, args.kid)
+        print(f"agency {args.id}: key {args.kid} revoked")
+
+
+def cmd_agency(settings: Settings, args: argparse.Namespace) -> None:
+    asyncio.run(_agency(settings, args))
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry",
+        description="Citizen identity registry: server and operator commands. Configuration "
+        "comes from REGISTRY_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gRPC server").set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
+        func=cmd_migrate
+    )
+    agency = sub.add_parser("agency", help="manage calling agencies and their keys")
+    agency.set_defaults(func=cmd_agency)
+    actions = agency.add_subparsers(dest="agency_command", required=True)
+    add = actions.add_parser("add", help="register an agency with its first public key")
+    add.add_argument("--id", required=True, help="agency id; tokens carry it as iss")
+    add.add_argument("--name", required=True)
+    add.add_argument("--kind", required=True, choices=agencies.KINDS)
+    add.add_argument("--scopes", required=True, help="comma-separated: " + ",".join(SCOPES))
+    add.add_argument("--fields", help="comma-separated citizen fields it may read")
+    add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")
+    add.add_argument("--kid", required=True, help="key id that tokens name in their header")
+    add.add_argument("--rate-limit", type=int, help="calls per second")
+    actions.add_parser("list", help="list agencies and keys")
+    for name, text in (("disable", "lock an agency out"), ("enable", "let it back in")):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("--id", required=True)
+    add_key = actions.add_parser("add-key", help="register another key (rotation)")
+    add_key.add_argument("--id", required=True)
+    add_key.add_argument("--public-key", required=True)
+    add_key.add_argument("--kid", required=True)
+    revoke = actions.add_parser("revoke-key", help="revoke a key")
+    revoke.add_argument("--id", required=True)
+    revoke.add_argument("--kid", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `registry` command; return its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_level)
+        args.func(settings, args)
+    except (CliError, ConfigError, EmbeddedError, MigrationError) as exc:
+        print(f"registry: error: {exc}", file=sys.stderr)
+        return 2
+    except RegistryError as exc:
+        print(f"registry: error: {exc.message}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresConnectionError) as exc:
+        print(f"registry: error: database unreachable: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    return 0

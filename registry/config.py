@@ -1,0 +1,168 @@
+"""Settings of the registry: the only place that reads the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_AUDIENCE = "citizen-registry"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe."""
+
+
+def _split_host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"REGISTRY_LISTEN must be host:port, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a listen host only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server and the CLI need to know, read once at start-up."""
+
+    listen: str = DEFAULT_LISTEN
+    """host:port the gRPC server binds (port 0 picks a free port)."""
+
+    database_url: str | None = None
+    """PostgreSQL DSN; None runs on the embedded cluster under data_dir."""
+
+    replica_urls: tuple[str, ...] = ()
+    """Read-replica DSNs, for read-only traffic (not used for writes)."""
+
+    data_dir: Path = Path("var")
+    """Where the embedded cluster, its credentials and the registry's keys live."""
+
+    jwt_audience: str = DEFAULT_AUDIENCE
+    """The `aud` every agency token must carry."""
+
+    tls_cert: Path | None = None
+    """PEM certificate chain served to callers; with tls_key, turns TLS on."""
+
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, callers must present a client certificate it signed (mTLS)."""
+
+    allow_insecure_listen: bool = False
+    """Permit plaintext on a non-loopback address (only behind a TLS-terminating proxy)."""
+
+    pg_bin_dir: Path | None = None
+    """Directory of PostgreSQL's binaries for the embedded cluster; None = find them."""
+
+    pool_min_size: int = 4
+    """Connections the pool keeps open."""
+
+    pool_max_size: int = 16
+    """Upper bound of the connection pool."""
+
+    token_max_lifetime_s: int = 15 * 60
+    """Longest accepted exp - iat of an agency token (SPEC §6: 15 minutes)."""
+
+    clock_skew_s: int = 30
+    """Leeway for exp/iat/nbf against callers' clocks."""
+
+    agency_refresh_s: float = 5.0
+    """Full reload period of the agency/key cache (changes also arrive by NOTIFY)."""
+
+    health_check_s: float = 1.0
+    """How often the database is probed for the health service."""
+
+    shutdown_grace_s: float = 10.0
+    """How long SIGTERM waits for in-flight calls before cancelling them."""
+
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Unused settings kept for diagnostics (never secrets)."""
+
+    @property
+    def listen_host(self) -> str:
+        """Return the host part of `listen`."""
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """Return the port part of `listen`."""
+        return _split_host_port(self.listen)[1]
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Tell whether the server terminates TLS itself."""
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from REGISTRY_* environment variables and check them."""
+        env = os.environ if env is None else env
+
+        def path(name: str) -> Path | None:
+            value = env.get(name, "").strip()
+            return Path(value) if value else None
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+        settings = cls(
+            listen=env.get("REGISTRY_LISTEN", "").strip() or DEFAULT_LISTEN,
+            database_url=env.get("REGISTRY_DATABASE_URL", "").strip() or None,
+            replica_urls=tuple(
+                url.strip() for url in env.get("REGISTRY_REPLICA_URLS", "").split(",") if url.strip()
+            ),
+            data_dir=path("REGISTRY_DATA_DIR") or Path("var"),
+            jwt_audience=env.get("REGISTRY_JWT_AUDIENCE", "").strip() or DEFAULT_AUDIENCE,
+            tls_cert=path("REGISTRY_TLS_CERT"),
+            tls_key=path("REGISTRY_TLS_KEY"),
+            tls_client_ca=path("REGISTRY_TLS_CLIENT_CA"),
+            allow_insecure_listen=env.get("REGISTRY_ALLOW_INSECURE_LISTEN", "").lower()
+            in ("1", "true", "yes"),
+            pg_bin_dir=path("REGISTRY_PG_BIN"),
+            pool_min_size=int(number("REGISTRY_POOL_MIN", 4)),
+            pool_max_size=int(number("REGISTRY_POOL_MAX", 16)),
+            agency_refresh_s=number("REGISTRY_AGENCY_REFRESH_S", 5.0),
+            log_level=env.get("REGISTRY_LOG_LEVEL", "").strip().upper() or "INFO",
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that are malformed or unsafe."""
+        host, port = _split_host_port(self.listen)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"REGISTRY_LISTEN port out of range: {port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("REGISTRY_TLS_CERT and REGISTRY_TLS_KEY must be set together")
+        if self.tls_client_ca is not None and not self.tls_enabled:
+            raise ConfigError("REGISTRY_TLS_CLIENT_CA needs REGISTRY_TLS_CERT and REGISTRY_TLS_KEY")
+        if not self.tls_enabled and not is_loopback(host) and not self.allow_insecure_listen:
+            raise ConfigError(
+                f"refusing to serve plaintext on non-loopback address {host!r}: "
+                "configure REGISTRY_TLS_CERT/REGISTRY_TLS_KEY, or set "
+                "REGISTRY_ALLOW_INSECURE_LISTEN=1 behind a TLS-terminating proxy"
+            )
+        if self.pool_min_size < 1 or self.pool_max_size < self.pool_min_size:
+            raise ConfigError("REGISTRY_POOL_MIN/MAX must satisfy 1 <= min <= max")

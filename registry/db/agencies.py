@@ -1,0 +1,145 @@
+"""Calling agencies and their public keys (SPEC §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from registry.errors import Code, RegistryError
+
+KINDS = ("JUSTICE", "POLICE", "PORTAL", "OTHER")
+
+
+@dataclass(frozen=True)
+class AgencyKey:
+    """One registered public key of an agency."""
+
+    kid: str
+    algorithm: str
+    public_key_pem: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Agency:
+    """A registered calling system."""
+
+    id: str
+    name: str
+    kind: str
+    scopes: tuple[str, ...]
+    fields: tuple[str, ...]
+    rate_limit: int | None
+    enabled: bool
+    keys: tuple[AgencyKey, ...]
+
+
+async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
+    """Return every agency with its keys, ordered by id."""
+    rows = await conn.fetch(
+        "SELECT id, name, kind, scopes, fields, rate_limit, enabled FROM agencies ORDER BY id"
+    )
+    key_rows = await conn.fetch(
+        "SELECT agency_id, kid, algorithm, public_key_pem, created_at, revoked_at "
+        "FROM agency_keys ORDER BY agency_id, created_at"
+    )
+    keys: dict[str, list[AgencyKey]] = {}
+    for k in key_rows:
+        keys.setdefault(k["agency_id"], []).append(
+            AgencyKey(k["kid"], k["algorithm"], k["public_key_pem"], k["created_at"], k["revoked_at"])
+        )
+    return [
+        Agency(
+            id=r["id"],
+            name=r["name"],
+            kind=r["kind"],
+            scopes=tuple(r["scopes"]),
+            fields=tuple(r["fields"]),
+            rate_limit=r["rate_limit"],
+            enabled=r["enabled"],
+            keys=tuple(keys.get(r["id"], ())),
+        )
+        for r in rows
+    ]
+
+
+async def add(
+    conn: asyncpg.Connection,
+    *,
+    agency_id: str,
+    name: str,
+    kind: str,
+    scopes: list[str],
+    fields: list[str],
+    rate_limit: int | None,
+    kid: str,
+    algorithm: str,
+    public_key_pem: str,
+) -> None:
+    """Register an agency with its first key, atomically."""
+    async with conn.transaction():
+        try:
+            await conn.execute(
+                "INSERT INTO agencies (id, name, kind, scopes, fields, rate_limit) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                agency_id,
+                name,
+                kind,
+                scopes,
+                fields,
+                rate_limit,
+            )
+        except asyncpg.UniqueViolationError:
+            raise RegistryError(
+                Code.ALREADY_EXISTS, "AGENCY_EXISTS", f"agency {agency_id!r} already exists"
+            ) from None
+        await add_key(conn, agency_id=agency_id, kid=kid, algorithm=algorithm, public_key_pem=public_key_pem)
+
+
+async def add_key(
+    conn: asyncpg.Connection, *, agency_id: str, kid: str, algorithm: str, public_key_pem: str
+) -> None:
+    """Register another public key of an agency (key rotation)."""
+    try:
+        await conn.execute(
+            "INSERT INTO agency_keys (agency_id, kid, algorithm, public_key_pem) "
+            "VALUES ($1, $2, $3, $4)",
+            agency_id,
+            kid,
+            algorithm,
+            public_key_pem,
+        )
+    except asyncpg.UniqueViolationError:
+        raise RegistryError(
+            Code.ALREADY_EXISTS, "KEY_EXISTS", f"agency {agency_id!r} already has a key {kid!r}"
+        ) from None
+    except asyncpg.ForeignKeyViolationError:
+        raise RegistryError(
+            Code.NOT_FOUND, "AGENCY_NOT_FOUND", f"no agency {agency_id!r}"
+        ) from None
+
+
+async def revoke_key(conn: asyncpg.Connection, agency_id: str, kid: str) -> None:
+    """Revoke a key: tokens it signed stop being accepted within seconds."""
+    status = await conn.execute(
+        "UPDATE agency_keys SET revoked_at = now() "
+        "WHERE agency_id = $1 AND kid = $2 AND revoked_at IS NULL",
+        agency_id,
+        kid,
+    )
+    if status == "UPDATE 0":
+        raise RegistryError(
+            Code.NOT_FOUND, "KEY_NOT_FOUND", f"agency {agency_id!r} has no active key {kid!r}"
+        )
+
+
+async def set_enabled(conn: asyncpg.Connection, agency_id: str, enabled: bool) -> None:
+    """Enable or disable an agency: a disabled agency's tokens are refused within seconds."""
+    status = await conn.execute(
+        "UPDATE agencies SET enabled = $2, updated_at = now() WHERE id = $1", agency_id, enabled
+    )
+    if status == "UPDATE 0":
+        raise RegistryError(Code.NOT_FOUND, "AGENCY_NOT_FOUND", f"no agency {agency_id!r}")

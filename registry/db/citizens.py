@@ -1,0 +1,160 @@
+"""The citizens table: one row per person the register knows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from registry.dates import PartialDate
+from registry.model import (
+    BirthRegistration,
+    BloodType,
+    Citizen,
+    CitizenStatus,
+    DeathRegistration,
+    MaritalStatus,
+    Sex,
+)
+
+COLUMNS = """
+    pin, full_name, other_names, birth_year, birth_month, birth_day, sex, place_of_birth,
+    registration_province_code, hometown, ethnicity, religion, nationality, blood_type,
+    father_pin, mother_pin, spouse_pin, representative_pin, permanent_address,
+    temporary_address, current_address, marital_status, status, death_year, death_month,
+    death_day, replaced_by_pin, pin_mismatch, version, create_time, update_time
+"""
+
+
+def _partial(year: int | None, month: int | None, day: int | None) -> PartialDate | None:
+    if year is None:
+        return None
+    return PartialDate(year, month, day)
+
+
+def from_row(row: asyncpg.Record, legacy_ids: Sequence[str] = ()) -> Citizen:
+    """Build a Citizen from a row selected with COLUMNS."""
+    dob = _partial(row["birth_year"], row["birth_month"], row["birth_day"])
+    assert dob is not None  # birth_year is NOT NULL
+    return Citizen(
+        pin=row["pin"],
+        full_name=row["full_name"],
+        other_names=tuple(row["other_names"]),
+        date_of_birth=dob,
+        sex=Sex(row["sex"]),
+        place_of_birth=row["place_of_birth"],
+        registration_province_code=row["registration_province_code"],
+        hometown=row["hometown"],
+        ethnicity=row["ethnicity"],
+        religion=row["religion"],
+        nationality=row["nationality"],
+        blood_type=BloodType(row["blood_type"]),
+        legacy_ids=tuple(legacy_ids),
+        father_pin=row["father_pin"],
+        mother_pin=row["mother_pin"],
+        spouse_pin=row["spouse_pin"],
+        representative_pin=row["representative_pin"],
+        permanent_address=row["permanent_address"],
+        temporary_address=row["temporary_address"],
+        current_address=row["current_address"],
+        marital_status=MaritalStatus(row["marital_status"]),
+        status=CitizenStatus(row["status"]),
+        date_of_death=_partial(row["death_year"], row["death_month"], row["death_day"]),
+        replaced_by_pin=row["replaced_by_pin"],
+        pin_mismatch=row["pin_mismatch"],
+        version=row["version"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+async def get(conn: asyncpg.Connection, pin: str, *, for_update: bool = False) -> Citizen | None:
+    """Return the citizen with this PIN, optionally locking the row."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM citizens WHERE pin = $1{lock}", pin)
+    return None if row is None else from_row(row)
+
+
+async def get_many(conn: asyncpg.Connection, pins: Sequence[str]) -> dict[str, Citizen]:
+    """Return the citizens among these PINs that exist, by PIN."""
+    rows = await conn.fetch(f"SELECT {COLUMNS} FROM citizens WHERE pin = ANY($1::text[])", pins)
+    return {row["pin"]: from_row(row) for row in rows}
+
+
+_INSERT_BIRTH = f"""
+WITH claimed AS (
+    INSERT INTO idempotency_keys (agency_id, request_id, method, request_hash, result_key)
+    VALUES ($14, $15, $16, $17, $1)
+)
+INSERT INTO citizens (
+    pin, full_name, birth_year, birth_month, birth_day, sex, place_of_birth,
+    registration_province_code, hometown, ethnicity, nationality, father_pin, mother_pin,
+    birth_registration_authority, birth_registration_number, birth_registered_on, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18, $19, $20, $14)
+RETURNING {COLUMNS}
+"""
+
+
+async def insert_birth(
+    conn: asyncpg.Connection,
+    pin: str,
+    birth: BirthRegistration,
+    *,
+    agency_id: str,
+    request_id: str,
+    method: str,
+    request_hash: bytes,
+) -> Citizen:
+    """Create the citizen and claim the idempotency key in one durable statement.
+
+    Raises asyncpg.UniqueViolationError naming `idempotency_keys_pkey` (the key is taken) or
+    `citizens_pkey` (the number is already held, e.g. by an imported record).
+    """
+    dob = birth.date_of_birth
+    row = await conn.fetchrow(
+        _INSERT_BIRTH,
+        pin,
+        birth.full_name,
+        dob.year,
+        dob.month,
+        dob.day,
+        int(birth.sex),
+        birth.place_of_birth,
+        birth.registration_province_code,
+        birth.hometown,
+        birth.ethnicity,
+        birth.nationality,
+        birth.father_pin,
+        birth.mother_pin,
+        agency_id,
+        request_id,
+        method,
+        request_hash,
+        birth.registration_authority,
+        birth.registration_number,
+        birth.registered_on,
+    )
+    return from_row(row)
+
+
+async def mark_deceased(conn: asyncpg.Connection, death: DeathRegistration) -> Citizen:
+    """Record the death on a locked, living citizen row; bump the version."""
+    dod = death.date_of_death
+    row = await conn.fetchrow(
+        f"""
+        UPDATE citizens
+           SET status = $2, death_year = $3, death_month = $4, death_day = $5,
+               death_registration_authority = $6, death_registration_number = $7,
+               version = version + 1, update_time = now()
+         WHERE pin = $1
+        RETURNING {COLUMNS}
+        """,
+        death.pin,
+        int(CitizenStatus.DECEASED),
+        dod.year,
+        dod.month,
+        dod.day,
+        death.registration_authority,
+        death.registration_number,
+    )
+    return from_row(row)

@@ -1,0 +1,69 @@
+"""Idempotency keys of mutating calls: (agency, request_id) -> what the first call produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from registry.errors import Code, RegistryError
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """The record of a request that was carried out."""
+
+    method: str
+    request_hash: bytes
+    result_key: str
+
+
+async def lookup(conn: asyncpg.Connection, agency_id: str, request_id: str) -> StoredRequest | None:
+    """Return the stored request for this key, if any."""
+    row = await conn.fetchrow(
+        "SELECT method, request_hash, result_key FROM idempotency_keys "
+        "WHERE agency_id = $1 AND request_id = $2",
+        agency_id,
+        request_id,
+    )
+    if row is None:
+        return None
+    return StoredRequest(row["method"], bytes(row["request_hash"]), row["result_key"])
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    agency_id: str,
+    request_id: str,
+    method: str,
+    request_hash: bytes,
+    result_key: str,
+) -> bool:
+    """Record the key inside the caller's transaction; False if it is already taken.
+
+    A concurrent call with the same key blocks on the unique index until the first one
+    commits or rolls back, so exactly one of them carries the request out.
+    """
+    row = await conn.fetchval(
+        "INSERT INTO idempotency_keys (agency_id, request_id, method, request_hash, result_key) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
+        agency_id,
+        request_id,
+        method,
+        request_hash,
+        result_key,
+    )
+    return row is True
+
+
+def check_replay(stored: StoredRequest, method: str, request_hash: bytes, request_id: str) -> str:
+    """Return the original result key if this is the same request again, else raise ALREADY_EXISTS."""
+    if stored.method != method or stored.request_hash != request_hash:
+        raise RegistryError(
+            Code.ALREADY_EXISTS,
+            "REQUEST_ID_REUSED",
+            f"request_id {request_id!r} was already used by this agency for a different request "
+            f"({stored.method}); use a new request_id for a new request",
+            metadata={"request_id": request_id, "original_method": stored.method},
+        )
+    return stored.result_key

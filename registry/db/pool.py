@@ -1,0 +1,118 @@
+"""Connection pools and the classification of database failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes meaning "the database is not there right now", not "your query is wrong":
+# 08 connection exception, 53 insufficient resources, 57P operator intervention (shutdown).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Tell whether an exception means the database cannot be reached (answer UNAVAILABLE)."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError,
+    ):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release reset query.
+
+    The registry keeps no session state on pooled connections (no SET, LISTEN, advisory
+    locks or cursors outside a transaction), and asyncpg still ends any open transaction
+    before calling this; the default reset would cost one round trip per call.
+    """
+
+
+@dataclass
+class Database:
+    """The pools the registry works with."""
+
+    pool: asyncpg.Pool
+    """Reads and durable writes."""
+
+    counters: asyncpg.Pool
+    """PIN bucket counter increments: asynchronous commit, see registry.db.pins."""
+
+    dsn: str
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 4, max_size: int = 16) -> Database:
+        """Open the pools (raises if the database cannot be reached)."""
+        common = {
+            "timeout": 5.0,  # connect timeout: fail fast into UNAVAILABLE
+            "command_timeout": 30.0,
+            "max_inactive_connection_lifetime": 300.0,
+            "reset": _keep_session,
+        }
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={"application_name": "citizen-registry"},
+            **common,
+        )
+        try:
+            counters = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=4,
+                server_settings={
+                    "application_name": "citizen-registry-counters",
+                    "synchronous_commit": "off",
+                },
+                **common,
+            )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool=pool, counters=counters, dsn=dsn)
+
+    @classmethod
+    async def wait_and_connect(
+        cls, dsn: str, *, min_size: int = 4, max_size: int = 16, timeout: float | None = None
+    ) -> Database:
+        """Connect, retrying with backoff while the database is unavailable."""
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                return await cls.connect(dsn, min_size=min_size, max_size=max_size)
+            except Exception as exc:
+                if not is_unavailable(exc) or (deadline is not None and loop.time() > deadline):
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Tell whether the database answers a trivial query now."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        """Close both pools, waiting briefly for connections in use."""
+        for pool in (self.pool, self.counters):
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except Exception:
+                pool.terminate()

@@ -1,0 +1,124 @@
+"""Domain types of the register (SPEC §3). Enum values equal the proto enum numbers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from registry.dates import PartialDate
+from registry.pin import Sex
+
+__all__ = [
+    "BirthRegistration",
+    "BloodType",
+    "Caller",
+    "Citizen",
+    "CitizenStatus",
+    "DeathRegistration",
+    "MaritalStatus",
+    "Sex",
+]
+
+
+class CitizenStatus(enum.IntEnum):
+    """Life status of a citizen record."""
+
+    ALIVE = 1
+    DECEASED = 2
+    MISSING = 3
+    PIN_CANCELLED = 4
+
+
+class MaritalStatus(enum.IntEnum):
+    """Marital status; UNSPECIFIED when the register does not know."""
+
+    UNSPECIFIED = 0
+    SINGLE = 1
+    MARRIED = 2
+    DIVORCED = 3
+    WIDOWED = 4
+
+
+class BloodType(enum.IntEnum):
+    """ABO blood group, recorded only at the citizen's request."""
+
+    UNSPECIFIED = 0
+    A = 1
+    B = 2
+    AB = 3
+    O = 4  # noqa: E741 - the blood group's name
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated agency behind a call."""
+
+    agency_id: str
+    scopes: frozenset[str]
+    fields: frozenset[str]
+    kid: str
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class Citizen:
+    """A citizen as the register holds them."""
+
+    pin: str
+    full_name: str
+    date_of_birth: PartialDate
+    sex: Sex
+    registration_province_code: str
+    other_names: tuple[str, ...] = ()
+    place_of_birth: str = ""
+    hometown: str = ""
+    ethnicity: str = ""
+    religion: str = ""
+    nationality: str = ""
+    blood_type: BloodType = BloodType.UNSPECIFIED
+    legacy_ids: tuple[str, ...] = ()
+    father_pin: str | None = None
+    mother_pin: str | None = None
+    spouse_pin: str | None = None
+    representative_pin: str | None = None
+    permanent_address: str = ""
+    temporary_address: str = ""
+    current_address: str = ""
+    marital_status: MaritalStatus = MaritalStatus.UNSPECIFIED
+    status: CitizenStatus = CitizenStatus.ALIVE
+    date_of_death: PartialDate | None = None
+    replaced_by_pin: str | None = None
+    pin_mismatch: bool = False
+    version: int = 1
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BirthRegistration:
+    """A validated, normalised RegisterBirth request (without its request_id)."""
+
+    full_name: str
+    sex: Sex
+    date_of_birth: PartialDate
+    place_of_birth: str
+    registration_province_code: str
+    hometown: str
+    ethnicity: str
+    nationality: str
+    father_pin: str | None
+    mother_pin: str | None
+    registration_authority: str
+    registration_number: str
+    registered_on: date
+
+
+@dataclass(frozen=True)
+class DeathRegistration:
+    """A validated RegisterDeath request (without its request_id)."""
+
+    pin: str
+    date_of_death: PartialDate
+    registration_authority: str
+    registration_number: str

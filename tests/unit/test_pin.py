@@ -1,0 +1,419 @@
+"""Tests for registry.pin: structure, prefix table and allocation."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registry import pin
+from registry.pin import (
+    BUCKET_SIZE,
+    Bucket,
+    BucketExhausted,
+    Permutation,
+    PinFormatError,
+    PinParts,
+    PinProblem,
+    Prefix,
+    PrefixTable,
+    Sex,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(100, 132))
+keys = st.binary(min_size=16, max_size=64)
+
+TABLE = PrefixTable.load_default()
+
+
+# --- prefix table ----------------------------------------------------------------------------
+
+
+def test_default_table_has_the_63_provinces() -> None:
+    assert len(TABLE) == 63
+    assert len(list(TABLE)) == 63
+    hanoi = TABLE.get("001")
+    assert hanoi is not None
+    assert hanoi.name == "Hà Nội"
+    assert hanoi.kind == "province"
+    assert hanoi.valid_to is None
+    camau = TABLE.get("096")
+    assert camau is not None
+    assert camau.name == "Cà Mau"
+    assert "000" not in TABLE
+    assert TABLE.get("000") is None
+    assert not TABLE.is_known("000")
+    assert TABLE.is_known("079")
+    assert all(len(code) == 3 and code.isascii() and code.isdigit() for code in TABLE)
+
+
+def test_default_table_is_loaded_once() -> None:
+    assert PrefixTable.load_default() is PrefixTable.load_default()
+
+
+CLOSED = Prefix("999", "Closed", "test", date(2020, 1, 1), date(2025, 6, 30))
+OPEN = Prefix("998", "Open", "test", date(2020, 1, 1), None)
+
+
+def test_open_on_boundaries() -> None:
+    assert not CLOSED.open_on(date(2019, 12, 31))
+    assert CLOSED.open_on(date(2020, 1, 1))
+    assert CLOSED.open_on(date(2025, 6, 30))
+    assert not CLOSED.open_on(date(2025, 7, 1))
+    assert OPEN.open_on(date(2399, 12, 31))
+    assert not OPEN.open_on(date(2019, 12, 31))
+
+
+def test_table_from_rows_and_issuance() -> None:
+    table = PrefixTable.from_rows([CLOSED, OPEN])
+    assert len(table) == 2
+    assert sorted(table) == ["998", "999"]
+    assert table.open_for_issuance("999", date(2025, 6, 30))
+    assert not table.open_for_issuance("999", date(2025, 7, 1))
+    # Closed for issuance, but numbers issued under it stay structurally valid.
+    assert table.is_known("999")
+    assert pin.check_structure("999012000001", table) == []
+    assert not table.open_for_issuance("123", date(2025, 1, 1))
+
+
+def test_table_rejects_duplicates_and_bad_prefixes() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        PrefixTable.from_rows([OPEN, OPEN])
+    with pytest.raises(ValueError):
+        Prefix("01", "x", "province", date(2020, 1, 1))
+    with pytest.raises(ValueError):
+        Prefix("٠٠١", "x", "province", date(2020, 1, 1))
+    with pytest.raises(ValueError):
+        Prefix("001", "x", "province", date(2020, 1, 1), date(2019, 1, 1))
+
+
+def test_table_from_csv() -> None:
+    table = PrefixTable.from_csv(
+        [
+            "code,name,kind,valid_from,valid_to\n",
+            "001,Hà Nội,province,2016-01-01,\n",
+            "999,Somewhere,abroad,2016-01-01,2025-06-30\n",
+        ]
+    )
+    assert table["999"].valid_to == date(2025, 6, 30)
+    assert table["001"].valid_to is None
+    with pytest.raises(ValueError, match="line 2"):
+        PrefixTable.from_csv(["code,name,kind,valid_from,valid_to\n", "001,x,p,2016-13-01,\n"])
+
+
+# --- century and sex digit -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("year", "male", "female"),
+    [
+        (1900, 0, 1),
+        (1999, 0, 1),
+        (2000, 2, 3),
+        (2099, 2, 3),
+        (2100, 4, 5),
+        (2199, 4, 5),
+        (2200, 6, 7),
+        (2299, 6, 7),
+        (2300, 8, 9),
+        (2399, 8, 9),
+    ],
+)
+def test_century_sex_digit(year: int, male: int, female: int) -> None:
+    assert pin.century_sex_digit(Sex.MALE, year) == male
+    assert pin.century_sex_digit(Sex.FEMALE, year) == female
+    assert pin.sex_of_digit(male) is Sex.MALE
+    assert pin.sex_of_digit(female) is Sex.FEMALE
+    assert pin.century_of_digit(male) == pin.century_of_digit(female) == year - year % 100
+    assert pin.birth_year_of(male, year % 100) == year
+
+
+@pytest.mark.parametrize("year", [1899, 2400, 0, -1990])
+def test_century_sex_digit_out_of_range(year: int) -> None:
+    with pytest.raises(ValueError, match="1900"):
+        pin.century_sex_digit(Sex.MALE, year)
+
+
+def test_sex_values_match_proto() -> None:
+    assert int(Sex.MALE) == 1
+    assert int(Sex.FEMALE) == 2
+
+
+# --- format, parse, compose ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["001090123456", "000000000000", "999999999999"])
+def test_well_formed(text: str) -> None:
+    assert pin.is_well_formed(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "00109012345",  # 11 digits
+        "0010901234567",  # 13 digits
+        "001 090 123456",
+        " 001090123456",
+        "001090123456\n",
+        "00109012345a",
+        "٠٠١٠٩٠١٢٣٤٥٦",  # Arabic-Indic digits: str.isdigit() is true for them
+        "00109012345٦",
+        "00109012345²",
+        "００１０９０１２３４５６",  # fullwidth digits
+        "-01090123456",
+    ],
+)
+def test_malformed(text: str) -> None:
+    assert not pin.is_well_formed(text)
+    with pytest.raises(PinFormatError):
+        pin.parse(text)
+    assert pin.check_structure(text, TABLE, sex=Sex.MALE, birth_year=1990) == [PinProblem.MALFORMED]
+
+
+def test_pin_format_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        pin.parse("12")
+
+
+def test_parse() -> None:
+    parts = pin.parse("079305000042")
+    assert parts == PinParts(province_code="079", g=3, yy=5, random_part=42)
+    assert parts.sex is Sex.FEMALE
+    assert parts.birth_year == 2005
+    assert parts.bucket == Bucket("079", 3, 5)
+
+
+@given(
+    code=st.sampled_from(sorted(TABLE)),
+    sex=st.sampled_from(Sex),
+    year=st.integers(pin.MIN_BIRTH_YEAR, pin.MAX_BIRTH_YEAR),
+    random_part=st.integers(0, BUCKET_SIZE - 1),
+)
+def test_compose_parse_round_trip(code: str, sex: Sex, year: int, random_part: int) -> None:
+    text = pin.compose(code, sex, year, random_part)
+    assert pin.is_well_formed(text)
+    parts = pin.parse(text)
+    assert (parts.province_code, parts.sex, parts.birth_year, parts.random_part) == (
+        code,
+        sex,
+        year,
+        random_part,
+    )
+    assert pin.check_structure(text, TABLE, sex=sex, birth_year=year) == []
+
+
+def test_compose_known_value() -> None:
+    assert pin.compose("001", Sex.MALE, 1990, 123) == "001090000123"
+    assert pin.compose("096", Sex.FEMALE, 2024, 999_999) == "096324999999"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("001", Sex.MALE, 1899, 0), ("001", Sex.MALE, 1990, -1), ("001", Sex.MALE, 1990, 10**6)],
+)
+def test_compose_rejects_out_of_range(args: tuple[str, Sex, int, int]) -> None:
+    with pytest.raises(ValueError):
+        pin.compose(*args)
+
+
+# --- structural check ------------------------------------------------------------------------
+
+
+def test_check_structure_consistent() -> None:
+    assert pin.check_structure("001090123456", TABLE) == []
+    assert pin.check_structure("001090123456", TABLE, sex=Sex.MALE, birth_year=1990) == []
+    assert pin.check_structure("001190123456", TABLE, sex=Sex.FEMALE, birth_year=1990) == []
+    assert pin.check_structure("001324123456", TABLE, sex=Sex.FEMALE, birth_year=2024) == []
+
+
+def test_check_structure_unknown_prefix() -> None:
+    assert pin.check_structure("000090123456", TABLE) == [PinProblem.UNKNOWN_PREFIX]
+    assert pin.check_structure("003090123456", TABLE, sex=Sex.MALE) == [PinProblem.UNKNOWN_PREFIX]
+
+
+def test_check_structure_sex_mismatch() -> None:
+    assert pin.check_structure("001090123456", TABLE, sex=Sex.FEMALE) == [PinProblem.SEX_MISMATCH]
+    assert pin.check_structure("001390123456", TABLE, sex=Sex.MALE) == [PinProblem.SEX_MISMATCH]
+    # Without a sex to compare with, parity is not checked.
+    assert pin.check_structure("001390123456", TABLE) == []
+
+
+def test_check_structure_century_mismatch() -> None:
+    # G=0 says 1900s, YY=90 matches 2090's last digits.
+    assert pin.check_structure("001090123456", TABLE, birth_year=2090) == [
+        PinProblem.CENTURY_MISMATCH
+    ]
+    # Out of the encodable range, no G can match.
+    assert pin.check_structure("001090123456", TABLE, birth_year=1890) == [
+        PinProblem.CENTURY_MISMATCH
+    ]
+
+
+def test_check_structure_year_mismatch() -> None:
+    assert pin.check_structure("001090123456", TABLE, birth_year=1991) == [PinProblem.YEAR_MISMATCH]
+
+
+def test_check_structure_reports_every_problem() -> None:
+    assert pin.check_structure("000390123456", TABLE, sex=Sex.MALE, birth_year=1985) == [
+        PinProblem.UNKNOWN_PREFIX,
+        PinProblem.SEX_MISMATCH,
+        PinProblem.CENTURY_MISMATCH,
+        PinProblem.YEAR_MISMATCH,
+    ]
+
+
+# --- buckets ---------------------------------------------------------------------------------
+
+
+def test_bucket_for() -> None:
+    bucket = pin.bucket_for("001", Sex.FEMALE, 2007)
+    assert bucket == Bucket("001", 3, 7)
+    assert str(bucket) == "001307"
+    assert bucket.pin(5) == "001307000005"
+    assert bucket.sex is Sex.FEMALE
+    assert bucket.birth_year == 2007
+    with pytest.raises(ValueError):
+        bucket.pin(BUCKET_SIZE)
+    with pytest.raises(ValueError):
+        Bucket("001", 10, 7)
+    with pytest.raises(ValueError):
+        Bucket("001", 1, 100)
+
+
+# --- permutation -----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=keys, domain=st.integers(1, 5000))
+def test_permutation_is_a_bijection_on_small_domains(key: bytes, domain: int) -> None:
+    perm = Permutation(key, domain)
+    images = [perm.forward(i) for i in range(domain)]
+    assert sorted(images) == list(range(domain))
+    assert [perm.inverse(x) for x in images] == list(range(domain))
+
+
+@given(key=keys, domain=st.integers(1, 1 << 20), data=st.data())
+def test_permutation_inverse_on_any_domain(key: bytes, domain: int, data: st.DataObject) -> None:
+    perm = Permutation(key, domain)
+    n = data.draw(st.integers(0, domain - 1))
+    x = perm.forward(n)
+    assert 0 <= x < domain
+    assert perm.inverse(x) == n
+
+
+def test_permutation_is_a_bijection_on_a_whole_bucket() -> None:
+    perm = Permutation(KEY)
+    started = time.perf_counter()
+    seen = bytearray(BUCKET_SIZE)
+    forward = perm.forward
+    for n in range(BUCKET_SIZE):
+        seen[forward(n)] = 1  # an image out of range would raise IndexError
+    assert seen.count(1) == BUCKET_SIZE
+    elapsed = time.perf_counter() - started
+    assert elapsed < 20, f"forward() over a whole bucket took {elapsed:.1f} s"
+
+
+def test_permutation_depends_on_key() -> None:
+    a = Permutation(KEY, 1000)
+    b = Permutation(OTHER_KEY, 1000)
+    assert [a.forward(i) for i in range(1000)] != [b.forward(i) for i in range(1000)]
+    # Deterministic: the same key gives the same permutation in another instance.
+    assert [Permutation(KEY, 1000).forward(i) for i in range(1000)] == [
+        a.forward(i) for i in range(1000)
+    ]
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 15, b"x" * 65])
+def test_permutation_rejects_bad_keys(key: bytes) -> None:
+    with pytest.raises(ValueError, match="key"):
+        Permutation(key)
+
+
+@pytest.mark.parametrize("domain", [0, -1, (1 << 20) + 1])
+def test_permutation_rejects_bad_domains(domain: int) -> None:
+    with pytest.raises(ValueError, match="domain"):
+        Permutation(KEY, domain)
+
+
+def test_permutation_rejects_values_outside_domain() -> None:
+    perm = Permutation(KEY, 10)
+    for bad in (-1, 10):
+        with pytest.raises(ValueError):
+            perm.forward(bad)
+        with pytest.raises(ValueError):
+            perm.inverse(bad)
+
+
+# --- allocation ------------------------------------------------------------------------------
+
+
+@given(
+    key=keys,
+    code=st.sampled_from(sorted(TABLE)),
+    sex=st.sampled_from(Sex),
+    year=st.integers(pin.MIN_BIRTH_YEAR, pin.MAX_BIRTH_YEAR),
+    counter=st.integers(0, BUCKET_SIZE - 1),
+)
+@settings(deadline=None)
+def test_allocated_pin_fits_its_bucket(
+    key: bytes, code: str, sex: Sex, year: int, counter: int
+) -> None:
+    bucket = pin.bucket_for(code, sex, year)
+    allocated = pin.allocate(bucket, key, counter)
+    assert pin.check_structure(allocated, TABLE, sex=sex, birth_year=year) == []
+    parts = pin.parse(allocated)
+    assert parts.bucket == bucket
+    assert pin.bucket_permutation(bucket, key).inverse(parts.random_part) == counter
+
+
+def test_allocation_is_unique_within_a_bucket() -> None:
+    bucket = pin.bucket_for("001", Sex.MALE, 2025)
+    pins = {pin.allocate(bucket, KEY, counter) for counter in range(50_000)}
+    assert len(pins) == 50_000
+
+
+@settings(max_examples=10, deadline=None)
+@given(key=keys)
+def test_allocation_is_not_sequential(key: bytes) -> None:
+    bucket = pin.bucket_for("079", Sex.FEMALE, 2025)
+    parts = [pin.parse(pin.allocate(bucket, key, c)).random_part for c in range(10_001)]
+    adjacent = sum(1 for a, b in itertools.pairwise(parts) if abs(a - b) == 1)
+    assert adjacent < 100  # fewer than 1% of 10,000 consecutive pairs
+    # Nor is it a constant stride.
+    strides = {b - a for a, b in itertools.pairwise(parts)}
+    assert len(strides) > 9_000
+
+
+def test_allocation_differs_between_keys_and_buckets() -> None:
+    bucket = pin.bucket_for("001", Sex.MALE, 2025)
+    other_bucket = pin.bucket_for("001", Sex.FEMALE, 2025)
+    own = [pin.parse(pin.allocate(bucket, KEY, c)).random_part for c in range(1000)]
+    other_key = [pin.parse(pin.allocate(bucket, OTHER_KEY, c)).random_part for c in range(1000)]
+    other_bkt = [pin.parse(pin.allocate(other_bucket, KEY, c)).random_part for c in range(1000)]
+    # Independent sequences of a million values agree by chance in about 1 place in 10**6.
+    assert sum(a == b for a, b in zip(own, other_key, strict=True)) < 5
+    assert sum(a == b for a, b in zip(own, other_bkt, strict=True)) < 5
+
+
+def test_bucket_exhausted_at_one_million() -> None:
+    bucket = pin.bucket_for("001", Sex.MALE, 2025)
+    last = pin.allocate(bucket, KEY, BUCKET_SIZE - 1)
+    assert pin.parse(last).bucket == bucket
+    with pytest.raises(BucketExhausted) as info:
+        pin.allocate(bucket, KEY, BUCKET_SIZE)
+    assert info.value.bucket == bucket
+    assert "001225" in str(info.value)
+    with pytest.raises(BucketExhausted):
+        pin.allocate(bucket, KEY, BUCKET_SIZE + 12345)
+
+
+def test_negative_counter_is_rejected() -> None:
+    bucket = pin.bucket_for("001", Sex.MALE, 2025)
+    with pytest.raises(ValueError, match="negative"):
+        pin.allocate(bucket, KEY, -1)
