@@ -106,14 +106,18 @@ class PrefixCache:
 
     async def start(self) -> None:
         """Load the table and keep it fresh in the background."""
-        self.table = await prefixes.load(self._db.pool)
+        await self.reload()
         self._task = asyncio.create_task(self._run(), name="prefix-cache")
+
+    async def reload(self) -> None:
+        """Replace the table with the database's current one."""
+        self.table = await prefixes.load(self._db.pool)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_s)
             try:
-                self.table = await prefixes.load(self._db.pool)
+                await self.reload()
             except Exception as exc:
                 log.warning("prefix table refresh failed: %s", type(exc).__name__)
 
