@@ -187,14 +187,14 @@ class ServerThread:
         self._thread.join(10)
 
 
-def test_settings(**overrides: Any) -> Settings:
+def server_settings(**overrides: Any) -> Settings:
     base = Settings(listen="127.0.0.1:0", agency_refresh_s=1.0, health_check_s=0.2)
     return replace(base, **overrides)
 
 
 @pytest.fixture(scope="session")
 def server(dsn: str) -> Iterator[ServerThread]:
-    srv = ServerThread(test_settings(), dsn).start()
+    srv = ServerThread(server_settings(), dsn).start()
     wait_serving(srv.target)
     try:
         yield srv
@@ -294,8 +294,9 @@ class TestAgency:
 AgencyFactory = Callable[..., TestAgency]
 
 
-@pytest.fixture(scope="session")
-def make_agency(dsn: str) -> AgencyFactory:
+def make_agency_factory(dsn: str) -> AgencyFactory:
+    """Return a function that registers agencies (with fresh keys) in the database at dsn."""
+
     def factory(
         *,
         scopes: tuple[str, ...] = SCOPES,
@@ -329,6 +330,11 @@ def make_agency(dsn: str) -> AgencyFactory:
         return TestAgency(agency_id, "k1", algorithm, private_key, scopes, fields)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def make_agency(dsn: str) -> AgencyFactory:
+    return make_agency_factory(dsn)
 
 
 @pytest.fixture(scope="session")
