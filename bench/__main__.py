@@ -1,0 +1,17 @@
+"""`make bench`: run every benchmark and print its figures."""
+
+from __future__ import annotations
+
+import platform
+import os
+
+from bench import births
+
+
+def main() -> None:
+    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}")
+    births.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Births/s: RegisterBirth from 32 concurrent callers over real channels, durable commits.
+
+Target (issue 2): >= 500 durable registrations/s with 32 concurrent callers on 2 cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import grpc
+from google.type import date_pb2
+
+from bench.common import bench_database, closed_loop, percentile, prepare, server_process, token
+from registry.clock import today
+from registry.pin import PrefixTable
+from registry.v1 import civil_registration_service_pb2 as pb
+from registry.v1 import civil_registration_service_pb2_grpc as pb_grpc
+
+TARGET_PER_S = 500
+CONCURRENCY = 32
+DURATION_S = 10.0
+
+
+async def _run(target: str, md: tuple[tuple[str, str], ...]) -> tuple[int, list[float], int]:
+    provinces = sorted(PrefixTable.load_default())
+    d = today()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.CivilRegistrationServiceStub(channel)
+
+        async def call(i: int, n: int) -> None:
+            await stub.RegisterBirth(
+                pb.RegisterBirthRequest(
+                    request_id=uuid.uuid4().hex,
+                    full_name="Nguyễn Thị Bình",
+                    sex=random.choice((1, 2)),
+                    date_of_birth=date_pb2.Date(year=d.year, month=d.month, day=1),
+                    place_of_birth="Trạm y tế xã",
+                    registration_province_code=random.choice(provinces),
+                    hometown="Nam Định",
+                    ethnicity="Kinh",
+                    nationality="VN",
+                    registration_authority="UBND xã",
+                    registration_number=f"{i}-{n}",
+                ),
+                metadata=md,
+                timeout=30,
+            )
+
+        return await closed_loop(call, CONCURRENCY, DURATION_S)
+
+
+def main() -> dict[str, float]:
+    with bench_database() as dsn:
+        agency_id, kid, key = asyncio.run(prepare(dsn))
+        md = (("authorization", f"Bearer {token(agency_id, kid, key)}"),)
+        with server_process(dsn) as server:
+            completed, latencies, errors = asyncio.run(_run(server.target, md))
+    rate = completed / DURATION_S
+    p50 = percentile(latencies, 0.50) * 1000
+    p99 = percentile(latencies, 0.99) * 1000
+    print(
+        f"births: {rate:,.0f} registrations/s durable ({CONCURRENCY} callers, {DURATION_S:.0f} s), "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, errors {errors}; "
+        f"target {TARGET_PER_S}/s -> ratio {rate / TARGET_PER_S:.2f}x "
+        f"({'MET' if rate >= TARGET_PER_S else 'NOT MET'})"
+    )
+    return {"births_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+
+
+if __name__ == "__main__":
+    main()

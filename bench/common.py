@@ -1,0 +1,192 @@
+"""What every benchmark needs: a database, an agency with a key, the real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from registry.db import agencies
+from registry.db.migrate import migrate
+from registry.embedded import EmbeddedCluster
+from registry.tokens import SCOPES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """Yield the DSN of a migrated database: REGISTRY_DATABASE_URL, or an embedded cluster."""
+    url = os.environ.get("REGISTRY_DATABASE_URL")
+    if url:
+        yield url
+        return
+    # Kept between runs (under /var/tmp, reachable by the unprivileged PostgreSQL account).
+    data_dir = Path(os.environ.get("REGISTRY_BENCH_DIR", "/var/tmp/citizen-registry-bench"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o755)
+    cluster = EmbeddedCluster(data_dir, install=True)
+    started = cluster.ensure_running()
+    try:
+        yield cluster.dsn
+    finally:
+        if started:
+            cluster.stop()
+
+
+async def prepare(dsn: str) -> tuple[str, str, ec.EllipticCurvePrivateKey]:
+    """Migrate and register a fresh agency holding every scope; return (id, kid, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    agency_id = f"bench-{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await agencies.add(
+            conn,
+            agency_id=agency_id,
+            name="Benchmark agency",
+            kind="OTHER",
+            scopes=list(SCOPES),
+            fields=[],
+            rate_limit=None,
+            kid="k1",
+            algorithm="ES256",
+            public_key_pem=pem,
+        )
+    finally:
+        await conn.close()
+    return agency_id, "k1", key
+
+
+def token(agency_id: str, kid: str, key: ec.EllipticCurvePrivateKey, lifetime: int = 900) -> str:
+    now = int(time.time())
+    return jwt.encode(
+        {"iss": agency_id, "aud": "citizen-registry", "iat": now, "exp": now + lifetime},
+        key,
+        algorithm="ES256",
+        headers={"kid": kid},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    target: str
+    process: subprocess.Popen[str]
+
+
+@contextmanager
+def server_process(dsn: str, **env_overrides: str) -> Iterator[ServerProcess]:
+    """Run `python server.py` against dsn until the block ends."""
+    port = free_port()
+    log_file = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
+    env = {
+        **os.environ,
+        "REGISTRY_DATABASE_URL": dsn,
+        "REGISTRY_LISTEN": f"127.0.0.1:{port}",
+        "GRPC_VERBOSITY": "ERROR",
+        **env_overrides,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+        text=True,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target, proc)
+        yield ServerProcess(target, proc)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log_file.close()
+        os.unlink(log_file.name)
+
+
+def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not serving")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def closed_loop(
+    call, concurrency: int, duration_s: float, warmup_s: float = 2.0
+) -> tuple[int, list[float], int]:
+    """Run `concurrency` callers back to back; return (completed, latencies, errors) measured."""
+    latencies: list[float] = []
+    errors = 0
+    completed = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    measure_from = start + warmup_s
+    end = measure_from + duration_s
+
+    async def caller(i: int) -> None:
+        nonlocal errors, completed
+        n = 0
+        while True:
+            t0 = loop.time()
+            if t0 >= end:
+                return
+            try:
+                await call(i, n)
+                ok = True
+            except grpc.aio.AioRpcError:
+                ok = False
+            t1 = loop.time()
+            n += 1
+            if t0 >= measure_from and t1 <= end:
+                if ok:
+                    completed += 1
+                    latencies.append(t1 - t0)
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    latencies.sort()
+    return completed, latencies, errors
