@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import asyncpg
 
+from registry import clock
 from registry import pin as pins
 from registry.db import citizens, idempotency
 from registry.db import pins as buckets
@@ -18,7 +20,7 @@ from registry.errors import (
     not_found,
 )
 from registry.model import BirthRegistration, Caller, Citizen, CitizenStatus, DeathRegistration
-from registry.registration import request_hash
+from registry.registration import Checked, request_hash
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +87,21 @@ async def register_birth(
     db: Database,
     caller: Caller,
     request_id: str,
-    birth: BirthRegistration,
+    checked: Checked[BirthRegistration],
 ) -> tuple[Citizen, bool]:
     """Create the citizen and issue the PIN; return (citizen, replayed)."""
+    birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
-    bucket = pins.bucket_for(birth.registration_province_code, birth.sex, birth.date_of_birth.year)
     async with db.pool.acquire() as conn:
         stored = await idempotency.lookup(conn, caller.agency_id, request_id)
         if stored is not None:
             return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+        checked.check()
+        if birth.registered_on is None:
+            birth = replace(birth, registered_on=clock.today())
+        bucket = pins.bucket_for(
+            birth.registration_province_code, birth.sex, birth.date_of_birth.year
+        )
         await _check_parents(conn, birth)
         for _ in range(_MAX_TAKEN_NUMBERS):
             async with db.counters.acquire() as counter_conn:

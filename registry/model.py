@@ -111,7 +111,8 @@ class BirthRegistration:
     mother_pin: str | None
     registration_authority: str
     registration_number: str
-    registered_on: date
+    registered_on: date | None
+    """None when the request did not say: the registration is dated the day it is carried out."""
 
 
 @dataclass(frozen=True)

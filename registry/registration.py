@@ -11,16 +11,18 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from datetime import date
+from typing import Generic, TypeVar
 
 from registry import names, pin
 from registry.dates import PartialDate, parse_parts
 from registry.errors import FieldViolation, invalid_argument
 from registry.model import BirthRegistration, DeathRegistration
 
-_REQUEST_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
-_NATIONALITY_RE = re.compile(r"^[A-Z]{2}$")
-_PROVINCE_RE = re.compile(r"^[0-9]{3}$")
+_REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+_NATIONALITY_RE = re.compile(r"[A-Z]{2}")
+_PROVINCE_RE = re.compile(r"[0-9]{3}")
 
+T = TypeVar("T")
 DateParts = tuple[int, int, int]
 """A google.type.Date as (year, month, day); zeros mean 'not given'."""
 
@@ -61,9 +63,14 @@ class _Violations:
 
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        self.deferred: list[FieldViolation] = []
 
     def add(self, field: str, description: str) -> None:
         self.items.append(FieldViolation(field, description))
+
+    def defer(self, field: str, description: str) -> None:
+        """Record a violation that depends on the register's tables, not on the request."""
+        self.deferred.append(FieldViolation(field, description))
 
     def text(self, field: str, raw: str, *, max_length: int, required: bool = True) -> str:
         value, problem = names.validate_text(raw, max_length=max_length, required=required)
@@ -81,14 +88,14 @@ class _Violations:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise invalid_argument(self.items)
+            raise invalid_argument([*self.items, *self.deferred])
 
 
 def check_request_id(violations: _Violations, request_id: str) -> None:
     """Require the caller's idempotency key: 1-128 printable ASCII characters, no spaces."""
     if not request_id:
         violations.add("request_id", "is required (the caller's idempotency key)")
-    elif not _REQUEST_ID_RE.match(request_id):
+    elif not _REQUEST_ID_RE.fullmatch(request_id):
         violations.add("request_id", "must be 1-128 printable ASCII characters without spaces")
 
 
@@ -102,8 +109,32 @@ def _reference_pin(violations: _Violations, field: str, raw: str) -> str | None:
     return value
 
 
-def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> BirthRegistration:
-    """Validate and normalise a birth registration, or raise INVALID_ARGUMENT naming every field."""
+@dataclass(frozen=True)
+class Checked(Generic[T]):
+    """A normalised request, with the violations that depend on the register's current tables.
+
+    Those are answered only if the request is not a replay: a retry of a registration that
+    succeeded must get its original answer even if, say, its province code closed since.
+    """
+
+    value: T
+    deferred: tuple[FieldViolation, ...] = ()
+
+    def check(self) -> T:
+        """Return the value, or raise INVALID_ARGUMENT for the deferred violations."""
+        if self.deferred:
+            raise invalid_argument(self.deferred)
+        return self.value
+
+
+def validate_birth(
+    raw: RawBirth, prefixes: pin.PrefixTable, today: date
+) -> Checked[BirthRegistration]:
+    """Validate and normalise a birth registration; raise INVALID_ARGUMENT naming every field.
+
+    Violations of rules that depend on the province table are deferred (see `Checked`) unless
+    the request has other violations too, in which case all are raised together.
+    """
     v = _Violations()
     check_request_id(v, raw.request_id)
 
@@ -135,14 +166,14 @@ def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> Bir
     province = raw.registration_province_code.strip()
     if not province:
         v.add("registration_province_code", "is required (3-digit province code, e.g. 001)")
-    elif not _PROVINCE_RE.match(province):
+    elif not _PROVINCE_RE.fullmatch(province):
         v.add("registration_province_code", "must be a 3-digit province code, e.g. 001")
     else:
         prefix = prefixes.get(province)
         if prefix is None:
-            v.add("registration_province_code", f"{province} is not a known province code")
+            v.defer("registration_province_code", f"{province} is not a known province code")
         elif not prefix.open_on(today):
-            v.add(
+            v.defer(
                 "registration_province_code",
                 f"{province} ({prefix.name}) is closed for new PINs "
                 f"(valid {prefix.valid_from.isoformat()} to "
@@ -151,10 +182,13 @@ def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> Bir
 
     hometown = v.text("hometown", raw.hometown, max_length=500)
     ethnicity = v.text("ethnicity", raw.ethnicity, max_length=100)
-    nationality = raw.nationality.strip().upper()
+    nationality = raw.nationality.strip()
+    # Only ASCII is upper-cased: str.upper() would turn "ß" into a plausible "SS".
+    if nationality.isascii():
+        nationality = nationality.upper()
     if not nationality:
         v.add("nationality", "is required (ISO 3166-1 alpha-2 code, e.g. VN)")
-    elif not _NATIONALITY_RE.match(nationality):
+    elif not _NATIONALITY_RE.fullmatch(nationality):
         v.add("nationality", "must be an ISO 3166-1 alpha-2 code, e.g. VN")
 
     father_pin = _reference_pin(v, "father_pin", raw.father_pin)
@@ -166,7 +200,9 @@ def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> Bir
     number = v.text("registration_number", raw.registration_number, max_length=64)
 
     registered = v.date("registered_on", raw.registered_on, required=False)
-    registered_on = today
+    # Left None when not given (the use case fills in the day it is carried out), so that an
+    # identical retry after midnight is still the same request.
+    registered_on: date | None = None
     if registered is not None:
         if not registered.is_complete:
             v.add("registered_on", "must be a complete date (year, month and day)")
@@ -179,7 +215,7 @@ def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> Bir
 
     v.raise_if_any()
     assert sex is not None and dob is not None  # guaranteed by raise_if_any above
-    return BirthRegistration(
+    birth = BirthRegistration(
         full_name=full_name,
         sex=sex,
         date_of_birth=dob,
@@ -194,6 +230,7 @@ def validate_birth(raw: RawBirth, prefixes: pin.PrefixTable, today: date) -> Bir
         registration_number=number,
         registered_on=registered_on,
     )
+    return Checked(birth, tuple(v.deferred))
 
 
 def validate_death(raw: RawDeath, today: date) -> DeathRegistration:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.db.agencies import Agency
-from registry.errors import RegistryError, unauthenticated
+from registry.errors import unauthenticated
 from registry.model import Caller
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,18 @@ class _Verified:
     kid: str
     token_scopes: frozenset[str] | None
     expires_at: float
+
+
+def unverified_key_id(token: str) -> tuple[str, str] | None:
+    """Return the (iss, kid) a token claims, unverified; None if it names none."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        return None
+    if isinstance(kid, str) and kid and isinstance(issuer, str) and issuer:
+        return issuer, kid
+    return None
 
 
 def _parse_scope(claim: object) -> frozenset[str] | None:
@@ -252,8 +264,4 @@ class TokenVerifier:
                 "TOKEN_LIFETIME_TOO_LONG",
                 f"exp - iat must be at most {self.max_lifetime_s} seconds",
             )
-        try:
-            scopes = _parse_scope(claims.get("scope"))
-        except RegistryError:
-            raise
-        return _Verified(issuer, kid, scopes, float(exp))
+        return _Verified(issuer, kid, _parse_scope(claims.get("scope")), float(exp))

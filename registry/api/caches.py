@@ -22,6 +22,7 @@ from registry.tokens import DirectorySnapshot
 log = logging.getLogger(__name__)
 
 _CHANNEL = "registry_agencies"
+_LOOKUPS_PER_S = 20
 
 
 class AgencyDirectory:
@@ -31,10 +32,12 @@ class AgencyDirectory:
         self._db = db
         self._refresh_s = refresh_s
         self.snapshot = DirectorySnapshot({}, {})
-        self._loaded_at = 0.0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        self._missing: dict[tuple[str, str], float] = {}
+        self._window_start = 0.0
+        self._window_lookups = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -47,15 +50,27 @@ class AgencyDirectory:
         async with self._lock:
             rows = await agencies.list_all(self._db.pool)
             self.snapshot = DirectorySnapshot.from_agencies(rows)
-            self._loaded_at = time.monotonic()
 
-    async def reload_if_stale(self, min_age_s: float = 1.0) -> bool:
-        """Reload unless the snapshot is younger than min_age_s; tell whether it reloaded.
+    async def refresh_for_unknown_key(self, agency_id: str, kid: str) -> bool:
+        """Reload if (agency_id, kid) now exists in the database; tell whether it does.
 
-        Called when a token names an unknown key, so a just-registered agency works at once,
-        while a flood of bad tokens costs at most one query per second.
+        Called when a token names a key the snapshot lacks, so an agency registered a moment
+        ago works at once, before its NOTIFY is processed. Bounded: a (agency, kid) found
+        missing is not looked up again for a second, and at most _LOOKUPS_PER_S lookups run
+        per second, so a flood of invented key ids cannot load the database.
         """
-        if time.monotonic() - self._loaded_at < min_age_s:
+        now = time.monotonic()
+        if self._missing.get((agency_id, kid), 0.0) > now:
+            return False
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_lookups = now, 0
+        if self._window_lookups >= _LOOKUPS_PER_S:
+            return False
+        self._window_lookups += 1
+        if not await agencies.key_exists(self._db.pool, agency_id, kid):
+            if len(self._missing) > 10_000:
+                self._missing = {k: t for k, t in self._missing.items() if t > now}
+            self._missing[(agency_id, kid)] = now + 1.0
             return False
         await self.reload()
         return True

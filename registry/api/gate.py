@@ -22,7 +22,7 @@ from registry.api.errors import to_grpc_status
 from registry.db.pool import is_unavailable
 from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
 from registry.model import Caller
-from registry.tokens import TokenVerifier
+from registry.tokens import TokenVerifier, unverified_key_id
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("registry.access")
@@ -116,7 +116,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             caller = self._verifier.verify(token, self._directory.snapshot, purpose)
         except RegistryError as exc:
-            if exc.reason != "TOKEN_KEY_UNKNOWN" or not await self._directory.reload_if_stale():
+            key_id = unverified_key_id(token) if exc.reason == "TOKEN_KEY_UNKNOWN" else None
+            if key_id is None or not await self._directory.refresh_for_unknown_key(*key_id):
                 raise
             caller = self._verifier.verify(token, self._directory.snapshot, purpose)
         if scope == "":

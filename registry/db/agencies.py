@@ -143,3 +143,11 @@ async def set_enabled(conn: asyncpg.Connection, agency_id: str, enabled: bool) -
     )
     if status == "UPDATE 0":
         raise RegistryError(Code.NOT_FOUND, "AGENCY_NOT_FOUND", f"no agency {agency_id!r}")
+
+
+async def key_exists(conn: asyncpg.Connection | asyncpg.Pool, agency_id: str, kid: str) -> bool:
+    """Tell whether an agency has registered a key with this kid (revoked or not)."""
+    found = await conn.fetchval(
+        "SELECT true FROM agency_keys WHERE agency_id = $1 AND kid = $2", agency_id, kid
+    )
+    return found is True

@@ -6,6 +6,7 @@ no other test uses; rows written by a test are found by a registration_number un
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import unicodedata
@@ -322,11 +323,14 @@ def test_same_request_id_with_other_content_is_already_exists(civil, agency, db)
     assert stored == "Hoàng Văn Một"
 
 
-def test_request_ids_are_per_agency(civil, agency, make_agency, db):
+def test_request_ids_are_per_agency(civil, agency, make_agency, db, server):
     number = unique_number()
     request = birth_request(full_name="Đỗ Văn Khóa", registration_number=number)
     first = civil.RegisterBirth(request, metadata=agency.metadata())
     other_agency = make_agency()
+    # Make sure the server knows the new agency before its first call (a key registered less
+    # than a second after the last directory refresh can otherwise be refused as unknown).
+    server.call(server.app.directory.reload())
     second = civil.RegisterBirth(request, metadata=other_agency.metadata())
     assert second.replayed is False
     assert second.citizen.pin != first.citizen.pin
@@ -363,6 +367,53 @@ def test_birth_request_id_reused_for_a_death_is_already_exists(civil, agency, db
     assert (row["status"], row["version"]) == (1, 1)
 
 
+def test_identical_retry_after_midnight_is_a_replay(civil, agency, db, monkeypatch):
+    # registered_on is not given (it defaults to the day of registration). The retry is
+    # byte-identical, so it must get the original result, not ALREADY_EXISTS, even when it
+    # arrives after midnight (e.g. retrying with backoff through a database outage).
+    number = unique_number()
+    request = birth_request(full_name="Kiều Văn Nửa Đêm", registration_number=number)
+    first = civil.RegisterBirth(request, metadata=agency.metadata())
+    tomorrow = clock.today() + timedelta(days=1)
+    monkeypatch.setattr(clock, "today", lambda: tomorrow)
+    again = civil.RegisterBirth(request, metadata=agency.metadata())
+    assert again.replayed is True
+    assert again.citizen.pin == first.citizen.pin
+    assert rows_with_number(db, number) == 1
+
+
+def test_retry_after_the_province_code_closed_is_a_replay(civil, agency, db, server):
+    # The first call succeeded (the caller lost the answer); the operator then closed the code.
+    # The retry must still return the PIN that was issued, not INVALID_ARGUMENT.
+    code = "916"
+    db.execute(
+        "INSERT INTO pin_prefixes (code, name, kind, valid_from, valid_to) "
+        "VALUES ($1, 'Closing test code', 'test', DATE '2016-01-01', NULL)",
+        code,
+    )
+    server.call(server.app.prefixes.reload())
+    request = birth_request(registration_province_code=code, registration_number=unique_number())
+    first = civil.RegisterBirth(request, metadata=agency.metadata())
+    assert first.citizen.pin.startswith(code)
+    db.execute(
+        "UPDATE pin_prefixes SET valid_to = $2 WHERE code = $1",
+        code,
+        clock.today() - timedelta(days=1),
+    )
+    server.call(server.app.prefixes.reload())
+    # New registrations under the closed code are refused ...
+    err = call_error(
+        civil.RegisterBirth,
+        birth_request(registration_province_code=code),
+        metadata=agency.metadata(),
+    )
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    # ... but the identical retry of the one that succeeded is answered from the record.
+    again = civil.RegisterBirth(request, metadata=agency.metadata())
+    assert again.replayed is True
+    assert again.citizen.pin == first.citizen.pin
+
+
 def test_concurrent_identical_requests_create_one_citizen(civil, agency, db):
     number = unique_number()
     request = birth_request(full_name="Bùi Thị Đồng Thời", sex=FEMALE, registration_number=number)
@@ -389,11 +440,14 @@ def test_concurrent_identical_requests_create_one_citizen(civil, agency, db):
     assert len({r.citizen.pin for r in results}) == 1
     assert sum(r.replayed for r in results) == threads - 1
     assert rows_with_number(db, number) == 1
-    assert db.fetchval(
-        "SELECT count(*) FROM idempotency_keys WHERE agency_id = $1 AND request_id = $2",
-        agency.id,
-        request.request_id,
-    ) == 1
+    assert (
+        db.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE agency_id = $1 AND request_id = $2",
+            agency.id,
+            request.request_id,
+        )
+        == 1
+    )
 
 
 # -- uniqueness and unpredictability --------------------------------------------------------
@@ -423,30 +477,40 @@ def test_many_births_in_one_bucket_get_distinct_non_sequential_pins(civil, agenc
         assert p[:6] == f"{province}{g}{yy:02d}"
         assert pins.check_structure(p, TABLE, sex=pins.Sex.MALE, birth_year=year) == []
     randoms = [int(p[6:]) for p in issued]
-    consecutive = sum(1 for a, b in zip(randoms, randoms[1:], strict=False) if abs(b - a) == 1)
+    consecutive = sum(1 for a, b in itertools.pairwise(randoms) if abs(b - a) == 1)
     assert consecutive < 5, f"{consecutive} consecutive issues differ by one"
-    increasing = sum(1 for a, b in zip(randoms, randoms[1:], strict=False) if b > a)
+    increasing = sum(1 for a, b in itertools.pairwise(randoms) if b > a)
     assert 0.3 * count < increasing < 0.7 * count, "issue order looks sorted"
     assert bucket_row(db, province, g, yy)["issued"] == count
-    assert int(
-        db.fetchval(
-            "SELECT count(*) FROM citizens WHERE pin LIKE $1", f"{province}{g}{yy:02d}%"
+    assert (
+        int(
+            db.fetchval(
+                "SELECT count(*) FROM citizens WHERE pin LIKE $1", f"{province}{g}{yy:02d}%"
+            )
         )
-    ) == count
+        == count
+    )
 
 
 # -- parents --------------------------------------------------------------------------------
 
 
 def test_child_is_linked_to_parents_registered_late(civil, agency, db):
-    father = register(civil, agency, full_name="Ngô Văn Cha", sex=MALE, date_of_birth=date(1985, 4, 2))
+    father = register(
+        civil, agency, full_name="Ngô Văn Cha", sex=MALE, date_of_birth=date(1985, 4, 2)
+    )
     mother = register(
         civil, agency, full_name="Đặng Thị Mẹ", sex=FEMALE, date_of_birth=date(1988, 9, 0)
     )
     assert_pin_for(father.pin, "001", MALE, 1985)
     assert_pin_for(mother.pin, "001", FEMALE, 1988)
     child = register(
-        civil, agency, full_name="Ngô Thị Con", sex=FEMALE, father_pin=father.pin, mother_pin=mother.pin
+        civil,
+        agency,
+        full_name="Ngô Thị Con",
+        sex=FEMALE,
+        father_pin=father.pin,
+        mother_pin=mother.pin,
     )
     assert child.father_pin == father.pin
     assert child.mother_pin == mother.pin
@@ -513,8 +577,12 @@ def test_parent_born_the_same_day_as_the_child_is_refused(civil, agency, db):
 
 
 def test_parent_with_a_cancelled_pin_is_refused(civil, agency, db):
-    old = register(civil, agency, full_name="Trịnh Văn Cũ", sex=MALE, date_of_birth=date(1970, 1, 1))
-    new = register(civil, agency, full_name="Trịnh Văn Cũ", sex=MALE, date_of_birth=date(1971, 1, 1))
+    old = register(
+        civil, agency, full_name="Trịnh Văn Cũ", sex=MALE, date_of_birth=date(1970, 1, 1)
+    )
+    new = register(
+        civil, agency, full_name="Trịnh Văn Cũ", sex=MALE, date_of_birth=date(1971, 1, 1)
+    )
     db.execute(
         "UPDATE citizens SET status = 4, replaced_by_pin = $2 WHERE pin = $1", old.pin, new.pin
     )
@@ -595,7 +663,11 @@ def test_exhausted_bucket_is_resource_exhausted_at_once(civil, agency, db):
     g, yy = expected_g(FEMALE, year), year % 100
     assert (g, yy) == (1, 53)
     assert bucket_row(db, province, g, yy) is None, "bucket used by another test"
-    fields = {"sex": FEMALE, "date_of_birth": date(year, 6, 6), "registration_province_code": province}
+    fields = {
+        "sex": FEMALE,
+        "date_of_birth": date(year, 6, 6),
+        "registration_province_code": province,
+    }
     first = register(civil, agency, **fields)
     assert first.pin[:6] == "096153"
     db.execute(
@@ -630,7 +702,11 @@ def test_number_already_held_by_an_imported_record_is_skipped(civil, agency, db)
     province, year = "092", 1961
     g, yy = expected_g(FEMALE, year), year % 100
     assert bucket_row(db, province, g, yy) is None, "bucket used by another test"
-    fields = {"sex": FEMALE, "date_of_birth": date(year, 2, 2), "registration_province_code": province}
+    fields = {
+        "sex": FEMALE,
+        "date_of_birth": date(year, 2, 2),
+        "registration_province_code": province,
+    }
     register(civil, agency, **fields)
     row = bucket_row(db, province, g, yy)
     key, issued = bytes(row["key"]), row["issued"]

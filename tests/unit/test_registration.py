@@ -17,9 +17,15 @@ from registry import registration
 from registry.dates import PartialDate
 from registry.errors import Code, RegistryError
 from registry.pin import Prefix, PrefixTable, Sex
-from registry.registration import RawBirth, RawDeath, request_hash, validate_birth, validate_death
+from registry.model import BirthRegistration
+from registry.registration import Checked, RawBirth, RawDeath, request_hash, validate_death
 
 TODAY = date(2026, 6, 15)
+
+
+def validate_birth(raw: RawBirth, table: PrefixTable, today: date) -> BirthRegistration:
+    """Validate completely, deferred (table-dependent) violations included."""
+    return registration.validate_birth(raw, table, today).check()
 TABLE = PrefixTable.load_default()
 VALID_PIN = "001090000123"
 OTHER_PIN = "001190000456"
@@ -110,7 +116,7 @@ def test_valid_birth_passes_and_is_normalised() -> None:
     assert birth.date_of_birth == PartialDate(2026, 6, 1)
     assert birth.father_pin == VALID_PIN
     assert birth.mother_pin == OTHER_PIN
-    assert birth.registered_on == TODAY  # not given: defaults to today
+    assert birth.registered_on is None  # not given: the use case dates it when carried out
 
 
 def test_name_case_is_kept_as_given() -> None:
@@ -197,7 +203,9 @@ def test_valid_death_passes() -> None:
         pytest.param({"father_pin": "٠٠١٠٩٠٠٠٠١٢٣"}, "father_pin", id="father-arabic-indic"),
         pytest.param({"father_pin": "00109000012a"}, "father_pin", id="father-letter"),
         pytest.param({"mother_pin": "001-19-000045"}, "mother_pin", id="mother-dashes"),
-        pytest.param({"mother_pin": "００１１９００００４５６"}, "mother_pin", id="mother-fullwidth"),
+        pytest.param(
+            {"mother_pin": "００１１９００００４５６"}, "mother_pin", id="mother-fullwidth"
+        ),
         pytest.param({"registration_authority": ""}, "registration_authority", id="authority"),
         pytest.param({"registration_number": "  "}, "registration_number", id="number-blank"),
         pytest.param({"registration_number": "x" * 65}, "registration_number", id="number-long"),
@@ -205,9 +213,7 @@ def test_valid_death_passes() -> None:
         pytest.param({"registered_on": (2026, 5, 31)}, "registered_on", id="registered-early"),
         pytest.param({"registered_on": (2026, 6, 0)}, "registered_on", id="registered-partial"),
         pytest.param({"registered_on": (2026, 0, 0)}, "registered_on", id="registered-year"),
-        pytest.param(
-            {"registered_on": (2026, 2, 30)}, "registered_on.day", id="registered-30-feb"
-        ),
+        pytest.param({"registered_on": (2026, 2, 30)}, "registered_on.day", id="registered-30-feb"),
         pytest.param({"request_id": ""}, "request_id", id="request-id-missing"),
         pytest.param({"request_id": "abc def"}, "request_id", id="request-id-space"),
         pytest.param({"request_id": "x" * 129}, "request_id", id="request-id-129"),
@@ -299,7 +305,9 @@ def test_closed_province_code_is_refused() -> None:
 
 def test_province_code_open_until_today_is_accepted() -> None:
     last_day = Prefix("990", "Closing code", "abroad", date(2016, 1, 1), TODAY)
-    birth = validate_birth(raw_birth(registration_province_code="990"), _table_with(last_day), TODAY)
+    birth = validate_birth(
+        raw_birth(registration_province_code="990"), _table_with(last_day), TODAY
+    )
     assert birth.registration_province_code == "990"
 
 
@@ -479,3 +487,49 @@ def test_nationality_is_not_rewritten_into_a_code_by_case_mapping() -> None:
     # not an ISO 3166-1 alpha-2 code and must not be accepted as (and stored as) another one.
     assert birth_fields(nationality="ß") == ["nationality"]
     assert birth_fields(nationality="ﬀ") == ["nationality"]
+
+
+def test_request_hash_of_an_identical_retry_does_not_depend_on_the_day() -> None:
+    # registered_on not given defaults to today; a byte-identical retry made after midnight is
+    # still "the same content" (SPEC §5) and must fingerprint the same, or it is answered
+    # ALREADY_EXISTS instead of being replayed.
+    raw = raw_birth(registered_on=(0, 0, 0))
+    first = validate_birth(raw, TABLE, TODAY)
+    retry = validate_birth(raw, TABLE, TODAY + timedelta(days=1))
+    assert request_hash("RegisterBirth", first) == request_hash("RegisterBirth", retry)
+
+
+# -- deferral of the rules that depend on the province table ------------------------------------
+
+
+def _closed_table() -> PrefixTable:
+    closed = Prefix("990", "Closed", "province", date(2016, 1, 1), TODAY - timedelta(days=1))
+    return PrefixTable.from_rows([*TABLE.values(), closed])
+
+
+def test_a_closed_province_alone_is_deferred_until_after_the_replay_check():
+    checked = registration.validate_birth(
+        raw_birth(registration_province_code="990"), _closed_table(), TODAY
+    )
+    assert isinstance(checked, Checked)
+    assert checked.value.registration_province_code == "990"
+    assert [v.field for v in checked.deferred] == ["registration_province_code"]
+    with pytest.raises(RegistryError) as info:
+        checked.check()
+    assert [v.field for v in info.value.field_violations] == ["registration_province_code"]
+
+
+def test_a_closed_province_with_other_bad_fields_is_named_with_them_at_once():
+    with pytest.raises(RegistryError) as info:
+        registration.validate_birth(
+            raw_birth(registration_province_code="990", hometown=""), _closed_table(), TODAY
+        )
+    fields = {v.field for v in info.value.field_violations}
+    assert fields == {"registration_province_code", "hometown"}
+
+
+def test_registered_on_not_given_stays_unset_so_a_retry_tomorrow_is_the_same_request():
+    today = validate_birth(raw_birth(registered_on=(0, 0, 0)), TABLE, TODAY)
+    tomorrow = validate_birth(raw_birth(registered_on=(0, 0, 0)), TABLE, TODAY + timedelta(days=1))
+    assert today.registered_on is None
+    assert request_hash("RegisterBirth", today) == request_hash("RegisterBirth", tomorrow)
