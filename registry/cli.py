@@ -111,13 +111,15 @@ def _csv(value: str | None) -> list[str]:
 
 def _read_key(path: str) -> tuple[str, str]:
     try:
-        pem = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read public key {path}: {exc.strerror}") from None
     try:
+        pem = raw.decode("ascii")
         algorithm, _ = load_public_key(pem)
-    except KeyError_ as exc:
-        raise CliError(f"{path}: {exc}") from None
+    except (UnicodeDecodeError, KeyError_) as exc:
+        problem = exc if isinstance(exc, KeyError_) else "not a PEM public key (binary file?)"
+        raise CliError(f"{path}: {problem}") from None
     return algorithm, pem
 
 

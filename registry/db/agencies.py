@@ -37,8 +37,17 @@ class Agency:
     keys: tuple[AgencyKey, ...]
 
 
-async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
-    """Return every agency with its keys, ordered by id."""
+async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
+    """Return every agency with its keys, ordered by id, from one consistent snapshot."""
+    if isinstance(pool_or_conn, asyncpg.Pool):
+        async with pool_or_conn.acquire() as conn:
+            return await list_all(conn)
+    conn = pool_or_conn
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _list_all(conn)
+
+
+async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
         "SELECT id, name, kind, scopes, fields, rate_limit, enabled FROM agencies ORDER BY id"
     )
