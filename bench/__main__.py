@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import platform
 import os
+import platform
 
 from bench import births
 
 
 def main() -> None:
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}")
+    print(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}"
+    )
     births.main()
 
 

@@ -53,9 +53,11 @@ def bench_database() -> Iterator[str]:
 async def prepare(dsn: str) -> tuple[str, str, ec.EllipticCurvePrivateKey]:
     """Migrate and register a fresh agency holding every scope; return (id, kid, key)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     agency_id = f"bench-{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(dsn)
     try:
@@ -104,7 +106,6 @@ class ServerProcess:
 def server_process(dsn: str, **env_overrides: str) -> Iterator[ServerProcess]:
     """Run `python server.py` against dsn until the block ends."""
     port = free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
     env = {
         **os.environ,
         "REGISTRY_DATABASE_URL": dsn,
@@ -112,22 +113,22 @@ def server_process(dsn: str, **env_overrides: str) -> Iterator[ServerProcess]:
         "GRPC_VERBOSITY": "ERROR",
         **env_overrides,
     }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        text=True,
-    )
-    target = f"127.0.0.1:{port}"
-    try:
-        wait_serving(target, proc)
-        yield ServerProcess(target, proc)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log_file.close()
-        os.unlink(log_file.name)
+    # The server's JSON logs go to a scratch file: the bench prints figures only.
+    with tempfile.TemporaryFile(prefix="bench-server-", suffix=".log") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            text=True,
+        )
+        target = f"127.0.0.1:{port}"
+        try:
+            wait_serving(target, proc)
+            yield ServerProcess(target, proc)
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -150,7 +151,7 @@ def wait_serving(target: str, proc: subprocess.Popen[str], timeout: float = 60) 
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
-    index = min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
     return sorted_values[index]
 
 

@@ -34,7 +34,9 @@ from registry.v1 import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
-    civil_registration_service_pb2.DESCRIPTOR.services_by_name["CivilRegistrationService"].full_name,
+    civil_registration_service_pb2.DESCRIPTOR.services_by_name[
+        "CivilRegistrationService"
+    ].full_name,
     card_service_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
     identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
     population_service_pb2.DESCRIPTOR.services_by_name["PopulationService"].full_name,
@@ -65,7 +67,7 @@ class RegistryServer:
     async def _watch_database(self) -> None:
         serving: bool | None = None
         while True:
-            ok = await self.db.ping(timeout=max(self.settings.health_check_s, 1.0))
+            ok = await self.db.ping(within_s=max(self.settings.health_check_s, 1.0))
             if ok != serving:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -75,7 +77,9 @@ class RegistryServer:
                 for name in ("", *SERVICE_NAMES):
                     await self.health.set(name, status)
                 if serving is not None:
-                    log.warning("database %s", "is back: SERVING" if ok else "unreachable: NOT_SERVING")
+                    log.warning(
+                        "database %s", "is back: SERVING" if ok else "unreachable: NOT_SERVING"
+                    )
                 serving = ok
             await asyncio.sleep(self.settings.health_check_s)
 
@@ -144,7 +148,11 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     credentials = _credentials(settings)

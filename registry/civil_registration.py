@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+
 import asyncpg
 
 from registry import clock
@@ -33,7 +34,11 @@ _MAX_TAKEN_NUMBERS = 16
 
 
 async def _replay(
-    conn: asyncpg.Connection, stored: idempotency.StoredRequest, method: str, digest: bytes, request_id: str
+    conn: asyncpg.Connection,
+    stored: idempotency.StoredRequest,
+    method: str,
+    digest: bytes,
+    request_id: str,
 ) -> Citizen:
     pin = idempotency.check_replay(stored, method, digest, request_id)
     citizen = await citizens.get(conn, pin)
@@ -190,7 +195,11 @@ def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:
             "CITIZEN_DECEASED",
             f"the death of the citizen with PIN {death.pin} is already registered "
             f"(date of death {citizen.date_of_death})",
-            [PreconditionViolation("CITIZEN_DECEASED", death.pin, "already registered as deceased")],
+            [
+                PreconditionViolation(
+                    "CITIZEN_DECEASED", death.pin, "already registered as deceased"
+                )
+            ],
         )
     if citizen.status == CitizenStatus.PIN_CANCELLED:
         raise failed_precondition(

@@ -96,7 +96,10 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
             done = await migrate(conn)
         finally:
             await conn.close()
-        print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in done))
+        print(
+            f"applied {len(done)} migration(s)"
+            + "".join(f"\n  {m.version:04d}_{m.name}" for m in done)
+        )
 
     with database_url(settings) as dsn:
         asyncio.run(run(dsn))
@@ -144,7 +147,8 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
         bad_fields = sorted(set(fields) - set(CITIZEN_FIELDS))
         if bad_fields:
             raise CliError(
-                f"unknown citizen field(s): {', '.join(bad_fields)} (known: {', '.join(CITIZEN_FIELDS)})"
+                f"unknown citizen field(s): {', '.join(bad_fields)} "
+                f"(known: {', '.join(CITIZEN_FIELDS)})"
             )
         if args.rate_limit is not None and args.rate_limit <= 0:
             raise CliError("--rate-limit must be a positive number of calls per second")

@@ -131,7 +131,9 @@ class Settings:
             listen=env.get("REGISTRY_LISTEN", "").strip() or DEFAULT_LISTEN,
             database_url=env.get("REGISTRY_DATABASE_URL", "").strip() or None,
             replica_urls=tuple(
-                url.strip() for url in env.get("REGISTRY_REPLICA_URLS", "").split(",") if url.strip()
+                url.strip()
+                for url in env.get("REGISTRY_REPLICA_URLS", "").split(",")
+                if url.strip()
             ),
             data_dir=path("REGISTRY_DATA_DIR") or Path("var"),
             jwt_audience=env.get("REGISTRY_JWT_AUDIENCE", "").strip() or DEFAULT_AUDIENCE,

@@ -205,7 +205,7 @@ class EmbeddedCluster:
         if self._user is not None:
             kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
             env["HOME"] = self._user.pw_dir
-        result = subprocess.run(
+        result: subprocess.CompletedProcess[str] = subprocess.run(
             argv,
             capture_output=True,
             text=True,

@@ -251,9 +251,13 @@ class TokenVerifier:
                 "TOKEN_AUDIENCE_INVALID", f"the token's aud must be {self.audience!r}"
             ) from None
         except jwt.InvalidSignatureError:
-            raise unauthenticated("TOKEN_SIGNATURE_INVALID", "the token's signature is invalid") from None
+            raise unauthenticated(
+                "TOKEN_SIGNATURE_INVALID", "the token's signature is invalid"
+            ) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise unauthenticated("TOKEN_CLAIM_MISSING", f"the token lacks the {exc.claim} claim") from None
+            raise unauthenticated(
+                "TOKEN_CLAIM_MISSING", f"the token lacks the {exc.claim} claim"
+            ) from None
         except jwt.PyJWTError as exc:
             raise unauthenticated("TOKEN_INVALID", f"the token is invalid: {exc}") from None
         iat, exp = claims["iat"], claims["exp"]

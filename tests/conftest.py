@@ -235,9 +235,11 @@ def new_private_key(kind: str = "ES256") -> Any:
 
 
 def public_pem(private_key: Any) -> str:
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def private_pem(private_key: Any) -> str:
@@ -273,7 +275,12 @@ class TestAgency:
         **claims: Any,
     ) -> str:
         now = int(time.time()) + iat_offset
-        payload: dict[str, Any] = {"iss": self.id, "aud": audience, "iat": now, "exp": now + lifetime}
+        payload: dict[str, Any] = {
+            "iss": self.id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + lifetime,
+        }
         if scope is not None:
             payload["scope"] = scope
         payload.update(claims)
@@ -284,7 +291,9 @@ class TestAgency:
             headers={"kid": kid or self.kid},
         )
 
-    def metadata(self, token: str | None = None, purpose: str | None = None) -> tuple[tuple[str, str], ...]:
+    def metadata(
+        self, token: str | None = None, purpose: str | None = None
+    ) -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = [("authorization", f"Bearer {token or self.token()}")]
         if purpose is not None:
             md.append(("x-purpose", purpose))
@@ -353,7 +362,9 @@ def channel(server: ServerThread) -> Iterator[grpc.Channel]:
 
 
 @pytest.fixture(scope="session")
-def civil(channel: grpc.Channel) -> civil_registration_service_pb2_grpc.CivilRegistrationServiceStub:
+def civil(
+    channel: grpc.Channel,
+) -> civil_registration_service_pb2_grpc.CivilRegistrationServiceStub:
     return civil_registration_service_pb2_grpc.CivilRegistrationServiceStub(channel)
 
 

@@ -31,8 +31,14 @@ def compile_stubs(proto_root: Path) -> Path:
     out = Path(tempfile.mkdtemp(prefix="registry-stubs-"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     files = [str(p) for p in sorted((proto_root / "registry" / "v1").glob("*.proto"))]
-    args = ["protoc", f"-I{proto_root}", f"-I{well_known}", f"--python_out={out}",
-            f"--grpc_python_out={out}", *files]
+    args = [
+        "protoc",
+        f"-I{proto_root}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return out
@@ -95,8 +101,16 @@ def main() -> int:
         except grpc.RpcError as error:
             print(json.dumps({"error": error.code().name, "message": error.details()}))
             return 1
-    print(json.dumps({"pin": response.citizen.pin, "replayed": response.replayed,
-                      "full_name": response.citizen.full_name}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "pin": response.citizen.pin,
+                "replayed": response.replayed,
+                "full_name": response.citizen.full_name,
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 

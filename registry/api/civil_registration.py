@@ -13,7 +13,7 @@ from registry.v1 import civil_registration_service_pb2 as pb
 from registry.v1 import civil_registration_service_pb2_grpc as pb_grpc
 
 
-class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):  # type: ignore[misc]
+class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
     """Register births (issuing PINs) and deaths."""
 
     def __init__(self, db: Database, prefixes: PrefixCache):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
@@ -61,14 +64,14 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
         full_name=value.full_name,
         other_names=value.other_names,
         date_of_birth=partial_date(value.date_of_birth),
-        sex=int(value.sex),
+        sex=_enum(value.sex),
         place_of_birth=value.place_of_birth,
         registration_province_code=value.registration_province_code,
         hometown=value.hometown,
         ethnicity=value.ethnicity,
         religion=value.religion,
         nationality=value.nationality,
-        blood_type=int(value.blood_type),
+        blood_type=_enum(value.blood_type),
         legacy_ids=value.legacy_ids,
         father_pin=value.father_pin or "",
         mother_pin=value.mother_pin or "",
@@ -77,8 +80,8 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
         permanent_address=value.permanent_address,
         temporary_address=value.temporary_address,
         current_address=value.current_address,
-        marital_status=int(value.marital_status),
-        status=int(value.status),
+        marital_status=_enum(value.marital_status),
+        status=_enum(value.status),
         date_of_death=partial_date(value.date_of_death),
         replaced_by_pin=value.replaced_by_pin or "",
         version=value.version,
@@ -91,7 +94,12 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
     return message
 
 
-def _timestamp(value: object) -> timestamp_pb2.Timestamp:
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)  # type: ignore[arg-type]
+    stamp.FromDatetime(value)
     return stamp
+
+
+def _enum(value: int) -> Any:
+    """Return a domain IntEnum as the plain number protobuf enum fields take."""
+    return int(value)

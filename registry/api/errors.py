@@ -14,12 +14,12 @@ _GRPC_CODES: dict[Code, int] = {code: getattr(code_pb2, code.value) for code in 
 
 def grpc_code(code: Code) -> grpc.StatusCode:
     """Return the grpc.StatusCode of a domain code."""
-    return getattr(grpc.StatusCode, code.value)  # type: ignore[no-any-return]
+    return getattr(grpc.StatusCode, code.value)
 
 
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 

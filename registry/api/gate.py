@@ -100,7 +100,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for kind, (wrapper, make) in wrap.items():
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return make(  # type: ignore[no-any-return]
+                return make(
                     wrapper(behavior, method, scope),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
@@ -130,7 +130,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return caller
 
-    def _unary(self, behavior: Callable[..., Any], method: str, scope: str | None) -> Callable[..., Any]:
+    def _unary(
+        self, behavior: Callable[..., Any], method: str, scope: str | None
+    ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             outcome = _Outcome()

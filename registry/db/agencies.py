@@ -58,7 +58,9 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     keys: dict[str, list[AgencyKey]] = {}
     for k in key_rows:
         keys.setdefault(k["agency_id"], []).append(
-            AgencyKey(k["kid"], k["algorithm"], k["public_key_pem"], k["created_at"], k["revoked_at"])
+            AgencyKey(
+                k["kid"], k["algorithm"], k["public_key_pem"], k["created_at"], k["revoked_at"]
+            )
         )
     return [
         Agency(
@@ -105,7 +107,9 @@ async def add(
             raise RegistryError(
                 Code.ALREADY_EXISTS, "AGENCY_EXISTS", f"agency {agency_id!r} already exists"
             ) from None
-        await add_key(conn, agency_id=agency_id, kid=kid, algorithm=algorithm, public_key_pem=public_key_pem)
+        await add_key(
+            conn, agency_id=agency_id, kid=kid, algorithm=algorithm, public_key_pem=public_key_pem
+        )
 
 
 async def add_key(

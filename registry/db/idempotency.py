@@ -57,7 +57,7 @@ async def claim(
 
 
 def check_replay(stored: StoredRequest, method: str, request_hash: bytes, request_id: str) -> str:
-    """Return the original result key if this is the same request again, else raise ALREADY_EXISTS."""
+    """Return the original result key of a repeated request; raise ALREADY_EXISTS otherwise."""
     if stored.method != method or stored.request_hash != request_hash:
         raise RegistryError(
             Code.ALREADY_EXISTS,

@@ -27,7 +27,9 @@ RETURNING issued - $5 AS first, key
 """
 
 
-async def reserve(conn: asyncpg.Connection, bucket: Bucket, count: int = 1) -> tuple[int, bytes] | None:
+async def reserve(
+    conn: asyncpg.Connection, bucket: Bucket, count: int = 1
+) -> tuple[int, bytes] | None:
     """Reserve `count` consecutive counter values; return (first, bucket key), None if full."""
     row = await conn.fetchrow(
         _RESERVE,

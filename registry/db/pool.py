@@ -83,26 +83,28 @@ class Database:
 
     @classmethod
     async def wait_and_connect(
-        cls, dsn: str, *, min_size: int = 4, max_size: int = 16, timeout: float | None = None
+        cls, dsn: str, *, min_size: int = 4, max_size: int = 16, give_up_s: float | None = None
     ) -> Database:
         """Connect, retrying with backoff while the database is unavailable."""
         delay = 0.2
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if give_up_s is None else loop.time() + give_up_s
         while True:
             try:
                 return await cls.connect(dsn, min_size=min_size, max_size=max_size)
             except Exception as exc:
                 if not is_unavailable(exc) or (deadline is not None and loop.time() > deadline):
                     raise
-                log.warning("database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        """Tell whether the database answers a trivial query now."""
+    async def ping(self, within_s: float = 2.0) -> bool:
+        """Tell whether the database answers a trivial query within within_s seconds."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_s):
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
             return True

@@ -15,10 +15,31 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "regist
 
 def _run(server, agency, key_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(EXAMPLE), "--target", server.target, "--agency", agency.id,
-         "--kid", agency.kid, "--key", str(key_file), "--name", "Trần Thị Mai",
-         "--sex", "FEMALE", "--born", "1990-07-15", "--province", "079", *extra],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--target",
+            server.target,
+            "--agency",
+            agency.id,
+            "--kid",
+            agency.kid,
+            "--key",
+            str(key_file),
+            "--name",
+            "Trần Thị Mai",
+            "--sex",
+            "FEMALE",
+            "--born",
+            "1990-07-15",
+            "--province",
+            "079",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -29,8 +50,12 @@ def test_example_client_registers_a_birth_and_replays(server, agency, db, tmp_pa
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert result["replayed"] is False
-    assert pin.check_structure(result["pin"], pin.PrefixTable.load_default(),
-                               sex=pin.Sex.FEMALE, birth_year=1990) == []
+    assert (
+        pin.check_structure(
+            result["pin"], pin.PrefixTable.load_default(), sex=pin.Sex.FEMALE, birth_year=1990
+        )
+        == []
+    )
     assert result["pin"].startswith("079190")
     again = json.loads(_run(server, agency, key_file, "--request-id", "example-birth-1").stdout)
     assert again == {**result, "replayed": True}

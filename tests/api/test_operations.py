@@ -25,7 +25,6 @@ from tests.conftest import (
     ServerThread,
     make_agency_factory,
     new_cluster,
-    private_pem,
     public_pem,
     run,
     server_settings,
@@ -54,8 +53,9 @@ def test_database_outage_is_unavailable_and_the_server_recovers_by_itself():
     cluster = new_cluster("registry-outage-")
     server = None
     try:
-        from registry.db.migrate import migrate
         import asyncpg
+
+        from registry.db.migrate import migrate
 
         async def prepare() -> None:
             conn = await asyncpg.connect(cluster.dsn)
@@ -103,10 +103,13 @@ def test_database_outage_is_unavailable_and_the_server_recovers_by_itself():
                 assert time.monotonic() < deadline, "server did not recover"
                 time.sleep(0.2)
         assert second.citizen.pin != first.citizen.pin
-        assert DB(cluster.dsn).fetchval(
-            "SELECT count(*) FROM citizens WHERE pin = ANY($1::text[])",
-            [first.citizen.pin, second.citizen.pin],
-        ) == 2
+        assert (
+            DB(cluster.dsn).fetchval(
+                "SELECT count(*) FROM citizens WHERE pin = ANY($1::text[])",
+                [first.citizen.pin, second.citizen.pin],
+            )
+            == 2
+        )
         channel.close()
     finally:
         if server is not None:
@@ -140,7 +143,9 @@ def test_server_py_on_a_fresh_data_dir_serves_and_drains_on_sigterm():
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert f"listening on 127.0.0.1:{port}" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
+        assert f"listening on 127.0.0.1:{port}" in line, line + (
+            proc.stderr.read() if proc.poll() is not None else ""
+        )
         wait_serving(f"127.0.0.1:{port}")
 
         # An operator registers an agency with the CLI while the server runs.
@@ -151,10 +156,27 @@ def test_server_py_on_a_fresh_data_dir_serves_and_drains_on_sigterm():
         key_file.write_text(public_pem(key))
         cli = Path(sys.executable).parent / "registry"
         added = subprocess.run(
-            [str(cli), "agency", "add", "--id", "civil-test", "--name", "Sở Tư pháp",
-             "--kind", "JUSTICE", "--scopes", "birth:register", "--public-key", str(key_file),
-             "--kid", "k1"],
-            env=env, capture_output=True, text=True, check=False,
+            [
+                str(cli),
+                "agency",
+                "add",
+                "--id",
+                "civil-test",
+                "--name",
+                "Sở Tư pháp",
+                "--kind",
+                "JUSTICE",
+                "--scopes",
+                "birth:register",
+                "--public-key",
+                str(key_file),
+                "--kid",
+                "k1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert added.returncode == 0, added.stderr
         cluster = EmbeddedCluster(data_dir)

@@ -83,7 +83,7 @@ async def test_an_edited_applied_migration_is_refused(cluster, tmp_path):
         await migrate(conn, load_migrations(tmp_path))
         _write(tmp_path, "0001_base.sql", "CREATE TABLE base (id bigint);")
         _write(tmp_path, "0002_next.sql", "CREATE TABLE next_one (id int);")
-        with pytest.raises(MigrationError, match="0001_base was changed after it was applied"):
+        with pytest.raises(MigrationError, match=r"0001_base was changed after it was applied"):
             await migrate(conn, load_migrations(tmp_path))
         # Refused before applying anything newer.
         assert not await conn.fetchval("SELECT to_regclass('next_one') IS NOT NULL")
@@ -109,7 +109,7 @@ async def test_a_failing_migration_leaves_nothing_behind(cluster, tmp_path):
 
 def test_migration_files_are_well_named_and_unique(tmp_path):
     _write(tmp_path, "1_bad.sql", "SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
     (tmp_path / "1_bad.sql").unlink()
     _write(tmp_path, "0001_a.sql", "SELECT 1;")

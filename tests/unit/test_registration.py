@@ -16,8 +16,8 @@ import pytest
 from registry import registration
 from registry.dates import PartialDate
 from registry.errors import Code, RegistryError
-from registry.pin import Prefix, PrefixTable, Sex
 from registry.model import BirthRegistration
+from registry.pin import Prefix, PrefixTable, Sex
 from registry.registration import Checked, RawBirth, RawDeath, request_hash, validate_death
 
 TODAY = date(2026, 6, 15)
@@ -26,6 +26,8 @@ TODAY = date(2026, 6, 15)
 def validate_birth(raw: RawBirth, table: PrefixTable, today: date) -> BirthRegistration:
     """Validate completely, deferred (table-dependent) violations included."""
     return registration.validate_birth(raw, table, today).check()
+
+
 TABLE = PrefixTable.load_default()
 VALID_PIN = "001090000123"
 OTHER_PIN = "001190000456"
