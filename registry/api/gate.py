@@ -80,14 +80,19 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, directory: AgencyDirectory, verifier: TokenVerifier):
         self._directory = directory
         self._verifier = verifier
+        # Handlers are fixed per method, so each is wrapped once, not on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
         method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
         scope = METHOD_SCOPES.get(method, "")
@@ -100,11 +105,13 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for kind, (wrapper, make) in wrap.items():
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return make(
+                wrapped = make(
                     wrapper(behavior, method, scope),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,
                 )
+                self._wrapped[method] = wrapped
+                return wrapped
         return handler
 
     async def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None) -> Caller:
