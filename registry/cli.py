@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -85,6 +86,9 @@ async def _serve(settings: Settings, dsn: str) -> None:
 
 
 def cmd_serve(settings: Settings, _: argparse.Namespace) -> None:
+    # The server forks only to run PostgreSQL's own tools (pg_ctl), never to continue gRPC
+    # work in a child: gRPC's fork handlers are not needed, and they log noise when skipped.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     with database_url(settings) as dsn:
         asyncio.run(_serve(settings, dsn))
 
