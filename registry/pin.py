@@ -424,11 +424,11 @@ class Permutation:
     A balanced Feistel network of :data:`_ROUNDS` rounds permutes ``[0, 2**(2*h))``, where ``h``
     is the smallest half width that covers the domain (10 bits for a 1,000,000-number bucket);
     cycle-walking restricts it to ``[0, domain)``. The round function is keyed BLAKE2b over the
-    round number and the half; it is tabulated once per key so that :meth:`forward` is a few
-    table look-ups.
+    round number and the half, memoised as it is used: a cold bucket costs a few hashes, not a
+    16 ms tabulation that would stall the server's event loop, and a hot one is table look-ups.
     """
 
-    __slots__ = ("_domain", "_inverse_tables", "_mask", "_shift", "_tables")
+    __slots__ = ("_base", "_domain", "_half_bits", "_mask", "_shift", "_tables")
 
     def __init__(self, key: bytes, domain: int = BUCKET_SIZE) -> None:
         _check_key(key)
@@ -438,23 +438,22 @@ class Permutation:
         # expected number of passes is (network size / domain), at most 4 this way.
         half_bits = max(1, ((domain - 1).bit_length() + 1) // 2)
         half_size = 1 << half_bits
-        base = hashlib.blake2b(key=key, digest_size=4, person=_ROUND_PERSON)
-        tables: list[tuple[int, ...]] = []
-        for round_no in range(_ROUNDS):
-            # The half width is hashed too, so that networks of different sizes built from one
-            # key do not share round functions.
-            prefix = bytes((round_no, half_bits))
-            outputs = []
-            for half in range(half_size):
-                h = base.copy()
-                h.update(prefix + half.to_bytes(2, "big"))
-                outputs.append(_HALF_VALUES[int.from_bytes(h.digest(), "big") & (half_size - 1)])
-            tables.append(tuple(outputs))
+        self._base = hashlib.blake2b(key=key, digest_size=4, person=_ROUND_PERSON)
         self._domain = domain
+        self._half_bits = half_bits
         self._shift = half_bits
         self._mask = half_size - 1
-        self._tables = tuple(tables)
-        self._inverse_tables = tuple(reversed(tables))
+        # -1 marks a round output not computed yet.
+        self._tables = tuple([-1] * half_size for _ in range(_ROUNDS))
+
+    def _round(self, round_no: int, half: int) -> int:
+        # The half width is hashed too, so that networks of different sizes built from one key
+        # do not share round functions.
+        h = self._base.copy()
+        h.update(bytes((round_no, self._half_bits)) + half.to_bytes(2, "big"))
+        value = _HALF_VALUES[int.from_bytes(h.digest(), "big") & self._mask]
+        self._tables[round_no][half] = value
+        return value
 
     @property
     def domain(self) -> int:
@@ -473,8 +472,11 @@ class Permutation:
         # domain makes the map a bijection of [0, domain).
         while True:
             left, right = x >> shift, x & mask
-            for table in tables:
-                left, right = right, left ^ table[right]
+            for round_no, table in enumerate(tables):
+                f = table[right]
+                if f < 0:
+                    f = self._round(round_no, right)
+                left, right = right, left ^ f
             x = (left << shift) | right
             if x < domain:
                 return x
@@ -484,12 +486,15 @@ class Permutation:
         domain = self._domain
         if not 0 <= x < domain:
             raise ValueError(f"value must be 0–{domain - 1}, got {x}")
-        shift, mask, tables = self._shift, self._mask, self._inverse_tables
+        shift, mask, tables = self._shift, self._mask, self._tables
         n = x
         while True:
             left, right = n >> shift, n & mask
-            for table in tables:
-                left, right = right ^ table[left], left
+            for round_no in range(_ROUNDS - 1, -1, -1):
+                f = tables[round_no][left]
+                if f < 0:
+                    f = self._round(round_no, left)
+                left, right = right ^ f, left
             n = (left << shift) | right
             if n < domain:
                 return n
@@ -507,8 +512,8 @@ def bucket_permutation(bucket: Bucket, key: bytes) -> Permutation:
     """Return the permutation that orders the random parts of ``bucket``.
 
     Each bucket gets its own key derived from ``key``, so the issue order seen in one bucket
-    says nothing about any other. The result is cached: tabulating a permutation costs a few
-    milliseconds, while the hot buckets (this year's births) are few.
+    says nothing about any other. The result is cached, so a hot bucket (this year's births)
+    keeps its memoised round functions.
     """
     _check_key(key)
     return _cached_bucket_permutation(bytes(key), bucket)
