@@ -1,4 +1,4 @@
-"""An independent client (own stubs from proto/, another JOSE library) registers a birth."""
+"""An independent client (own stubs from proto/, another JOSE library) registers births, deaths."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 from registry import pin
 from tests.conftest import private_pem
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "register_birth.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "civil_status.py"
 
 
-def _run(server, agency, key_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(server, agency, key_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             str(EXAMPLE),
+            args[0],
             "--target",
             server.target,
             "--agency",
@@ -26,15 +27,7 @@ def _run(server, agency, key_file: Path, *extra: str) -> subprocess.CompletedPro
             agency.kid,
             "--key",
             str(key_file),
-            "--name",
-            "Trần Thị Mai",
-            "--sex",
-            "FEMALE",
-            "--born",
-            "1990-07-15",
-            "--province",
-            "079",
-            *extra,
+            *args[1:],
         ],
         capture_output=True,
         text=True,
@@ -43,13 +36,29 @@ def _run(server, agency, key_file: Path, *extra: str) -> subprocess.CompletedPro
     )
 
 
-def test_example_client_registers_a_birth_and_replays(server, agency, db, tmp_path):
+def test_example_client_registers_a_birth_replays_it_and_registers_the_death(
+    server, agency, db, tmp_path
+):
     key_file = tmp_path / "agency.pem"
     key_file.write_text(private_pem(agency.private_key))
-    first = _run(server, agency, key_file, "--request-id", "example-birth-1")
+    birth = (
+        "birth",
+        "--name",
+        "Trần Thị Mai",
+        "--sex",
+        "FEMALE",
+        "--born",
+        "1990-07-15",
+        "--province",
+        "079",
+        "--request-id",
+        "example-birth-1",
+    )
+    first = _run(server, agency, key_file, *birth)
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
     assert result["replayed"] is False
+    assert result["status"] == "CITIZEN_STATUS_ALIVE"
     assert (
         pin.check_structure(
             result["pin"], pin.PrefixTable.load_default(), sex=pin.Sex.FEMALE, birth_year=1990
@@ -57,6 +66,21 @@ def test_example_client_registers_a_birth_and_replays(server, agency, db, tmp_pa
         == []
     )
     assert result["pin"].startswith("079190")
-    again = json.loads(_run(server, agency, key_file, "--request-id", "example-birth-1").stdout)
+    again = json.loads(_run(server, agency, key_file, *birth).stdout)
     assert again == {**result, "replayed": True}
     assert db.fetchval("SELECT count(*) FROM citizens WHERE pin = $1", result["pin"]) == 1
+
+    death = _run(server, agency, key_file, "death", "--pin", result["pin"], "--died", "2026-01-02")
+    assert death.returncode == 0, death.stderr
+    assert json.loads(death.stdout)["status"] == "CITIZEN_STATUS_DECEASED"
+    assert db.fetchval("SELECT status FROM citizens WHERE pin = $1", result["pin"]) == 2
+
+
+def test_example_client_reports_refusals(server, agency, tmp_path):
+    key_file = tmp_path / "agency.pem"
+    key_file.write_text(private_pem(agency.private_key))
+    refused = _run(
+        server, agency, key_file, "death", "--pin", "001000000000", "--died", "2026-01-02"
+    )
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["error"] == "NOT_FOUND"
