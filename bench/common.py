@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from registry.cli import database_url
+from registry.config import Settings
 from registry.db import agencies
 from registry.db.migrate import migrate
-from registry.embedded import EmbeddedCluster
 from registry.tokens import SCOPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,22 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def bench_database() -> Iterator[str]:
-    """Yield the DSN of a migrated database: REGISTRY_DATABASE_URL, or an embedded cluster."""
-    url = os.environ.get("REGISTRY_DATABASE_URL")
-    if url:
-        yield url
-        return
-    # Kept between runs (under /var/tmp, reachable by the unprivileged PostgreSQL account).
+    """Yield the DSN of the bench database: REGISTRY_DATABASE_URL, or an embedded cluster.
+
+    The embedded one is kept between runs under REGISTRY_BENCH_DIR (default under /var/tmp,
+    which the unprivileged PostgreSQL account can reach when we run as root).
+    """
     data_dir = Path(os.environ.get("REGISTRY_BENCH_DIR", "/var/tmp/citizen-registry-bench"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o755)
-    cluster = EmbeddedCluster(data_dir, install=True)
-    started = cluster.ensure_running()
-    try:
-        yield cluster.dsn
-    finally:
-        if started:
-            cluster.stop()
+    settings = replace(Settings.from_env(), data_dir=data_dir)
+    with database_url(settings) as dsn:
+        yield dsn
 
 
 async def prepare(dsn: str) -> tuple[str, str, ec.EllipticCurvePrivateKey]:

@@ -7,6 +7,7 @@ visible to the servicer through `current_caller()`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -137,28 +138,36 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return caller
 
+    @contextlib.asynccontextmanager
+    async def _serving(
+        self, context: grpc.aio.ServicerContext, method: str, scope: str | None
+    ) -> AsyncIterator[None]:
+        """Authorise the call, bind its caller, translate its failure, and log it once."""
+        started = time.perf_counter()
+        outcome = _Outcome()
+        try:
+            caller = await self._authorize(context, scope)
+            outcome.agency = caller.agency_id
+            token = _caller.set(caller)
+            try:
+                yield
+            finally:
+                _caller.reset(token)
+        except BaseException as exc:
+            await self._fail(exc, context, outcome)
+            raise
+        finally:
+            outcome.log(method, started)
+
     def _unary(
         self, behavior: Callable[..., Any], method: str, scope: str | None
     ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            outcome = _Outcome()
-            try:
-                caller = await self._authorize(context, scope)
-                outcome.agency = caller.agency_id
-                token = _caller.set(caller)
-                try:
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    return result
-                finally:
-                    _caller.reset(token)
-            except BaseException as exc:
-                await self._fail(exc, context, outcome)
-                raise
-            finally:
-                outcome.log(method, started)
+            async with self._serving(context, method, scope):
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
 
         return call
 
@@ -166,26 +175,13 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, behavior: Callable[..., Any], method: str, scope: str | None
     ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            outcome = _Outcome()
-            try:
-                caller = await self._authorize(context, scope)
-                outcome.agency = caller.agency_id
-                token = _caller.set(caller)
-                try:
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        await result
-                    else:
-                        async for response in result:
-                            yield response
-                finally:
-                    _caller.reset(token)
-            except BaseException as exc:
-                await self._fail(exc, context, outcome)
-                raise
-            finally:
-                outcome.log(method, started)
+            async with self._serving(context, method, scope):
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    await result
+                else:
+                    async for response in result:
+                        yield response
 
         return call
 
