@@ -13,8 +13,10 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from registry.api.caches import AgencyDirectory, PrefixCache
+from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.gate import CallGate
+from registry.api.identity import IdentityServicer
 from registry.config import Settings
 from registry.db.pool import Database
 from registry.tokens import TokenVerifier
@@ -131,12 +133,8 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     )
     # Declared services whose RPCs later work implements: the generated base classes answer
     # UNIMPLEMENTED (after authentication, like every call).
-    card_service_pb2_grpc.add_CardServiceServicer_to_server(
-        card_service_pb2_grpc.CardServiceServicer(), server
-    )
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        identity_service_pb2_grpc.IdentityServiceServicer(), server
-    )
+    card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(db), server)
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         population_service_pb2_grpc.PopulationServiceServicer(), server
     )

@@ -40,7 +40,11 @@ async def _replay(
     digest: bytes,
     request_id: str,
 ) -> Citizen:
-    pin = idempotency.check_replay(stored, method, digest, request_id)
+    return await _replay_citizen(conn, idempotency.check_replay(stored, method, digest, request_id))
+
+
+async def _replay_citizen(conn: asyncpg.Connection, pin: str) -> Citizen:
+    """Return the record an original call produced, as it is now."""
     citizen = await citizens.get(conn, pin)
     if citizen is None:  # pragma: no cover - citizens are never deleted
         raise RegistryError(Code.INTERNAL, "REPLAY_TARGET_MISSING", "the original record is gone")
@@ -167,24 +171,23 @@ async def register_death(
     db: Database, caller: Caller, request_id: str, death: DeathRegistration
 ) -> tuple[Citizen, bool]:
     """Mark a living citizen deceased; return (citizen, replayed)."""
-    digest = request_hash(REGISTER_DEATH, death)
     async with db.pool.acquire() as conn:
-        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
-        if stored is not None:
-            return await _replay(conn, stored, REGISTER_DEATH, digest, request_id), True
-        async with conn.transaction():
-            # Claim the key first: a concurrent identical call waits here and then replays,
-            # instead of reading the death we are about to write and calling it an error.
-            claimed = await idempotency.claim(
-                conn, caller.agency_id, request_id, REGISTER_DEATH, digest, death.pin
-            )
-            if claimed:
-                citizen = await citizens.get(conn, death.pin, for_update=True)
-                _check_can_die(citizen, death)
-                return await citizens.mark_deceased(conn, death), False
-        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
-        assert stored is not None
-        return await _replay(conn, stored, REGISTER_DEATH, digest, request_id), True
+
+        async def work() -> Citizen:
+            citizen = await citizens.get(conn, death.pin, for_update=True)
+            _check_can_die(citizen, death)
+            return await citizens.mark_deceased(conn, death)
+
+        return await idempotency.run_once(
+            conn,
+            agency_id=caller.agency_id,
+            request_id=request_id,
+            method=REGISTER_DEATH,
+            request_hash=request_hash(REGISTER_DEATH, death),
+            result_key=death.pin,
+            work=work,
+            replay=lambda pin: _replay_citizen(conn, pin),
+        )
 
 
 def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:

@@ -58,7 +58,7 @@ class RawDeath:
     registration_number: str
 
 
-class _Violations:
+class Violations:
     """Collects field violations so that one answer names every bad field."""
 
     def __init__(self) -> None:
@@ -86,12 +86,21 @@ class _Violations:
             self.add(field, "is required")
         return value
 
+    def pin(self, field: str, raw: str) -> str:
+        """Check a required PIN: exactly 12 ASCII digits."""
+        value = raw.strip()
+        if not value:
+            self.add(field, "is required")
+        elif not pin.is_well_formed(value):
+            self.add(field, "must be a PIN of exactly 12 digits")
+        return value
+
     def raise_if_any(self) -> None:
         if self.items:
             raise invalid_argument([*self.items, *self.deferred])
 
 
-def check_request_id(violations: _Violations, request_id: str) -> None:
+def check_request_id(violations: Violations, request_id: str) -> None:
     """Require the caller's idempotency key: 1-128 printable ASCII characters, no spaces."""
     if not request_id:
         violations.add("request_id", "is required (the caller's idempotency key)")
@@ -99,7 +108,7 @@ def check_request_id(violations: _Violations, request_id: str) -> None:
         violations.add("request_id", "must be 1-128 printable ASCII characters without spaces")
 
 
-def _reference_pin(violations: _Violations, field: str, raw: str) -> str | None:
+def _reference_pin(violations: Violations, field: str, raw: str) -> str | None:
     value = raw.strip()
     if not value:
         return None
@@ -135,7 +144,7 @@ def validate_birth(
     Violations of rules that depend on the province table are deferred (see `Checked`) unless
     the request has other violations too, in which case all are raised together.
     """
-    v = _Violations()
+    v = Violations()
     check_request_id(v, raw.request_id)
 
     full_name, problem = names.validate_name(raw.full_name)
@@ -235,13 +244,9 @@ def validate_birth(
 
 def validate_death(raw: RawDeath, today: date) -> DeathRegistration:
     """Validate a death registration, or raise INVALID_ARGUMENT naming every bad field."""
-    v = _Violations()
+    v = Violations()
     check_request_id(v, raw.request_id)
-    value = raw.pin.strip()
-    if not value:
-        v.add("pin", "is required")
-    elif not pin.is_well_formed(value):
-        v.add("pin", "must be a PIN of exactly 12 digits")
+    value = v.pin("pin", raw.pin)
     dod = v.date("date_of_death", raw.date_of_death, required=True)
     if dod is not None and dod.earliest() > today:
         v.add("date_of_death", f"{dod} is in the future (today is {today.isoformat()})")

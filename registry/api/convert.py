@@ -8,10 +8,12 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
+from registry.cards import RawIssue, RawStateChange
 from registry.dates import PartialDate
+from registry.db.cards import Card
 from registry.model import Citizen
 from registry.registration import DateParts, RawBirth, RawDeath
-from registry.v1 import citizen_pb2, civil_registration_service_pb2
+from registry.v1 import card_pb2, card_service_pb2, citizen_pb2, civil_registration_service_pb2
 
 
 def date_parts(value: date_pb2.Date) -> DateParts:
@@ -55,6 +57,44 @@ def raw_death(request: civil_registration_service_pb2.RegisterDeathRequest) -> R
         registration_authority=request.registration_authority,
         registration_number=request.registration_number,
     )
+
+
+def raw_issue(request: card_service_pb2.IssueCardRequest) -> RawIssue:
+    """Take the fields of an IssueCardRequest as given."""
+    return RawIssue(
+        request_id=request.request_id,
+        pin=request.pin,
+        kind=request.kind,
+        serial=request.serial,
+        issue_date=date_parts(request.issue_date),
+        issuing_authority=request.issuing_authority,
+    )
+
+
+def raw_state_change(request: Any) -> RawStateChange:
+    """Take the fields of a Revoke/Withhold/ReleaseCardRequest as given."""
+    return RawStateChange(request.request_id, request.serial, request.reason)
+
+
+def card(value: Card) -> card_pb2.Card:
+    """Return the Card message of a card (expiry_date unset: never expires)."""
+    message = card_pb2.Card(
+        serial=value.serial,
+        pin=value.pin,
+        kind=_enum(value.kind),
+        state=_enum(value.state),
+        issue_date=date_pb2.Date(
+            year=value.issue_date.year, month=value.issue_date.month, day=value.issue_date.day
+        ),
+        issuing_authority=value.issuing_authority,
+        state_reason=value.state_reason,
+    )
+    if value.expiry_date is not None:
+        expiry = value.expiry_date
+        message.expiry_date.CopyFrom(
+            date_pb2.Date(year=expiry.year, month=expiry.month, day=expiry.day)
+        )
+    return message
 
 
 def citizen(value: Citizen) -> citizen_pb2.Citizen:

@@ -20,7 +20,7 @@ import grpc
 
 from registry.api.caches import AgencyDirectory
 from registry.api.errors import to_grpc_status
-from registry.db.pool import is_unavailable
+from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
 from registry.model import Caller
 from registry.tokens import TokenVerifier, unverified_key_id
@@ -206,6 +206,14 @@ def _as_registry_error(exc: Exception) -> RegistryError:
     if isinstance(exc, NotImplementedError):
         return RegistryError(
             Code.UNIMPLEMENTED, "NOT_IMPLEMENTED", "this RPC is declared but not implemented yet"
+        )
+    if is_conflict(exc):
+        log.warning("transaction conflict: %s", type(exc).__name__)
+        return RegistryError(
+            Code.ABORTED,
+            "CONCURRENT_UPDATE",
+            "the call collided with a concurrent change; retry it with the same request_id",
+            retry_after_s=0.1,
         )
     if is_unavailable(exc):
         log.warning("database unavailable: %s", type(exc).__name__)

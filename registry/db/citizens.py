@@ -22,7 +22,9 @@ COLUMNS = """
     registration_province_code, hometown, ethnicity, religion, nationality, blood_type,
     father_pin, mother_pin, spouse_pin, representative_pin, permanent_address,
     temporary_address, current_address, marital_status, status, death_year, death_month,
-    death_day, replaced_by_pin, pin_mismatch, version, create_time, update_time
+    death_day, replaced_by_pin, pin_mismatch, version, create_time, update_time,
+    ARRAY(SELECT l.legacy_id FROM legacy_ids l WHERE l.pin = citizens.pin
+          ORDER BY l.legacy_id) AS legacy_ids
 """
 
 
@@ -32,7 +34,7 @@ def _partial(year: int | None, month: int | None, day: int | None) -> PartialDat
     return PartialDate(year, month, day)
 
 
-def from_row(row: asyncpg.Record, legacy_ids: Sequence[str] = ()) -> Citizen:
+def from_row(row: asyncpg.Record) -> Citizen:
     """Build a Citizen from a row selected with COLUMNS."""
     dob = _partial(row["birth_year"], row["birth_month"], row["birth_day"])
     assert dob is not None  # birth_year is NOT NULL
@@ -49,7 +51,7 @@ def from_row(row: asyncpg.Record, legacy_ids: Sequence[str] = ()) -> Citizen:
         religion=row["religion"],
         nationality=row["nationality"],
         blood_type=BloodType(row["blood_type"]),
-        legacy_ids=tuple(legacy_ids),
+        legacy_ids=tuple(row["legacy_ids"]),
         father_pin=row["father_pin"],
         mother_pin=row["mother_pin"],
         spouse_pin=row["spouse_pin"],
@@ -70,7 +72,9 @@ def from_row(row: asyncpg.Record, legacy_ids: Sequence[str] = ()) -> Citizen:
 
 async def get(conn: asyncpg.Connection, pin: str, *, for_update: bool = False) -> Citizen | None:
     """Return the citizen with this PIN, optionally locking the row."""
-    lock = " FOR UPDATE" if for_update else ""
+    # NO KEY UPDATE: serialises changes to this citizen (deaths, card issuance) while letting
+    # foreign-key checks of rows that reference it (a child's birth, a card) proceed.
+    lock = " FOR NO KEY UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {COLUMNS} FROM citizens WHERE pin = $1{lock}", pin)
     return None if row is None else from_row(row)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from registry.errors import Code, RegistryError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,32 @@ def check_replay(stored: StoredRequest, method: str, request_hash: bytes, reques
             metadata={"request_id": request_id, "original_method": stored.method},
         )
     return stored.result_key
+
+
+async def run_once(
+    conn: asyncpg.Connection,
+    *,
+    agency_id: str,
+    request_id: str,
+    method: str,
+    request_hash: bytes,
+    result_key: str,
+    work: Callable[[], Awaitable[T]],
+    replay: Callable[[str], Awaitable[T]],
+) -> tuple[T, bool]:
+    """Carry out `work` once per (agency, request_id); return (result, replayed).
+
+    The key is claimed first, inside the transaction that does the work: a concurrent
+    identical call waits on it and then replays, instead of seeing the change half-made or
+    calling it a conflict. If `work` raises, the transaction (claim included) rolls back, so a
+    refused request can be corrected and resent under the same key. `replay` receives the
+    original call's result key.
+    """
+    stored = await lookup(conn, agency_id, request_id)
+    if stored is None:
+        async with conn.transaction():
+            if await claim(conn, agency_id, request_id, method, request_hash, result_key):
+                return await work(), False
+        stored = await lookup(conn, agency_id, request_id)
+        assert stored is not None  # claimed by a call that committed
+    return await replay(check_replay(stored, method, request_hash, request_id)), True

@@ -28,6 +28,12 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
 
 
+def is_conflict(exc: BaseException) -> bool:
+    """Tell whether an exception is a transaction conflict (SQLSTATE 40: retry the call)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("40")
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Skip asyncpg's per-release reset query.
 
