@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births
+from bench import births, cards
 
 
 def main() -> None:
@@ -13,6 +13,7 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}"
     )
     births.main()
+    cards.main()
 
 
 if __name__ == "__main__":
