@@ -8,9 +8,11 @@ never expires. Pure functions, no I/O.
 Choices the law leaves open, made so that a card never outlives the rule:
 - A 29 February birthday falls on 1 March in common years (the holder reaches an age on the
   day after 28 February), so such a card expires on 28 February.
-- A date of birth known only to the year (or year and month) is taken at its earliest possible
-  day (1 January, or the 1st of the month): every milestone is then as early as it could truly
-  be, and the card expires no later than the rule allows for the real date.
+- A date of birth known only to the year (or year and month) gives the earliest expiry over
+  every day the holder may really have been born (up to the issue date): the card expires no
+  later than the rule allows for the real date, whatever it is. (Taking just the earliest day
+  would not do: it moves the two-year window before a milestone early, which lengthens
+  validity for someone born late in the year.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from registry.dates import PartialDate
-from registry.registration import DateParts, Violations, check_request_id
+from registry.registration import DateParts, Violations, check_request_id, trim
 
 MILESTONES = (14, 25, 40, 60)
 """Ages at which a card must be exchanged."""
@@ -58,7 +60,20 @@ def anniversary(born: date, years: int) -> date:
 
 def card_expiry(date_of_birth: PartialDate | date, issue_date: date) -> date | None:
     """Return the last day a card issued on issue_date is valid; None if it never expires."""
-    born = date_of_birth if isinstance(date_of_birth, date) else date_of_birth.earliest()
+    if isinstance(date_of_birth, date):
+        return _expiry(date_of_birth, issue_date)
+    first = date_of_birth.earliest()
+    last = min(date_of_birth.latest(), issue_date)
+    # A year has at most 366 candidate days: cheap next to the call that issues a card.
+    expiries = [
+        _expiry(first + timedelta(days=offset), issue_date)
+        for offset in range(max(0, (last - first).days) + 1)
+    ]
+    finite = [e for e in expiries if e is not None]
+    return min(finite) if finite else None
+
+
+def _expiry(born: date, issue_date: date) -> date | None:
     for index, age in enumerate(MILESTONES):
         milestone = anniversary(born, age)
         if milestone <= issue_date:
@@ -135,7 +150,7 @@ class LegacyLink:
 
 
 def _serial(v: Violations, raw: str) -> str:
-    serial = raw.strip()
+    serial = trim(raw)
     if serial.isascii():
         serial = serial.upper()
     if not serial:
@@ -180,7 +195,7 @@ def validate_state_change(action: str, raw: RawStateChange) -> StateChange:
 
 def validate_legacy_id(v: Violations, field: str, raw: str) -> str:
     """Check an old CMND number: 9 or 12 ASCII digits."""
-    value = raw.strip()
+    value = trim(raw)
     if not value:
         v.add(field, "is required (the old 9- or 12-digit CMND number)")
     elif not _LEGACY_RE.fullmatch(value):

@@ -23,6 +23,12 @@ _NATIONALITY_RE = re.compile(r"[A-Z]{2}")
 _PROVINCE_RE = re.compile(r"[0-9]{3}")
 
 T = TypeVar("T")
+_ASCII_SPACE = " \t\r\n\v\f"
+
+
+def trim(raw: str) -> str:
+    """Strip surrounding ASCII whitespace only: control characters stay, to be refused."""
+    return raw.strip(_ASCII_SPACE)
 DateParts = tuple[int, int, int]
 """A google.type.Date as (year, month, day); zeros mean 'not given'."""
 
@@ -88,7 +94,7 @@ class Violations:
 
     def pin(self, field: str, raw: str) -> str:
         """Check a required PIN: exactly 12 ASCII digits."""
-        value = raw.strip()
+        value = trim(raw)
         if not value:
             self.add(field, "is required")
         elif not pin.is_well_formed(value):
@@ -109,7 +115,7 @@ def check_request_id(violations: Violations, request_id: str) -> None:
 
 
 def _reference_pin(violations: Violations, field: str, raw: str) -> str | None:
-    value = raw.strip()
+    value = trim(raw)
     if not value:
         return None
     if not pin.is_well_formed(value):
@@ -172,7 +178,7 @@ def validate_birth(
 
     place_of_birth = v.text("place_of_birth", raw.place_of_birth, max_length=500)
 
-    province = raw.registration_province_code.strip()
+    province = trim(raw.registration_province_code)
     if not province:
         v.add("registration_province_code", "is required (3-digit province code, e.g. 001)")
     elif not _PROVINCE_RE.fullmatch(province):
@@ -191,7 +197,7 @@ def validate_birth(
 
     hometown = v.text("hometown", raw.hometown, max_length=500)
     ethnicity = v.text("ethnicity", raw.ethnicity, max_length=100)
-    nationality = raw.nationality.strip()
+    nationality = trim(raw.nationality)
     # Only ASCII is upper-cased: str.upper() would turn "ß" into a plausible "SS".
     if nationality.isascii():
         nationality = nationality.upper()

@@ -1,0 +1,570 @@
+"""Tests for registry.cards: the card expiry rule, derived state and request validation.
+
+Pure: no server, no database. Every expected expiry below was worked out by hand from the rule
+(Law on Identification 2023 art. 21, SPEC §4), never by calling the function under test:
+
+* exchange at 14, 25, 40 and 60; a card is valid until the day before the next milestone
+  birthday;
+* a card issued within the two years before a milestone (from the (milestone - 2) birthday
+  inclusive) is valid until the day before the milestone after it;
+* a card issued at 58 or older never expires (None);
+* a 29 February birthday falls on 1 March in common years;
+* a year-only / year-month date of birth is taken at its earliest day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from registry.cards import (
+    MILESTONES,
+    CardIssue,
+    CardKind,
+    CardState,
+    LegacyLink,
+    RawIssue,
+    RawStateChange,
+    StateChange,
+    anniversary,
+    card_expiry,
+    effective_state,
+    validate_issue,
+    validate_legacy_id,
+    validate_link,
+    validate_state_change,
+)
+from registry.dates import PartialDate
+from registry.errors import Code, FieldViolation, RegistryError
+from registry.registration import Violations
+
+VALID_PIN = "001090000123"
+AUTH = "issuing_authority"
+
+# -- card_expiry --------------------------------------------------------------------------------
+
+# Holder born 17 May 1990. Birthdays worked out by hand:
+#   12th 2002-05-17   14th 2004-05-17   23rd 2013-05-17   25th 2015-05-17
+#   38th 2028-05-17   40th 2030-05-17   58th 2048-05-17   60th 2050-05-17
+# Day before each milestone (the possible expiry dates):
+#   2004-05-16 (14)   2015-05-16 (25)   2030-05-16 (40)   2050-05-16 (60)
+BORN = date(1990, 5, 17)
+
+# Holder born 29 February 2000 (leap day). Birthdays in common years fall on 1 March:
+#   12th 2012-02-29 (leap)   14th 2014-03-01   23rd 2023-03-01   25th 2025-03-01
+#   38th 2038-03-01          40th 2040-02-29 (leap)   58th 2058-03-01   60th 2060-02-29 (leap)
+LEAP_BORN = date(2000, 2, 29)
+
+# Born 1 January 2001: expiry dates fall on 31 December.
+JAN1_BORN = date(2001, 1, 1)
+
+# Dates of birth known only in part, taken at their earliest day.
+YEAR_1980 = PartialDate(1980)  # any day of 1980: the earliest expiry over all of them
+JULY_1980 = PartialDate(1980, 7)  # any day of July 1980
+JULY_2010 = PartialDate(2010, 7)  # as 2010-07-01
+FEB_2000 = PartialDate(2000, 2)  # as 2000-02-01, not a leap-day birthday
+
+
+def case(born: date | PartialDate, issued: str, expected: str | None, case_id: str) -> Any:
+    """One row of the expiry table; dates are ISO literals worked out by hand."""
+    return pytest.param(
+        born,
+        date.fromisoformat(issued),
+        None if expected is None else date.fromisoformat(expected),
+        id=case_id,
+    )
+
+
+EXPIRY_TABLE = [
+    # --- milestone 14: boundary at the 12th birthday (2002-05-17) ---
+    case(BORN, "2002-05-16", "2004-05-16", "14:day-before-12th->14"),
+    case(BORN, "2002-05-17", "2015-05-16", "14:on-12th->25"),
+    case(BORN, "2002-05-18", "2015-05-16", "14:day-after-12th->25"),
+    # --- milestone 25: boundary at the 23rd birthday (2013-05-17) ---
+    case(BORN, "2013-05-16", "2015-05-16", "25:day-before-23rd->25"),
+    case(BORN, "2013-05-17", "2030-05-16", "25:on-23rd->40"),
+    case(BORN, "2013-05-18", "2030-05-16", "25:day-after-23rd->40"),
+    # --- milestone 40: boundary at the 38th birthday (2028-05-17) ---
+    case(BORN, "2028-05-16", "2030-05-16", "40:day-before-38th->40"),
+    case(BORN, "2028-05-17", "2050-05-16", "40:on-38th->60"),
+    case(BORN, "2028-05-18", "2050-05-16", "40:day-after-38th->60"),
+    # --- milestone 60: boundary at the 58th birthday (2048-05-17) ---
+    case(BORN, "2048-05-16", "2050-05-16", "60:day-before-58th(57y364d)->60"),
+    case(BORN, "2048-05-17", None, "60:on-58th->never"),
+    case(BORN, "2048-05-18", None, "60:day-after-58th->never"),
+    # --- issued exactly on a milestone birthday: that milestone is reached ---
+    case(BORN, "2004-05-17", "2015-05-16", "on-14th-birthday->25"),
+    case(BORN, "2015-05-17", "2030-05-16", "on-25th-birthday->40"),
+    case(BORN, "2030-05-17", "2050-05-16", "on-40th-birthday->60"),
+    case(BORN, "2050-05-17", None, "on-60th-birthday->never"),
+    # --- issued the day before a milestone birthday: inside the grace window ---
+    case(BORN, "2004-05-16", "2015-05-16", "day-before-14th->25"),
+    case(BORN, "2015-05-16", "2030-05-16", "day-before-25th->40"),
+    case(BORN, "2030-05-16", "2050-05-16", "day-before-40th->60"),
+    case(BORN, "2050-05-16", None, "day-before-60th->never"),
+    # --- children ---
+    case(BORN, "1990-05-17", "2004-05-16", "newborn-age-0->14"),
+    case(BORN, "1990-12-31", "2004-05-16", "age-0y7m->14"),
+    case(BORN, "1996-01-10", "2004-05-16", "age-5->14"),
+    case(BORN, "2001-05-17", "2004-05-16", "age-11->14"),
+    case(BORN, "2002-05-17", "2015-05-16", "age-12->25"),
+    case(BORN, "2003-05-17", "2015-05-16", "age-13->25"),
+    case(BORN, "2003-11-02", "2015-05-16", "age-13y5m->25"),
+    # --- ordinary adult ages ---
+    case(BORN, "2008-01-01", "2015-05-16", "age-17->25"),
+    case(BORN, "2020-05-17", "2030-05-16", "age-30->40"),
+    case(BORN, "2035-05-17", "2050-05-16", "age-45->60"),
+    # --- the never-expiring end ---
+    case(BORN, "2048-05-16", "2050-05-16", "age-57y364d->60"),
+    case(BORN, "2048-05-17", None, "age-58-exactly->never"),
+    case(BORN, "2049-05-17", None, "age-59->never"),
+    case(BORN, "2050-05-17", None, "age-60->never"),
+    case(BORN, "2065-05-17", None, "age-75->never"),
+    # --- expiry crossing a year end: born 1 January 2001 ---
+    case(JAN1_BORN, "2014-12-31", "2025-12-31", "jan1:day-before-14th"),
+    case(JAN1_BORN, "2010-06-01", "2014-12-31", "jan1:age-9->14"),
+    case(JAN1_BORN, "2023-12-31", "2025-12-31", "jan1:day-before-23rd"),
+    case(JAN1_BORN, "2024-01-01", "2040-12-31", "jan1:on-23rd->40"),
+    # --- born 29 February 2000 ---
+    case(LEAP_BORN, "2000-02-29", "2014-02-28", "feb29:newborn->14th-is-1mar2014"),
+    case(LEAP_BORN, "2012-02-28", "2014-02-28", "feb29:day-before-12th->14"),
+    case(LEAP_BORN, "2012-02-29", "2025-02-28", "feb29:on-12th(leap)->25"),
+    case(LEAP_BORN, "2012-03-01", "2025-02-28", "feb29:day-after-12th->25"),
+    case(LEAP_BORN, "2014-02-28", "2025-02-28", "feb29:28feb2014-still-13->25"),
+    case(LEAP_BORN, "2014-03-01", "2025-02-28", "feb29:1mar2014-is-14th->25"),
+    case(LEAP_BORN, "2020-06-01", "2025-02-28", "feb29:age-20->25th-is-1mar2025"),
+    case(LEAP_BORN, "2023-02-28", "2025-02-28", "feb29:28feb2023-still-22->25"),
+    case(LEAP_BORN, "2023-03-01", "2040-02-28", "feb29:1mar2023-is-23rd->40"),
+    case(LEAP_BORN, "2025-02-28", "2040-02-28", "feb29:day-before-25th->40"),
+    case(LEAP_BORN, "2025-03-01", "2040-02-28", "feb29:on-25th->40th-is-29feb2040"),
+    case(LEAP_BORN, "2030-01-01", "2040-02-28", "feb29:age-29->40"),
+    case(LEAP_BORN, "2038-02-28", "2040-02-28", "feb29:28feb2038-still-37->40"),
+    case(LEAP_BORN, "2038-03-01", "2060-02-28", "feb29:1mar2038-is-38th->60"),
+    case(LEAP_BORN, "2040-02-28", "2060-02-28", "feb29:day-before-40th->60"),
+    case(LEAP_BORN, "2040-02-29", "2060-02-28", "feb29:on-40th(leap)->60"),
+    case(LEAP_BORN, "2058-02-28", "2060-02-28", "feb29:28feb2058-still-57->60"),
+    case(LEAP_BORN, "2058-03-01", None, "feb29:1mar2058-is-58th->never"),
+    # --- partial dates of birth, taken at their earliest day ---
+    # For a 1980-01-01 birth: 23rd 2003-01-01, 25th 2005-01-01, 40th 2020-01-01, ...
+    case(YEAR_1980, "1985-06-15", "1993-12-31", "year-only:age-5->14"),
+    case(YEAR_1980, "2000-06-15", "2004-12-31", "year-only:age-20->25"),
+    case(YEAR_1980, "2002-12-31", "2004-12-31", "year-only:day-before-23rd"),
+    # Partial dates take the EARLIEST expiry over every possible real birth day: someone born
+    # 1980-01-02 is still 22 on 2003-01-01 (outside the window), so expiry is 2005-01-01.
+    case(YEAR_1980, "2003-01-01", "2005-01-01", "year-only:on-23rd->25-for-a-2-jan-birth"),
+    case(YEAR_1980, "2037-12-31", "2039-12-31", "year-only:57y364d->60"),
+    # Born 1980-01-01 would never expire, but born 1980-01-02 is 57: valid until 2040-01-01.
+    case(YEAR_1980, "2038-01-01", "2040-01-01", "year-only:on-58th->60-for-a-2-jan-birth"),
+    # For a 1980-07-01 birth: 23rd 2003-07-01, 25th 2005-07-01, 40th 2020-07-01.
+    case(JULY_1980, "2000-06-15", "2005-06-30", "year-month:age-19->25"),
+    case(JULY_1980, "2003-06-30", "2005-06-30", "year-month:day-before-23rd"),
+    # Born 1980-07-02 is still 22 on 2003-07-01: until the day before 2005-07-02.
+    case(JULY_1980, "2003-07-01", "2005-07-01", "year-month:on-23rd->25-for-a-2-jul-birth"),
+    case(JULY_2010, "2015-01-01", "2024-06-30", "year-month:child->14"),
+    # PartialDate(2000, 2) = 2000-02-01, not a leap-day birthday: 14th 2014-02-01.
+    case(FEB_2000, "2005-05-05", "2014-01-31", "year-month:feb-2000->14"),
+    # A complete PartialDate behaves as the date itself.
+    case(PartialDate(1980, 7, 15), "2000-06-15", "2005-07-14", "full-partial-date->25"),
+    case(PartialDate(2000, 2, 29), "2020-06-01", "2025-02-28", "full-partial-feb29->25"),
+]
+
+
+@pytest.mark.parametrize(("born", "issued", "expected"), EXPIRY_TABLE)
+def test_card_expiry(born: date | PartialDate, issued: date, expected: date | None) -> None:
+    assert card_expiry(born, issued) == expected
+
+
+def test_milestones_are_the_law_s() -> None:
+    assert MILESTONES == (14, 25, 40, 60)
+
+
+# -- anniversary --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("born", "years", "expected"),
+    [
+        pytest.param(date(1990, 5, 17), 14, date(2004, 5, 17), id="ordinary"),
+        pytest.param(date(1990, 5, 17), 0, date(1990, 5, 17), id="zero-years"),
+        pytest.param(date(1999, 12, 31), 1, date(2000, 12, 31), id="dec31"),
+        pytest.param(date(2000, 2, 28), 1, date(2001, 2, 28), id="feb28-stays-feb28"),
+        pytest.param(date(2000, 3, 1), 1, date(2001, 3, 1), id="mar1-stays-mar1"),
+        pytest.param(date(2000, 2, 29), 0, date(2000, 2, 29), id="feb29-zero-years"),
+        pytest.param(date(2000, 2, 29), 1, date(2001, 3, 1), id="feb29-common-2001->1mar"),
+        pytest.param(date(2000, 2, 29), 4, date(2004, 2, 29), id="feb29-leap-2004->29feb"),
+        pytest.param(date(2000, 2, 29), 14, date(2014, 3, 1), id="feb29-14th-2014->1mar"),
+        pytest.param(date(2000, 2, 29), 25, date(2025, 3, 1), id="feb29-25th-2025->1mar"),
+        pytest.param(date(2000, 2, 29), 40, date(2040, 2, 29), id="feb29-40th-2040->29feb"),
+        pytest.param(date(1960, 2, 29), 40, date(2000, 2, 29), id="feb29-to-2000-leap-400"),
+        pytest.param(date(2060, 2, 29), 40, date(2100, 3, 1), id="feb29-to-2100-common-century"),
+    ],
+)
+def test_anniversary(born: date, years: int, expected: date) -> None:
+    assert anniversary(born, years) == expected
+
+
+# -- effective_state ----------------------------------------------------------------------------
+
+EXPIRY = date(2030, 5, 16)
+
+
+ACTIVE, EXPIRED = CardState.ACTIVE, CardState.EXPIRED
+WITHHELD, REVOKED, SUPERSEDED = CardState.WITHHELD, CardState.REVOKED, CardState.SUPERSEDED
+
+
+@pytest.mark.parametrize(
+    ("state", "expiry", "today", "expected"),
+    [
+        pytest.param(ACTIVE, EXPIRY, date(2030, 5, 17), EXPIRED, id="active-day-after-expiry"),
+        pytest.param(ACTIVE, EXPIRY, date(2041, 1, 1), EXPIRED, id="active-long-past-expiry"),
+        pytest.param(ACTIVE, EXPIRY, date(2030, 5, 16), ACTIVE, id="active-on-expiry-day"),
+        pytest.param(ACTIVE, EXPIRY, date(2030, 5, 15), ACTIVE, id="active-day-before-expiry"),
+        pytest.param(ACTIVE, None, date(9999, 12, 31), ACTIVE, id="active-never-expires"),
+        pytest.param(WITHHELD, EXPIRY, date(2030, 5, 17), WITHHELD, id="withheld-past-expiry"),
+        pytest.param(REVOKED, EXPIRY, date(2030, 5, 17), REVOKED, id="revoked-past-expiry"),
+        pytest.param(SUPERSEDED, EXPIRY, date(2030, 5, 17), SUPERSEDED, id="superseded-expired"),
+        pytest.param(WITHHELD, None, date(2030, 5, 17), WITHHELD, id="withheld-never-expires"),
+        pytest.param(REVOKED, EXPIRY, date(2020, 1, 1), REVOKED, id="revoked-before-expiry"),
+        pytest.param(EXPIRED, EXPIRY, date(2030, 5, 17), EXPIRED, id="expired-stays-expired"),
+    ],
+)
+def test_effective_state(
+    state: CardState, expiry: date | None, today: date, expected: CardState
+) -> None:
+    assert effective_state(state, expiry, today) is expected
+
+
+# -- helpers for validation ---------------------------------------------------------------------
+
+
+def bad_fields(call: Any, *args: Any) -> list[str]:
+    """Run a validation that must fail; return the fields its violations name, in order."""
+    with pytest.raises(RegistryError) as info:
+        call(*args)
+    error = info.value
+    assert error.code is Code.INVALID_ARGUMENT
+    assert error.field_violations, "INVALID_ARGUMENT without field violations"
+    for violation in error.field_violations:
+        assert isinstance(violation, FieldViolation)
+        assert violation.description, f"violation of {violation.field} has no description"
+    return [v.field for v in error.field_violations]
+
+
+def raw_issue(**overrides: Any) -> RawIssue:
+    fields: dict[str, Any] = {
+        "request_id": "issue-req-0001",
+        "pin": VALID_PIN,
+        "kind": 1,
+        "serial": "AB-123456",
+        "issue_date": (2024, 6, 15),
+        "issuing_authority": "Cục Cảnh sát QLHC về TTXH",
+    }
+    fields.update(overrides)
+    return RawIssue(**fields)
+
+
+def raw_change(**overrides: Any) -> RawStateChange:
+    fields: dict[str, Any] = {
+        "request_id": "revoke-req-0001",
+        "serial": "AB-123456",
+        "reason": "card reported stolen",
+    }
+    fields.update(overrides)
+    return RawStateChange(**fields)
+
+
+# -- validate_issue -----------------------------------------------------------------------------
+
+
+def test_valid_issue_passes_and_is_normalised() -> None:
+    issue = validate_issue(
+        raw_issue(
+            pin=f" {VALID_PIN} ",
+            serial="  ab-12345x ",
+            issuing_authority="  Công an   tỉnh Nam Định ",
+        )
+    )
+    assert issue == CardIssue(
+        pin=VALID_PIN,
+        kind=CardKind.FIRST_ISSUE,
+        serial="AB-12345X",
+        issue_date=date(2024, 6, 15),
+        issuing_authority="Công an tỉnh Nam Định",
+    )
+    assert issue.kind is CardKind.FIRST_ISSUE
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        pytest.param(1, CardKind.FIRST_ISSUE, id="first-issue"),
+        pytest.param(2, CardKind.EXCHANGE, id="exchange"),
+        pytest.param(3, CardKind.REISSUE, id="reissue"),
+    ],
+)
+def test_every_card_kind_is_accepted(kind: int, expected: CardKind) -> None:
+    assert validate_issue(raw_issue(kind=kind)).kind is expected
+
+
+@pytest.mark.parametrize(
+    ("serial", "expected"),
+    [
+        pytest.param("A", "A", id="one-char"),
+        pytest.param("A" * 32, "A" * 32, id="32-chars"),
+        pytest.param("0123456789", "0123456789", id="digits"),
+        pytest.param("\tc-9z\n", "C-9Z", id="tab-newline-trimmed-lowercase"),
+    ],
+)
+def test_valid_serials(serial: str, expected: str) -> None:
+    assert validate_issue(raw_issue(serial=serial)).serial == expected
+
+
+def test_issuing_authority_of_200_characters_is_accepted() -> None:
+    assert validate_issue(raw_issue(issuing_authority="x" * 200)).issuing_authority == "x" * 200
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        # request_id
+        pytest.param({"request_id": ""}, ["request_id"], id="request_id-empty"),
+        pytest.param({"request_id": "req 1"}, ["request_id"], id="request_id-space"),
+        pytest.param({"request_id": "r" * 129}, ["request_id"], id="request_id-129-chars"),
+        pytest.param({"request_id": "réq-1"}, ["request_id"], id="request_id-non-ascii"),
+        # pin
+        pytest.param({"pin": ""}, ["pin"], id="pin-empty"),
+        pytest.param({"pin": "   "}, ["pin"], id="pin-blank"),
+        pytest.param({"pin": "00109000012"}, ["pin"], id="pin-11-digits"),
+        pytest.param({"pin": "0010900001234"}, ["pin"], id="pin-13-digits"),
+        pytest.param({"pin": "00109000012A"}, ["pin"], id="pin-letter"),
+        pytest.param({"pin": "ABCDEFGHIJKL"}, ["pin"], id="pin-letters"),
+        pytest.param({"pin": "٠٠١٠٩٠٠٠٠١٢٣"}, ["pin"], id="pin-arabic-indic-digits"),
+        pytest.param({"pin": "００１０９００００１２３"}, ["pin"], id="pin-fullwidth-digits"),
+        pytest.param({"pin": "001 090 000 123"}, ["pin"], id="pin-inner-spaces"),
+        # kind
+        pytest.param({"kind": 0}, ["kind"], id="kind-0-unspecified"),
+        pytest.param({"kind": 9}, ["kind"], id="kind-9-unknown"),
+        pytest.param({"kind": 4}, ["kind"], id="kind-4-unknown"),
+        pytest.param({"kind": -1}, ["kind"], id="kind-negative"),
+        # serial
+        pytest.param({"serial": ""}, ["serial"], id="serial-empty"),
+        pytest.param({"serial": "   "}, ["serial"], id="serial-blank"),
+        pytest.param({"serial": "AB 123"}, ["serial"], id="serial-inner-space"),
+        pytest.param({"serial": "A" * 33}, ["serial"], id="serial-33-chars"),
+        pytest.param({"serial": "AB_123"}, ["serial"], id="serial-underscore"),
+        pytest.param({"serial": "ÂB123"}, ["serial"], id="serial-non-ascii-letter"),
+        pytest.param({"serial": "ß123"}, ["serial"], id="serial-eszett-not-upper-cased-to-SS"),
+        pytest.param({"serial": "ﬀ123"}, ["serial"], id="serial-ligature-not-upper-cased-to-FF"),
+        pytest.param({"serial": "١٢٣"}, ["serial"], id="serial-arabic-indic-digits"),
+        # issue_date
+        pytest.param({"issue_date": (0, 0, 0)}, ["issue_date"], id="issue_date-missing"),
+        pytest.param({"issue_date": (2024, 6, 0)}, ["issue_date"], id="issue_date-year-month"),
+        pytest.param({"issue_date": (2024, 0, 0)}, ["issue_date"], id="issue_date-year-only"),
+        pytest.param({"issue_date": (2023, 2, 29)}, ["issue_date.day"], id="issue_date-29feb"),
+        pytest.param({"issue_date": (2024, 4, 31)}, ["issue_date.day"], id="issue_date-31apr"),
+        pytest.param({"issue_date": (2024, 13, 1)}, ["issue_date.month"], id="issue_date-month-13"),
+        pytest.param({"issue_date": (0, 6, 15)}, ["issue_date.year"], id="issue_date-no-year"),
+        # issuing_authority
+        pytest.param({"issuing_authority": ""}, [AUTH], id="authority-empty"),
+        pytest.param({"issuing_authority": "  \t "}, [AUTH], id="authority-blank"),
+        pytest.param({"issuing_authority": "x" * 201}, [AUTH], id="authority-201-chars"),
+        pytest.param({"issuing_authority": "Công an\x00"}, [AUTH], id="authority-nul"),
+    ],
+)
+def test_invalid_issue_names_the_field(overrides: dict[str, Any], fields: list[str]) -> None:
+    assert bad_fields(validate_issue, raw_issue(**overrides)) == fields
+
+
+def test_issue_with_every_field_bad_names_all_in_one_error() -> None:
+    raw = RawIssue(
+        request_id="",
+        pin="12345",
+        kind=9,
+        serial="",
+        issue_date=(2023, 2, 29),
+        issuing_authority="",
+    )
+    with pytest.raises(RegistryError) as info:
+        validate_issue(raw)
+    error = info.value
+    assert error.code is Code.INVALID_ARGUMENT
+    assert [v.field for v in error.field_violations] == [
+        "request_id",
+        "pin",
+        "kind",
+        "serial",
+        "issue_date.day",
+        "issuing_authority",
+    ]
+    assert all(isinstance(v, FieldViolation) and v.description for v in error.field_violations)
+
+
+def test_issue_with_partial_date_and_bad_serial_names_both() -> None:
+    fields = bad_fields(validate_issue, raw_issue(serial="a b", issue_date=(2024, 6, 0)))
+    assert fields == ["serial", "issue_date"]
+
+
+# -- validate_state_change ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["RevokeCard", "WithholdCard", "ReleaseCard"])
+def test_valid_state_change_passes_and_is_normalised(action: str) -> None:
+    change = validate_state_change(
+        action, raw_change(serial=" ab-123456 ", reason="  card   reported\tstolen ")
+    )
+    assert change == StateChange(action=action, serial="AB-123456", reason="card reported stolen")
+
+
+def test_reason_of_500_characters_is_accepted() -> None:
+    change = validate_state_change("RevokeCard", raw_change(reason="r" * 500))
+    assert change.reason == "r" * 500
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        pytest.param({"request_id": ""}, ["request_id"], id="request_id-empty"),
+        pytest.param({"request_id": "a b"}, ["request_id"], id="request_id-space"),
+        pytest.param({"serial": ""}, ["serial"], id="serial-empty"),
+        pytest.param({"serial": "  "}, ["serial"], id="serial-blank"),
+        pytest.param({"serial": "AB 12"}, ["serial"], id="serial-inner-space"),
+        pytest.param({"serial": "A" * 33}, ["serial"], id="serial-33-chars"),
+        pytest.param({"serial": "ÂB12"}, ["serial"], id="serial-non-ascii"),
+        pytest.param({"reason": ""}, ["reason"], id="reason-empty"),
+        pytest.param({"reason": " \t\n "}, ["reason"], id="reason-blank"),
+        pytest.param({"reason": "r" * 501}, ["reason"], id="reason-501-chars"),
+        pytest.param({"reason": "lost\x00"}, ["reason"], id="reason-nul"),
+        pytest.param({"reason": "lost\x07card"}, ["reason"], id="reason-bel"),
+        pytest.param({"reason": "\x1b[31mlost"}, ["reason"], id="reason-escape"),
+        pytest.param({"reason": "lost\x7f"}, ["reason"], id="reason-del"),
+        pytest.param({"reason": "lost\x1fcard"}, ["reason"], id="reason-unit-separator"),
+        pytest.param({"reason": "lost\u200bcard"}, ["reason"], id="reason-zero-width-space"),
+        pytest.param({"reason": "lost\u202ecard"}, ["reason"], id="reason-bidi-override"),
+    ],
+)
+def test_invalid_state_change_names_the_field(overrides: dict[str, Any], fields: list[str]) -> None:
+    assert bad_fields(validate_state_change, "RevokeCard", raw_change(**overrides)) == fields
+
+
+def test_state_change_with_every_field_bad_names_all() -> None:
+    raw = RawStateChange(request_id="", serial="", reason="")
+    assert bad_fields(validate_state_change, "WithholdCard", raw) == [
+        "request_id",
+        "serial",
+        "reason",
+    ]
+
+
+# -- validate_link / validate_legacy_id ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("legacy_id", "expected"),
+    [
+        pytest.param("123456789", "123456789", id="9-digits"),
+        pytest.param("012345678901", "012345678901", id="12-digits"),
+        pytest.param(" 123456789 ", "123456789", id="9-digits-trimmed"),
+        pytest.param("000000000", "000000000", id="9-zeros"),
+    ],
+)
+def test_valid_link_passes(legacy_id: str, expected: str) -> None:
+    link = validate_link("link-req-0001", f" {VALID_PIN} ", legacy_id)
+    assert link == LegacyLink(pin=VALID_PIN, legacy_id=expected)
+
+
+BAD_LEGACY_IDS = [
+    pytest.param("", id="empty"),
+    pytest.param("   ", id="blank"),
+    pytest.param("12345678", id="8-digits"),
+    pytest.param("1234567890", id="10-digits"),
+    pytest.param("12345678901", id="11-digits"),
+    pytest.param("1234567890123", id="13-digits"),
+    pytest.param("12345678A", id="9-with-letter"),
+    pytest.param("ABCDEFGHI", id="9-letters"),
+    pytest.param("123 456 789", id="inner-spaces"),
+    pytest.param("123-456-789", id="dashes"),
+    pytest.param("١٢٣٤٥٦٧٨٩", id="arabic-indic-digits"),
+    pytest.param("１２３４５６７８９", id="fullwidth-digits"),
+]
+
+
+@pytest.mark.parametrize("legacy_id", BAD_LEGACY_IDS)
+def test_invalid_link_legacy_id_is_refused(legacy_id: str) -> None:
+    assert bad_fields(validate_link, "link-req-0001", VALID_PIN, legacy_id) == ["legacy_id"]
+
+
+@pytest.mark.parametrize("legacy_id", BAD_LEGACY_IDS)
+def test_validate_legacy_id_records_a_violation_under_the_given_field(legacy_id: str) -> None:
+    v = Violations()
+    value = validate_legacy_id(v, "legacy_ids[2]", legacy_id)
+    assert value == legacy_id.strip()
+    assert [item.field for item in v.items] == ["legacy_ids[2]"]
+    assert v.items[0].description
+
+
+@pytest.mark.parametrize("legacy_id", ["123456789", "123456789012"])
+def test_validate_legacy_id_accepts_9_and_12_digits(legacy_id: str) -> None:
+    v = Violations()
+    assert validate_legacy_id(v, "legacy_id", legacy_id) == legacy_id
+    assert v.items == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fields"),
+    [
+        pytest.param(("", VALID_PIN, "123456789"), ["request_id"], id="request_id-empty"),
+        pytest.param(("a b", VALID_PIN, "123456789"), ["request_id"], id="request_id-space"),
+        pytest.param(("r-1", "", "123456789"), ["pin"], id="pin-empty"),
+        pytest.param(("r-1", "00109000012", "123456789"), ["pin"], id="pin-11-digits"),
+        pytest.param(("r-1", "00109000012X", "123456789"), ["pin"], id="pin-letter"),
+        pytest.param(("r-1", "٠٠١٠٩٠٠٠٠١٢٣", "123456789"), ["pin"], id="pin-arabic-indic"),
+        pytest.param(("", "x", "1"), ["request_id", "pin", "legacy_id"], id="all-bad"),
+    ],
+)
+def test_invalid_link_names_every_bad_field(args: tuple[str, str, str], fields: list[str]) -> None:
+    assert bad_fields(validate_link, *args) == fields
+
+
+def test_valid_requests_are_frozen_values() -> None:
+    issue = validate_issue(raw_issue())
+    assert replace(issue, serial="X") != issue
+    with pytest.raises(AttributeError):
+        issue.serial = "X"  # type: ignore[misc]
+
+
+@given(
+    year=st.integers(1900, 2030),
+    month=st.one_of(st.none(), st.integers(1, 12)),
+    issued_after_days=st.integers(0, 80 * 366),
+)
+def test_a_partial_date_of_birth_never_lets_a_card_outlive_the_rule(year, month, issued_after_days):
+    partial = PartialDate(year, month)
+    issue_date = partial.earliest() + timedelta(days=issued_after_days)
+    expiry = card_expiry(partial, issue_date)
+    day = partial.earliest()
+    while day <= min(partial.latest(), issue_date):
+        real = card_expiry(day, issue_date)
+        if real is not None:
+            assert expiry is not None and expiry <= real, (day, issue_date, expiry, real)
+        day += timedelta(days=1)
+
+
+@pytest.mark.parametrize("control", ["\x1c", "\x1f", "\x85"])
+def test_control_characters_around_identifiers_are_refused_not_trimmed(control):
+    raw = RawIssue(
+        request_id="req-1",
+        pin=f"001090000123{control}",
+        kind=1,
+        serial=f"{control}AB12",
+        issue_date=(2024, 6, 1),
+        issuing_authority="Cục Cảnh sát QLHC",
+    )
+    with pytest.raises(RegistryError) as info:
+        validate_issue(raw)
+    assert {v.field for v in info.value.field_violations} == {"pin", "serial"}
+    assert validate_issue(replace(raw, pin=" 001090000123 ", serial="\tAB12 ")).serial == "AB12"
