@@ -92,11 +92,19 @@ async def issue_card(
                     f"issue date {issue.issue_date} is before the holder's birth "
                     f"({citizen.date_of_birth})",
                 )
-            if issue.kind == CardKind.FIRST_ISSUE and await store.count_for_pin(conn, issue.pin):
+            issued_before, latest = await store.history(conn, issue.pin)
+            if issue.kind == CardKind.FIRST_ISSUE and issued_before:
                 raise _refuse(
                     "CARD_ALREADY_ISSUED",
                     issue.pin,
                     "this citizen already has a card: issue an EXCHANGE or REISSUE instead",
+                )
+            if latest is not None and issue.issue_date < latest:
+                raise _refuse(
+                    "ISSUE_DATE_BEFORE_LATEST_CARD",
+                    "issue_date",
+                    f"issue date {issue.issue_date} is before that of the citizen's latest card "
+                    f"({latest}): a card cannot replace one issued after it",
                 )
             await store.supersede_current(conn, issue.pin)
             expiry = rules.card_expiry(citizen.date_of_birth, issue.issue_date)
@@ -149,10 +157,20 @@ async def change_state(
             holder = await citizens.get(conn, card.pin, for_update=True)
             card = await store.get(conn, change.serial, for_update=True)
             assert card is not None
-            current = rules.effective_state(card.state, card.expiry_date, today)
-            if card.state not in allowed_from or (
-                current == CardState.EXPIRED and target != CardState.REVOKED
-            ):
+            # Expiry is judged on the date alone: a card that expired while WITHHELD must not
+            # come back ACTIVE.
+            expired = card.expiry_date is not None and card.expiry_date < today
+            current = (
+                CardState.EXPIRED
+                if expired
+                and card.state
+                in (
+                    CardState.ACTIVE,
+                    CardState.WITHHELD,
+                )
+                else card.state
+            )
+            if card.state not in allowed_from or (expired and target != CardState.REVOKED):
                 raise _refuse(
                     f"CARD_{current.name}",
                     change.serial,

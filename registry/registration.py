@@ -29,6 +29,8 @@ _ASCII_SPACE = " \t\r\n\v\f"
 def trim(raw: str) -> str:
     """Strip surrounding ASCII whitespace only: control characters stay, to be refused."""
     return raw.strip(_ASCII_SPACE)
+
+
 DateParts = tuple[int, int, int]
 """A google.type.Date as (year, month, day); zeros mean 'not given'."""
 

@@ -39,16 +39,19 @@ def _card(row: asyncpg.Record) -> Card:
     )
 
 
-async def count_for_pin(conn: asyncpg.Connection, pin: str) -> int:
-    """Return how many cards were ever issued to this PIN."""
-    return int(await conn.fetchval("SELECT count(*) FROM cards WHERE pin = $1", pin))
+async def history(conn: asyncpg.Connection, pin: str) -> tuple[int, date | None]:
+    """Return how many cards were ever issued to this PIN, and the latest issue date."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, max(issue_date) AS latest FROM cards WHERE pin = $1", pin
+    )
+    return int(row["n"]), row["latest"]
 
 
 async def supersede_current(conn: asyncpg.Connection, pin: str) -> None:
     """Mark the citizen's ACTIVE or WITHHELD card SUPERSEDED (a new card replaces it)."""
     await conn.execute(
-        "UPDATE cards SET state = $2, state_reason = 'superseded by a new card', "
-        "update_time = now() WHERE pin = $1 AND state = ANY($3::smallint[])",
+        "UPDATE cards SET state = $2, update_time = now() "
+        "WHERE pin = $1 AND state = ANY($3::smallint[])",
         pin,
         int(CardState.SUPERSEDED),
         [int(CardState.ACTIVE), int(CardState.WITHHELD)],
