@@ -17,6 +17,7 @@ from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.gate import CallGate
 from registry.api.identity import IdentityServicer
+from registry.attestation import SigningKeys
 from registry.config import Settings
 from registry.db.pool import Database
 from registry.tokens import TokenVerifier
@@ -58,12 +59,14 @@ class RegistryServer:
     directory: AgencyDirectory
     prefixes: PrefixCache
     settings: Settings
+    keys: SigningKeys
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
         await self.server.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
+        self._tasks.append(asyncio.create_task(self._reload_keys(), name="signing-keys"))
         log.info("registry serving on port %d", self.port)
 
     async def _watch_database(self) -> None:
@@ -84,6 +87,15 @@ class RegistryServer:
                     )
                 serving = ok
             await asyncio.sleep(self.settings.health_check_s)
+
+    async def _reload_keys(self) -> None:
+        # Picks up `registry keys rotate` (or keys deployed by configuration management).
+        while True:
+            await asyncio.sleep(30)
+            try:
+                await asyncio.to_thread(self.keys.reload)
+            except Exception as exc:
+                log.error("signing keys reload failed, keeping the previous ones: %s", exc)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: report NOT_SERVING, finish in-flight calls within grace, then close."""
@@ -134,7 +146,10 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     # Declared services whose RPCs later work implements: the generated base classes answer
     # UNIMPLEMENTED (after authentication, like every call).
     card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(db), server)
+    keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+        IdentityServicer(db, keys), server
+    )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         population_service_pb2_grpc.PopulationServiceServicer(), server
     )
@@ -160,4 +175,4 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
-    return RegistryServer(server, port, health, db, directory, prefixes, settings)
+    return RegistryServer(server, port, health, db, directory, prefixes, settings, keys)

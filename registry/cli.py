@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from registry import logs
+from registry.attestation import SigningKeys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
 from registry.db.migrate import MigrationError, migrate
@@ -169,6 +170,7 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 kid=args.kid,
                 algorithm=algorithm,
                 public_key_pem=pem,
+                name_matching=args.name_matching.upper().replace("-", "_"),
             )
         except asyncpg.CheckViolationError as exc:
             raise CliError(f"invalid agency: {exc.constraint_name}") from None
@@ -180,7 +182,8 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 f"{agency.id}\t{agency.kind}\t{state}\t{agency.name}\n"
                 f"  scopes: {','.join(agency.scopes) or '-'}\n"
                 f"  fields: {','.join(agency.fields) or '-'}\n"
-                f"  rate limit: {agency.rate_limit or 'default'}"
+                f"  rate limit: {agency.rate_limit or 'default'}\n"
+                f"  name matching: {agency.name_matching.lower().replace('_', '-')}"
             )
             for key in agency.keys:
                 status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
@@ -203,6 +206,21 @@ def cmd_agency(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(_agency(settings, args))
 
 
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
+    ring = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
+    if args.keys_command == "rotate":
+        print(f"new signing key {ring.rotate()}; older keys stay published")
+    elif args.keys_command == "prune":
+        removed = ring.prune()
+        print(f"pruned {len(removed)} key(s) whose attestations have all expired")
+    current = ring.current.kid
+    for kid in ring.kids:
+        print(f"{kid}{'  (signing)' if kid == current else ''}")
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -217,6 +235,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations").set_defaults(
         func=cmd_migrate
     )
+    keys = sub.add_parser("keys", help="the registry's attestation signing keys")
+    keys.set_defaults(func=cmd_keys)
+    keys_actions = keys.add_subparsers(dest="keys_command", required=True)
+    keys_actions.add_parser("list", help="list published keys; the newest signs")
+    keys_actions.add_parser("rotate", help="create a new signing key (older ones stay published)")
+    keys_actions.add_parser("prune", help="delete retired keys whose attestations expired")
     agency = sub.add_parser("agency", help="manage calling agencies and their keys")
     agency.set_defaults(func=cmd_agency)
     actions = agency.add_subparsers(dest="agency_command", required=True)
@@ -229,6 +253,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")
     add.add_argument("--kid", required=True, help="key id that tokens name in their header")
     add.add_argument("--rate-limit", type=int, help="calls per second")
+    add.add_argument(
+        "--name-matching",
+        choices=("strict", "diacritic-insensitive"),
+        default="strict",
+        help="how VerifyIdentity compares its name claims (default strict; "
+        "diacritic-insensitive only for systems that lost the marks)",
+    )
     actions.add_parser("list", help="list agencies and keys")
     for name, text in (("disable", "lock an agency out"), ("enable", "let it back in")):
         p = actions.add_parser(name, help=text)

@@ -52,6 +52,12 @@ class Settings:
     jwt_audience: str = DEFAULT_AUDIENCE
     """The `aud` every agency token must carry."""
 
+    signing_key_dir: Path | None = None
+    """The registry's attestation signing keys; None means `<data_dir>/signing-keys`."""
+
+    attestation_lifetime_s: int = 30 * 24 * 3600
+    """How long an attestation stays valid (and a retired signing key stays published)."""
+
     tls_cert: Path | None = None
     """PEM certificate chain served to callers; with tls_key, turns TLS on."""
 
@@ -105,6 +111,11 @@ class Settings:
         return _split_host_port(self.listen)[1]
 
     @property
+    def signing_keys_path(self) -> Path:
+        """Return the directory of the registry's signing keys."""
+        return self.signing_key_dir or self.data_dir / "signing-keys"
+
+    @property
     def tls_enabled(self) -> bool:
         """Tell whether the server terminates TLS itself."""
         return self.tls_cert is not None and self.tls_key is not None
@@ -137,6 +148,8 @@ class Settings:
             ),
             data_dir=path("REGISTRY_DATA_DIR") or Path("var"),
             jwt_audience=env.get("REGISTRY_JWT_AUDIENCE", "").strip() or DEFAULT_AUDIENCE,
+            signing_key_dir=path("REGISTRY_SIGNING_KEY_DIR"),
+            attestation_lifetime_s=int(number("REGISTRY_ATTESTATION_LIFETIME_S", 30 * 24 * 3600)),
             tls_cert=path("REGISTRY_TLS_CERT"),
             tls_key=path("REGISTRY_TLS_KEY"),
             tls_client_ca=path("REGISTRY_TLS_CLIENT_CA"),

@@ -59,6 +59,8 @@ class Caller:
     fields: frozenset[str]
     kid: str
     purpose: str = ""
+    diacritic_insensitive: bool = False
+    """Name claims compared without diacritics: granted only by the agency's registration."""
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,36 @@ class DeathRegistration:
     date_of_death: PartialDate
     registration_authority: str
     registration_number: str
+
+
+CITIZEN_FIELDS = (
+    "pin",
+    "full_name",
+    "other_names",
+    "date_of_birth",
+    "sex",
+    "place_of_birth",
+    "registration_province_code",
+    "hometown",
+    "ethnicity",
+    "religion",
+    "nationality",
+    "blood_type",
+    "legacy_ids",
+    "father_pin",
+    "mother_pin",
+    "spouse_pin",
+    "representative_pin",
+    "permanent_address",
+    "temporary_address",
+    "current_address",
+    "marital_status",
+    "status",
+    "date_of_death",
+    "replaced_by_pin",
+    "version",
+    "create_time",
+    "update_time",
+    "pin_mismatch",
+)
+"""The fields of the Citizen message (proto names): what an agency may be entitled to read."""

@@ -75,6 +75,7 @@ class AgencyEntry:
     fields: frozenset[str]
     rate_limit: int | None
     enabled: bool
+    diacritic_insensitive: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class DirectorySnapshot:
                 fields=frozenset(agency.fields),
                 rate_limit=agency.rate_limit,
                 enabled=agency.enabled,
+                diacritic_insensitive=agency.name_matching == "DIACRITIC_INSENSITIVE",
             )
             for key in agency.keys:
                 try:
@@ -195,7 +197,12 @@ class TokenVerifier:
         if verified.token_scopes is not None:
             scopes = scopes & verified.token_scopes  # a token narrows, never widens
         return Caller(
-            agency_id=agency.id, scopes=scopes, fields=agency.fields, kid=key.kid, purpose=purpose
+            agency_id=agency.id,
+            scopes=scopes,
+            fields=agency.fields,
+            kid=key.kid,
+            purpose=purpose,
+            diacritic_insensitive=agency.diacritic_insensitive,
         )
 
     def _remember(self, token: str, verified: _Verified, now: float) -> None:

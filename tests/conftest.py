@@ -188,7 +188,12 @@ class ServerThread:
 
 
 def server_settings(**overrides: Any) -> Settings:
-    base = Settings(listen="127.0.0.1:0", agency_refresh_s=1.0, health_check_s=0.2)
+    base = Settings(
+        listen="127.0.0.1:0",
+        agency_refresh_s=1.0,
+        health_check_s=0.2,
+        signing_key_dir=Path(tempfile.mkdtemp(prefix="registry-keys-")),
+    )
     return replace(base, **overrides)
 
 

@@ -13,7 +13,14 @@ from registry.dates import PartialDate
 from registry.db.cards import Card
 from registry.model import Citizen
 from registry.registration import DateParts, RawBirth, RawDeath
-from registry.v1 import card_pb2, card_service_pb2, citizen_pb2, civil_registration_service_pb2
+from registry.v1 import (
+    card_pb2,
+    card_service_pb2,
+    citizen_pb2,
+    civil_registration_service_pb2,
+    identity_service_pb2,
+)
+from registry.verification import RawClaim
 
 
 def date_parts(value: date_pb2.Date) -> DateParts:
@@ -59,6 +66,18 @@ def raw_death(request: civil_registration_service_pb2.RegisterDeathRequest) -> R
     )
 
 
+def raw_claim(request: identity_service_pb2.VerifyIdentityRequest) -> RawClaim:
+    """Take the fields of a VerifyIdentityRequest as given."""
+    return RawClaim(
+        pin=request.pin,
+        full_name=request.full_name,
+        date_of_birth=date_parts(request.date_of_birth),
+        sex=request.sex,
+        card_serial=request.card_serial,
+        correlation_id=request.correlation_id,
+    )
+
+
 def raw_issue(request: card_service_pb2.IssueCardRequest) -> RawIssue:
     """Take the fields of an IssueCardRequest as given."""
     return RawIssue(
@@ -81,8 +100,8 @@ def card(value: Card) -> card_pb2.Card:
     message = card_pb2.Card(
         serial=value.serial,
         pin=value.pin,
-        kind=_enum(value.kind),
-        state=_enum(value.state),
+        kind=enum_number(value.kind),
+        state=enum_number(value.state),
         issue_date=date_pb2.Date(
             year=value.issue_date.year, month=value.issue_date.month, day=value.issue_date.day
         ),
@@ -104,14 +123,14 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
         full_name=value.full_name,
         other_names=value.other_names,
         date_of_birth=partial_date(value.date_of_birth),
-        sex=_enum(value.sex),
+        sex=enum_number(value.sex),
         place_of_birth=value.place_of_birth,
         registration_province_code=value.registration_province_code,
         hometown=value.hometown,
         ethnicity=value.ethnicity,
         religion=value.religion,
         nationality=value.nationality,
-        blood_type=_enum(value.blood_type),
+        blood_type=enum_number(value.blood_type),
         legacy_ids=value.legacy_ids,
         father_pin=value.father_pin or "",
         mother_pin=value.mother_pin or "",
@@ -120,8 +139,8 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
         permanent_address=value.permanent_address,
         temporary_address=value.temporary_address,
         current_address=value.current_address,
-        marital_status=_enum(value.marital_status),
-        status=_enum(value.status),
+        marital_status=enum_number(value.marital_status),
+        status=enum_number(value.status),
         date_of_death=partial_date(value.date_of_death),
         replaced_by_pin=value.replaced_by_pin or "",
         version=value.version,
@@ -140,6 +159,6 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _enum(value: int) -> Any:
+def enum_number(value: int) -> Any:
     """Return a domain IntEnum as the plain number protobuf enum fields take."""
     return int(value)

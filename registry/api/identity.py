@@ -1,25 +1,132 @@
-"""IdentityService: verification and lookups for portals, banks and agencies.
-
-Only ResolveLegacyId is implemented so far; the other RPCs answer UNIMPLEMENTED (the generated
-base class) until their issue lands.
-"""
+"""IdentityService: verification and lookups for portals, banks and agencies."""
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import date
 
-from registry import card_issuance, cards
+import grpc
+from google.protobuf import field_mask_pb2
+
+from registry import card_issuance, cards, clock, lookup
+from registry.api import convert
+from registry.api.errors import to_status_proto
+from registry.api.gate import current_caller
+from registry.attestation import SigningKeys
 from registry.db.pool import Database
+from registry.errors import RegistryError
+from registry.model import Caller
 from registry.registration import Violations
+from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
+from registry.verification import Claim, Outcome, attestation_claims, validate_claim
+
+# Claims verified per query in BatchVerify: large enough to amortise the round trip, small
+# enough to keep answers flowing back while the caller is still sending.
+BATCH_SIZE = 512
+_END = None
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
-    """Answer who a number belongs to."""
+    """Answer whether identity data matches the register, and what an agency may read."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, keys: SigningKeys):
         self._db = db
+        self._keys = keys
+
+    def _response(
+        self, caller: Caller, claim: Claim, outcome: Outcome, want_attestation: bool
+    ) -> pb.VerifyIdentityResponse:
+        response = pb.VerifyIdentityResponse(
+            result=convert.enum_number(outcome.result),
+            field_matches=outcome.field_matches,
+            citizen_status=convert.enum_number(outcome.citizen_status or 0),
+            card_state=convert.enum_number(outcome.card_state or 0),
+            correlation_id=claim.correlation_id,
+        )
+        if want_attestation:
+            response.attestation = self._keys.sign(
+                attestation_claims(claim, outcome, caller.agency_id)
+            )
+        return response
+
+    async def VerifyIdentity(
+        self, request: pb.VerifyIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyIdentityResponse:
+        caller = current_caller()
+        claim = validate_claim(convert.raw_claim(request))
+        [outcome] = await lookup.verify_claims(self._db, caller, [claim], clock.today())
+        return self._response(caller, claim, outcome, request.want_attestation)
+
+    async def BatchVerify(
+        self,
+        request_iterator: AsyncIterator[pb.VerifyIdentityRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.VerifyIdentityResponse]:
+        caller = current_caller()
+        arrived: asyncio.Queue[pb.VerifyIdentityRequest | None] = asyncio.Queue(BATCH_SIZE * 4)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await arrived.put(request)
+            finally:
+                await arrived.put(_END)
+
+        reader = asyncio.create_task(read())
+        try:
+            finished = False
+            while not finished:
+                batch = [await arrived.get()]
+                while len(batch) < BATCH_SIZE and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                if batch[-1] is _END:
+                    finished = True
+                    batch.pop()
+                requests = [r for r in batch if r is not None]
+                for response in await self._verify_batch(caller, requests, clock.today()):
+                    yield response
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _verify_batch(
+        self, caller: Caller, requests: Sequence[pb.VerifyIdentityRequest], today: date
+    ) -> list[pb.VerifyIdentityResponse]:
+        """Answer a batch in order; a malformed item gets its own error, the stream goes on."""
+        answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
+        valid: list[tuple[int, Claim]] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, validate_claim(convert.raw_claim(request))))
+            except RegistryError as error:
+                answers[index] = pb.VerifyIdentityResponse(
+                    correlation_id=request.correlation_id, error=to_status_proto(error)
+                )
+        if valid:
+            outcomes = await lookup.verify_claims(self._db, caller, [c for _, c in valid], today)
+            for (index, claim), outcome in zip(valid, outcomes, strict=True):
+                answers[index] = self._response(
+                    caller, claim, outcome, requests[index].want_attestation
+                )
+        return [a for a in answers if a is not None]
+
+    async def GetCitizen(
+        self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCitizenResponse:
+        caller = current_caller()
+        v = Violations()
+        pin = v.pin("pin", request.pin)
+        v.raise_if_any()
+        fields = lookup.resolve_read_mask(request.read_mask.paths, caller.fields)
+        citizen, replaced = await lookup.current_record(self._db, pin)
+        visible = citizen_pb2.Citizen()
+        field_mask_pb2.FieldMask(paths=fields).MergeMessage(convert.citizen(citizen), visible)
+        return pb.GetCitizenResponse(citizen=visible, pin_replaced=replaced)
 
     async def ResolveLegacyId(
         self, request: pb.ResolveLegacyIdRequest, context: grpc.aio.ServicerContext
@@ -27,6 +134,10 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         v = Violations()
         legacy_id = cards.validate_legacy_id(v, "legacy_id", request.legacy_id)
         v.raise_if_any()
-        return pb.ResolveLegacyIdResponse(
-            pin=await card_issuance.resolve_legacy_id(self._db, legacy_id)
-        )
+        pin = await card_issuance.resolve_legacy_id(self._db, legacy_id)
+        return pb.ResolveLegacyIdResponse(pin=pin)
+
+    async def GetSigningKeys(
+        self, request: pb.GetSigningKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSigningKeysResponse:
+        return pb.GetSigningKeysResponse(jwks_json=self._keys.jwks_json())

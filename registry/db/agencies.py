@@ -35,6 +35,7 @@ class Agency:
     rate_limit: int | None
     enabled: bool
     keys: tuple[AgencyKey, ...]
+    name_matching: str = "STRICT"
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
@@ -49,7 +50,8 @@ async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agen
 
 async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
-        "SELECT id, name, kind, scopes, fields, rate_limit, enabled FROM agencies ORDER BY id"
+        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching "
+        "FROM agencies ORDER BY id"
     )
     key_rows = await conn.fetch(
         "SELECT agency_id, kid, algorithm, public_key_pem, created_at, revoked_at "
@@ -72,6 +74,7 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
             rate_limit=r["rate_limit"],
             enabled=r["enabled"],
             keys=tuple(keys.get(r["id"], ())),
+            name_matching=r["name_matching"],
         )
         for r in rows
     ]
@@ -89,19 +92,21 @@ async def add(
     kid: str,
     algorithm: str,
     public_key_pem: str,
+    name_matching: str = "STRICT",
 ) -> None:
     """Register an agency with its first key, atomically."""
     async with conn.transaction():
         try:
             await conn.execute(
-                "INSERT INTO agencies (id, name, kind, scopes, fields, rate_limit) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO agencies (id, name, kind, scopes, fields, rate_limit, name_matching) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 agency_id,
                 name,
                 kind,
                 scopes,
                 fields,
                 rate_limit,
+                name_matching,
             )
         except asyncpg.UniqueViolationError:
             raise RegistryError(

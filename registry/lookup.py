@@ -1,0 +1,85 @@
+"""Reading a citizen's record: which fields an agency may see, and PIN replacements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+from registry.db import citizens
+from registry.db import verification as verification_db
+from registry.db.pool import Database
+from registry.errors import (
+    Code,
+    FieldViolation,
+    RegistryError,
+    invalid_argument,
+    not_found,
+    permission_denied,
+)
+from registry.model import CITIZEN_FIELDS, Caller, Citizen
+from registry.verification import Claim, Outcome, verify
+
+# The number itself is what was asked about: always returned.
+ALWAYS_RETURNED = ("pin",)
+_MAX_REPLACEMENTS = 16
+
+
+def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[str]:
+    """Return the fields to return for a read_mask, or raise naming the bad or forbidden ones.
+
+    An empty mask means every field the agency is entitled to. Unknown paths are
+    INVALID_ARGUMENT; known fields the agency is not registered for are PERMISSION_DENIED.
+    """
+    requested = list(dict.fromkeys(paths))
+    unknown = [p for p in requested if p not in CITIZEN_FIELDS]
+    if unknown:
+        raise invalid_argument(
+            [
+                FieldViolation(
+                    f"read_mask.paths[{requested.index(p)}]", f"{p!r} is not a Citizen field"
+                )
+                for p in unknown
+            ]
+        )
+    if not requested:
+        requested = [f for f in CITIZEN_FIELDS if f in entitled]
+    forbidden = [p for p in requested if p not in entitled and p not in ALWAYS_RETURNED]
+    if forbidden:
+        raise permission_denied(
+            "FIELDS_NOT_PERMITTED",
+            f"this agency is not registered to read: {', '.join(forbidden)}",
+            fields=",".join(forbidden),
+        )
+    return list(dict.fromkeys([*ALWAYS_RETURNED, *requested]))
+
+
+async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
+    """Return the citizen for a PIN, following PIN re-establishments; (citizen, replaced)."""
+    async with db.pool.acquire() as conn:
+        citizen = await citizens.get(conn, pin)
+        if citizen is None:
+            raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
+        replaced = False
+        for _ in range(_MAX_REPLACEMENTS):
+            if citizen.replaced_by_pin is None:
+                return citizen, replaced
+            successor = await citizens.get(conn, citizen.replaced_by_pin)
+            if successor is None:
+                break
+            citizen, replaced = successor, True
+    raise RegistryError(Code.INTERNAL, "REPLACEMENT_CHAIN_BROKEN", "PIN history is inconsistent")
+
+
+async def verify_claims(
+    db: Database, caller: Caller, claims: Sequence[Claim], today: date
+) -> list[Outcome]:
+    """Verify claims against the register with one query, in order."""
+    async with db.pool.acquire() as conn:
+        if len(claims) == 1:
+            found = [await verification_db.record(conn, claims[0].pin, claims[0].card_serial)]
+        else:
+            found = await verification_db.records(conn, [(c.pin, c.card_serial) for c in claims])
+    return [
+        verify(claim, record, today, diacritic_insensitive=caller.diacritic_insensitive)
+        for claim, record in zip(claims, found, strict=True)
+    ]
