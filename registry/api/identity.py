@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import date
 
@@ -23,6 +24,8 @@ from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 from registry.verification import Claim, Outcome, attestation_claims, validate_claim
+
+log = logging.getLogger(__name__)
 
 # Claims verified per query in BatchVerify: large enough to amortise the round trip, small
 # enough to keep answers flowing back while the caller is still sending.
@@ -70,11 +73,15 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         arrived: asyncio.Queue[pb.VerifyIdentityRequest | None] = asyncio.Queue(BATCH_SIZE * 4)
 
         async def read() -> None:
+            # Ends the batches when the caller stops sending (or its stream breaks). When we
+            # cancel this task ourselves nobody is waiting for the marker, and putting it into
+            # a full queue would hang: so no `finally` here.
             try:
                 async for request in request_iterator:
                     await arrived.put(request)
-            finally:
-                await arrived.put(_END)
+            except Exception as exc:
+                log.info("BatchVerify request stream ended: %s", type(exc).__name__)
+            await arrived.put(_END)
 
         reader = asyncio.create_task(read())
         try:
