@@ -73,7 +73,12 @@ class SigningKeys:
             yield
 
     def _create(self) -> str:
-        kid = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+        # The kid starts with its creation time to the microsecond, strictly after every
+        # existing key's, so name order is age order even for rotations within one second.
+        newest = max((_created(p.stem, p) for p in self.directory.glob("*.pem")), default=0.0)
+        created = max(time.time(), newest + 1e-6)
+        stamp = datetime.fromtimestamp(created, UTC).strftime(_KID_TIME)
+        kid = f"{stamp}-{secrets.token_hex(3)}"
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -100,10 +105,10 @@ class SigningKeys:
             private = serialization.load_pem_private_key(path.read_bytes(), password=None)
             if not isinstance(private, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{path} is not an EC private key")
-            keys.append(SigningKey(path.stem, private, path.stat().st_mtime))
+            keys.append(SigningKey(path.stem, private, _created(path.stem, path)))
         if not keys:
             raise ValueError(f"no signing keys in {self.directory}")
-        # kids start with their creation time, so the last in name order is the newest.
+        keys.sort(key=lambda k: (k.created, k.kid))
         self._keys = keys
         self._jwks = json.dumps({"keys": [_jwk(k) for k in keys]}, sort_keys=True)
 
@@ -136,13 +141,13 @@ class SigningKeys:
             payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"}
         )
 
-    def prune(self) -> list[str]:
+    def prune(self, now: float | None = None) -> list[str]:
         """Delete retired keys whose last attestation has expired; return their kids.
 
         A key stopped signing when its successor was created, so its last attestation expires
-        one lifetime after that. The current key is never pruned.
+        one lifetime after that. The current key is never pruned. `now` defaults to the clock.
         """
-        now = time.time()
+        now = time.time() if now is None else now
         removed = []
         with self._lock():
             for key, successor in zip(self._keys, self._keys[1:], strict=False):
@@ -151,6 +156,17 @@ class SigningKeys:
                     removed.append(key.kid)
         self.reload()
         return removed
+
+
+_KID_TIME = "%Y%m%dT%H%M%S.%fZ"
+
+
+def _created(kid: str, path: Path) -> float:
+    """Return a key's creation time: from its kid, else (a key deployed by hand) its file."""
+    try:
+        return datetime.strptime(kid.split("-", 1)[0], _KID_TIME).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return path.stat().st_mtime
 
 
 def _jwk(key: SigningKey) -> dict[str, Any]:

@@ -30,17 +30,15 @@ def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[st
     An empty mask means every field the agency is entitled to. Unknown paths are
     INVALID_ARGUMENT; known fields the agency is not registered for are PERMISSION_DENIED.
     """
-    requested = list(dict.fromkeys(paths))
-    unknown = [p for p in requested if p not in CITIZEN_FIELDS]
-    if unknown:
-        raise invalid_argument(
-            [
-                FieldViolation(
-                    f"read_mask.paths[{requested.index(p)}]", f"{p!r} is not a Citizen field"
-                )
-                for p in unknown
-            ]
-        )
+    given = list(paths)
+    violations = [
+        FieldViolation(f"read_mask.paths[{index}]", f"{path!r} is not a Citizen field")
+        for index, path in enumerate(given)
+        if path not in CITIZEN_FIELDS
+    ]
+    if violations:
+        raise invalid_argument(violations)
+    requested = list(dict.fromkeys(given))
     if not requested:
         requested = [f for f in CITIZEN_FIELDS if f in entitled]
     forbidden = [p for p in requested if p not in entitled and p not in ALWAYS_RETURNED]

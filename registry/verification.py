@@ -103,7 +103,7 @@ def validate_claim(raw: RawClaim) -> Claim:
     v = Violations()
     pin = v.pin("pin", raw.pin)
     full_name: str | None = None
-    if raw.full_name.strip():
+    if trim(raw.full_name):
         normalised, problem = names.validate_text(raw.full_name, max_length=200)
         if problem:
             v.add("full_name", problem)
@@ -116,7 +116,7 @@ def validate_claim(raw: RawClaim) -> Claim:
         except ValueError:
             v.add("sex", f"{raw.sex} is not a known Sex value")
     serial: str | None = None
-    if raw.card_serial.strip():
+    if trim(raw.card_serial):
         serial = trim(raw.card_serial)
         if serial.isascii():
             serial = serial.upper()

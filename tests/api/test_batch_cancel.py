@@ -17,7 +17,9 @@ async def _task_count() -> int:
     return len(asyncio.all_tasks())
 
 
-def test_a_cancelled_batch_stream_leaves_no_task_behind_and_the_server_serving(civil, identity, agency, server):
+def test_a_cancelled_batch_stream_leaves_no_task_behind_and_the_server_serving(
+    civil, identity, agency, server
+):
     pin = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
     baseline = server.call(_task_count())
     keep_sending = threading.Event()
