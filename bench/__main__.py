@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, cards
+from bench import births, cards, verify
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     )
     births.main()
     cards.main()
+    verify.main()
 
 
 if __name__ == "__main__":
