@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
+import uvloop
 
 from registry import logs
 from registry.attestation import SigningKeys
@@ -28,6 +29,12 @@ from registry.v1 import citizen_pb2
 log = logging.getLogger("registry")
 
 CITIZEN_FIELDS = tuple(f.name for f in citizen_pb2.Citizen.DESCRIPTOR.fields)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """Return the event loop the server runs on: uvloop (measured faster under load)."""
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 class CliError(Exception):
@@ -90,8 +97,8 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> None:
     # The server forks only to run PostgreSQL's own tools (pg_ctl), never to continue gRPC
     # work in a child: gRPC's fork handlers are not needed, and they log noise when skipped.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    with database_url(settings) as dsn:
-        asyncio.run(_serve(settings, dsn))
+    with database_url(settings) as dsn, asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(_serve(settings, dsn))
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.app import RegistryServer, build_server
+from registry.cli import new_event_loop
 from registry.config import Settings
 from registry.db import agencies
 from registry.db.migrate import migrate
@@ -133,7 +134,8 @@ class ServerThread:
     def __init__(self, settings: Settings, dsn: str):
         self.settings = settings
         self.dsn = dsn
-        self.loop = asyncio.new_event_loop()
+        # The loop production serves on (registry.cli.new_event_loop), so tests cover it.
+        self.loop = new_event_loop()
         self.app: RegistryServer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
