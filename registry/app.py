@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from registry.api.access_log import AccessLog
 from registry.api.caches import AgencyDirectory, PrefixCache
 from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
@@ -60,11 +61,13 @@ class RegistryServer:
     prefixes: PrefixCache
     settings: Settings
     keys: SigningKeys
+    access: AccessLog
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
         await self.server.start()
+        self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="signing-keys"))
         log.info("registry serving on port %d", self.port)
@@ -107,6 +110,7 @@ class RegistryServer:
                 await task
         await self.directory.close()
         await self.prefixes.close()
+        await self.access.close()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -132,8 +136,9 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.clock_skew_s,
     )
+    access = AccessLog()
     server = grpc.aio.server(
-        interceptors=[CallGate(directory, verifier)],
+        interceptors=[CallGate(directory, verifier, access)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -175,4 +180,4 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
-    return RegistryServer(server, port, health, db, directory, prefixes, settings, keys)
+    return RegistryServer(server, port, health, db, directory, prefixes, settings, keys, access)

@@ -58,9 +58,11 @@ class Database:
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 4, max_size: int = 16) -> Database:
         """Open the pools (raises if the database cannot be reached)."""
+        # Queries are bounded by PostgreSQL's statement_timeout rather than asyncpg's
+        # command_timeout, which arms a Python timer around every query (measured ~4% of a
+        # verification's CPU).
         common = {
             "timeout": 5.0,  # connect timeout: fail fast into UNAVAILABLE
-            "command_timeout": 30.0,
             "max_inactive_connection_lifetime": 300.0,
             "reset": _keep_session,
         }
@@ -68,7 +70,7 @@ class Database:
             dsn,
             min_size=min_size,
             max_size=max_size,
-            server_settings={"application_name": "citizen-registry"},
+            server_settings={"application_name": "citizen-registry", "statement_timeout": "30s"},
             **common,
         )
         try:
@@ -79,6 +81,7 @@ class Database:
                 server_settings={
                     "application_name": "citizen-registry-counters",
                     "synchronous_commit": "off",
+                    "statement_timeout": "30s",
                 },
                 **common,
             )
