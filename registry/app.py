@@ -138,7 +138,14 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     )
     access = AccessLog()
     server = grpc.aio.server(
-        interceptors=[CallGate(directory, verifier, access)],
+        interceptors=[
+            CallGate(
+                directory,
+                verifier,
+                access,
+                bind_client_certificates=settings.tls_client_ca is not None,
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -74,13 +74,43 @@ def _bearer(metadata: Any) -> tuple[str, str]:
     return token, purpose
 
 
+def certificate_names(auth_context: Any) -> set[str]:
+    """Return the names a verified client certificate carries (subject CN and SANs)."""
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth_context.get(key, ()):
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            names.add(text.removeprefix("agency:"))
+    return names
+
+
+def _check_certificate(context: grpc.aio.ServicerContext, agency_id: str) -> None:
+    names = certificate_names(context.auth_context())
+    if agency_id not in names:
+        raise unauthenticated(
+            "CLIENT_CERT_AGENCY_MISMATCH",
+            f"the client certificate does not belong to agency {agency_id!r} named in the token "
+            "(its subject CN or a SAN must be the agency id)",
+        )
+
+
 class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticate and authorise every non-public call; translate its errors."""
 
-    def __init__(self, directory: AgencyDirectory, verifier: TokenVerifier, access: AccessLog):
+    def __init__(
+        self,
+        directory: AgencyDirectory,
+        verifier: TokenVerifier,
+        access: AccessLog,
+        *,
+        bind_client_certificates: bool = False,
+    ):
         self._directory = directory
         self._verifier = verifier
         self._access = access
+        # With mutual TLS the client certificate must name the agency the token names: a
+        # stolen token is useless without that agency's certificate and key.
+        self._bind_certificates = bind_client_certificates
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -128,6 +158,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if key_id is None or not await self._directory.refresh_for_unknown_key(*key_id):
                 raise
             caller = self._verifier.verify(token, self._directory.snapshot, purpose)
+        if self._bind_certificates:
+            _check_certificate(context, caller.agency_id)
         if scope == "":
             raise permission_denied("METHOD_NOT_ALLOWED", "this method is not open to agencies")
         if scope is not None and scope not in caller.scopes:
