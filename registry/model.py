@@ -61,6 +61,8 @@ class Caller:
     purpose: str = ""
     diacritic_insensitive: bool = False
     """Name claims compared without diacritics: granted only by the agency's registration."""
+    rate_limit: int | None = None
+    """Calls per second the agency may make (None: not limited)."""
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ class TokenVerifier:
             kid=key.kid,
             purpose=purpose,
             diacritic_insensitive=agency.diacritic_insensitive,
+            rate_limit=agency.rate_limit,
         )
 
     def _remember(self, token: str, verified: _Verified, now: float) -> None:

@@ -22,6 +22,7 @@ from registry.api.caches import AgencyDirectory
 from registry.api.errors import to_grpc_status
 from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
+from registry.limits import RateLimiter
 from registry.model import Caller
 from registry.tokens import TokenVerifier, unverified_key_id
 
@@ -111,6 +112,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # With mutual TLS the client certificate must name the agency the token names: a
         # stolen token is useless without that agency's certificate and key.
         self._bind_certificates = bind_client_certificates
+        self._limits = RateLimiter()
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -160,6 +162,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             caller = self._verifier.verify(token, self._directory.snapshot, purpose)
         if self._bind_certificates:
             _check_certificate(context, caller.agency_id)
+        self._limits.check(caller.agency_id, caller.rate_limit)
         if scope == "":
             raise permission_denied("METHOD_NOT_ALLOWED", "this method is not open to agencies")
         if scope is not None and scope not in caller.scopes:
