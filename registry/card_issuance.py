@@ -34,8 +34,6 @@ _TRANSITIONS: dict[str, tuple[frozenset[CardState], CardState]] = {
     "WithholdCard": (frozenset({CardState.ACTIVE}), CardState.WITHHELD),
     "ReleaseCard": (frozenset({CardState.WITHHELD}), CardState.ACTIVE),
 }
-# A chain of PIN re-establishments longer than this is a data error, not a history.
-_MAX_REPLACEMENTS = 16
 
 
 def reported(card: Card, today: date) -> Card:
@@ -229,14 +227,7 @@ async def link_legacy_id(
                     f"legacy number {link.legacy_id} is already linked to another citizen",
                     metadata={"legacy_id": link.legacy_id},
                 )
-            updated = await citizens.get(conn, link.pin)
-            assert updated is not None
-            return updated
-
-        async def replay(pin: str) -> Citizen:
-            citizen = await citizens.get(conn, pin)
-            assert citizen is not None
-            return citizen
+            return await citizens.get_existing(conn, link.pin)
 
         return await idempotency.run_once(
             conn,
@@ -246,7 +237,7 @@ async def link_legacy_id(
             request_hash=request_hash(LINK_LEGACY_ID, link),
             result_key=link.pin,
             work=work,
-            replay=replay,
+            replay=lambda pin: citizens.get_existing(conn, pin),
         )
 
 
@@ -261,9 +252,6 @@ async def resolve_legacy_id(db: Database, legacy_id: str) -> str:
                 legacy_id=legacy_id,
             )
         # Follow PIN re-establishments: the number resolves to the PIN in use today.
-        for _ in range(_MAX_REPLACEMENTS):
-            citizen = await citizens.get(conn, pin)
-            if citizen is None or citizen.replaced_by_pin is None:
-                return pin
-            pin = citizen.replaced_by_pin
-    raise RegistryError(Code.INTERNAL, "REPLACEMENT_CHAIN_TOO_LONG", "PIN history is inconsistent")
+        owner = await citizens.get_existing(conn, pin)
+        current, _ = await citizens.follow_replacements(conn, owner)
+        return current.pin

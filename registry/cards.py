@@ -149,14 +149,23 @@ class LegacyLink:
     legacy_id: str
 
 
-def _serial(v: Violations, raw: str) -> str:
+def check_serial(v: Violations, field: str, raw: str) -> str | None:
+    """Normalise a card serial (trimmed, ASCII upper-cased) and check it; None if not given."""
     serial = trim(raw)
+    if not serial:
+        return None
     if serial.isascii():
         serial = serial.upper()
-    if not serial:
+    if not _SERIAL_RE.fullmatch(serial):
+        v.add(field, "must be 1-32 characters: letters A-Z, digits and '-'")
+    return serial
+
+
+def _serial(v: Violations, raw: str) -> str:
+    serial = check_serial(v, "serial", raw)
+    if serial is None:
         v.add("serial", "is required (the physical card's serial)")
-    elif not _SERIAL_RE.fullmatch(serial):
-        v.add("serial", "must be 1-32 characters: letters A-Z, digits and '-'")
+        return ""
     return serial
 
 

@@ -45,10 +45,7 @@ async def _replay(
 
 async def _replay_citizen(conn: asyncpg.Connection, pin: str) -> Citizen:
     """Return the record an original call produced, as it is now."""
-    citizen = await citizens.get(conn, pin)
-    if citizen is None:  # pragma: no cover - citizens are never deleted
-        raise RegistryError(Code.INTERNAL, "REPLAY_TARGET_MISSING", "the original record is gone")
-    return citizen
+    return await citizens.get_existing(conn, pin)
 
 
 async def _check_parents(conn: asyncpg.Connection, birth: BirthRegistration) -> None:

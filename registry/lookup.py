@@ -9,9 +9,7 @@ from registry.db import citizens
 from registry.db import verification as verification_db
 from registry.db.pool import Database
 from registry.errors import (
-    Code,
     FieldViolation,
-    RegistryError,
     invalid_argument,
     not_found,
     permission_denied,
@@ -21,7 +19,6 @@ from registry.verification import Claim, Outcome, verify
 
 # The number itself is what was asked about: always returned.
 ALWAYS_RETURNED = ("pin",)
-_MAX_REPLACEMENTS = 16
 
 
 def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[str]:
@@ -57,15 +54,7 @@ async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
         citizen = await citizens.get(conn, pin)
         if citizen is None:
             raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
-        replaced = False
-        for _ in range(_MAX_REPLACEMENTS):
-            if citizen.replaced_by_pin is None:
-                return citizen, replaced
-            successor = await citizens.get(conn, citizen.replaced_by_pin)
-            if successor is None:
-                break
-            citizen, replaced = successor, True
-    raise RegistryError(Code.INTERNAL, "REPLACEMENT_CHAIN_BROKEN", "PIN history is inconsistent")
+        return await citizens.follow_replacements(conn, citizen)
 
 
 async def verify_claims(

@@ -108,6 +108,14 @@ class Violations:
             raise invalid_argument([*self.items, *self.deferred])
 
 
+def require_pin(raw: str, field: str = "pin") -> str:
+    """Return a well-formed PIN, or raise INVALID_ARGUMENT naming the field."""
+    v = Violations()
+    value = v.pin(field, raw)
+    v.raise_if_any()
+    return value
+
+
 def check_request_id(violations: Violations, request_id: str) -> None:
     """Require the caller's idempotency key: 1-128 printable ASCII characters, no spaces."""
     if not request_id:

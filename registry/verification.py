@@ -19,17 +19,15 @@ Matching:
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from datetime import date
 
 from registry import names
-from registry.cards import CardState, effective_state
+from registry.cards import CardState, check_serial, effective_state
 from registry.dates import PartialDate
 from registry.model import CitizenStatus, Sex
 from registry.registration import DateParts, Violations, trim
 
-_SERIAL_RE = re.compile(r"[A-Z0-9-]{1,32}")
 MAX_CORRELATION_ID = 128
 
 
@@ -115,13 +113,7 @@ def validate_claim(raw: RawClaim) -> Claim:
             sex = Sex(raw.sex)
         except ValueError:
             v.add("sex", f"{raw.sex} is not a known Sex value")
-    serial: str | None = None
-    if trim(raw.card_serial):
-        serial = trim(raw.card_serial)
-        if serial.isascii():
-            serial = serial.upper()
-        if not _SERIAL_RE.fullmatch(serial):
-            v.add("card_serial", "must be 1-32 characters: letters A-Z, digits and '-'")
+    serial = check_serial(v, "card_serial", raw.card_serial)
     if len(raw.correlation_id) > MAX_CORRELATION_ID or not raw.correlation_id.isprintable():
         v.add("correlation_id", f"must be at most {MAX_CORRELATION_ID} printable characters")
     if not v.items and full_name is None and dob is None and sex is None and serial is None:

@@ -29,11 +29,12 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._task: asyncio.Task[None] | None = None
+        self._logger = logging.getLogger(LOGGER)
 
     @property
     def enabled(self) -> bool:
         """Tell whether access lines are wanted (the registry.access logger at INFO)."""
-        return logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+        return self._logger.isEnabledFor(logging.INFO)
 
     def record(self, agency: str, method: str, status: str, reason: str, latency_ms: float) -> None:
         """Queue one line; values are ASCII identifiers, so only agency needs JSON quoting."""

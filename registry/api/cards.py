@@ -10,7 +10,7 @@ from registry import card_issuance, cards, clock
 from registry.api import convert
 from registry.api.gate import current_caller
 from registry.db.pool import Database
-from registry.registration import Violations
+from registry.registration import require_pin
 from registry.v1 import card_service_pb2 as pb
 from registry.v1 import card_service_pb2_grpc as pb_grpc
 
@@ -60,9 +60,7 @@ class CardServicer(pb_grpc.CardServiceServicer):
     async def ListCards(
         self, request: pb.ListCardsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCardsResponse:
-        v = Violations()
-        pin = v.pin("pin", request.pin)
-        v.raise_if_any()
+        pin = require_pin(request.pin)
         found = await card_issuance.list_cards(self._db, pin, clock.today())
         return pb.ListCardsResponse(cards=[convert.card(c) for c in found])
 

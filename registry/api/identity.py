@@ -19,7 +19,7 @@ from registry.attestation import SigningKeys
 from registry.db.pool import Database
 from registry.errors import RegistryError
 from registry.model import Caller
-from registry.registration import Violations
+from registry.registration import Violations, require_pin
 from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
@@ -153,9 +153,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCitizenResponse:
         caller = current_caller()
-        v = Violations()
-        pin = v.pin("pin", request.pin)
-        v.raise_if_any()
+        pin = require_pin(request.pin)
         fields = lookup.resolve_read_mask(request.read_mask.paths, caller.fields)
         citizen, replaced = await lookup.current_record(self._db, pin)
         visible = citizen_pb2.Citizen()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from registry.dates import PartialDate
+from registry.errors import Code, RegistryError
 from registry.model import (
     BirthRegistration,
     BloodType,
@@ -16,6 +17,9 @@ from registry.model import (
     MaritalStatus,
     Sex,
 )
+
+# A chain of PIN re-establishments longer than this is a data error, not a history.
+_MAX_REPLACEMENTS = 16
 
 COLUMNS = """
     pin, full_name, other_names, birth_year, birth_month, birth_day, sex, place_of_birth,
@@ -162,3 +166,21 @@ async def mark_deceased(conn: asyncpg.Connection, death: DeathRegistration) -> C
         death.registration_number,
     )
     return from_row(row)
+
+
+async def get_existing(conn: asyncpg.Connection, pin: str) -> Citizen:
+    """Return a citizen known to exist (a replay's result, a row just written)."""
+    citizen = await get(conn, pin)
+    if citizen is None:  # citizens are never deleted
+        raise RegistryError(Code.INTERNAL, "RECORD_MISSING", "a record known to exist is gone")
+    return citizen
+
+
+async def follow_replacements(conn: asyncpg.Connection, citizen: Citizen) -> tuple[Citizen, bool]:
+    """Follow PIN re-establishments to the record in use today; (citizen, replaced)."""
+    replaced = False
+    for _ in range(_MAX_REPLACEMENTS):
+        if citizen.replaced_by_pin is None:
+            return citizen, replaced
+        citizen, replaced = await get_existing(conn, citizen.replaced_by_pin), True
+    raise RegistryError(Code.INTERNAL, "REPLACEMENT_CHAIN_TOO_LONG", "PIN history is inconsistent")
