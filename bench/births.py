@@ -12,7 +12,7 @@ import uuid
 import grpc
 from google.type import date_pb2
 
-from bench.common import bench_database, closed_loop, percentile, prepare, server_process, token
+from bench.common import bench_database, closed_loop, prepare, report, server_process, token
 from registry.clock import today
 from registry.pin import PrefixTable
 from registry.v1 import civil_registration_service_pb2 as pb
@@ -56,17 +56,9 @@ def main() -> dict[str, float]:
         agency_id, kid, key = asyncio.run(prepare(dsn))
         md = (("authorization", f"Bearer {token(agency_id, kid, key)}"),)
         with server_process(dsn) as server:
-            completed, latencies, errors = asyncio.run(_run(server.target, md))
-    rate = completed / DURATION_S
-    p50 = percentile(latencies, 0.50) * 1000
-    p99 = percentile(latencies, 0.99) * 1000
-    print(
-        f"births: {rate:,.0f} registrations/s durable ({CONCURRENCY} callers, {DURATION_S:.0f} s), "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, errors {errors}; "
-        f"target {TARGET_PER_S}/s -> ratio {rate / TARGET_PER_S:.2f}x "
-        f"({'MET' if rate >= TARGET_PER_S else 'NOT MET'})"
-    )
-    return {"births_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+            measured = asyncio.run(_run(server.target, md))
+    setup = f"{CONCURRENCY} callers, {DURATION_S:.0f} s"
+    return report("births", "registrations", setup, measured, DURATION_S, TARGET_PER_S)
 
 
 if __name__ == "__main__":

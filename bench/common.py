@@ -185,3 +185,25 @@ async def closed_loop(
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
     latencies.sort()
     return completed, latencies, errors
+
+
+def report(
+    name: str,
+    what: str,
+    setup: str,
+    measured: tuple[int, list[float], int],
+    duration_s: float,
+    target_per_s: float,
+) -> dict[str, float]:
+    """Print one benchmark line (rate, p50/p99, errors, ratio to target); return the figures."""
+    completed, latencies, errors = measured
+    rate = completed / duration_s
+    p50 = percentile(latencies, 0.50) * 1000
+    p99 = percentile(latencies, 0.99) * 1000
+    print(
+        f"{name}: {rate:,.0f} {what}/s durable ({setup}), "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, errors {errors}; "
+        f"target {target_per_s:.0f}/s -> ratio {rate / target_per_s:.2f}x "
+        f"({'MET' if rate >= target_per_s else 'NOT MET'})"
+    )
+    return {"per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}
