@@ -13,6 +13,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from registry.api.access_log import AccessLog
+from registry.api.audit_service import AuditServicer
+from registry.api.audit_writer import AuditWriter
 from registry.api.caches import AgencyDirectory, PrefixCache
 from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
@@ -21,6 +23,7 @@ from registry.api.identity import IdentityServicer
 from registry.attestation import SigningKeys
 from registry.config import Settings
 from registry.db.pool import Database
+from registry.limits import MissBudget
 from registry.tokens import TokenVerifier
 from registry.v1 import (
     audit_service_pb2,
@@ -62,10 +65,12 @@ class RegistryServer:
     settings: Settings
     keys: SigningKeys
     access: AccessLog
+    audit: AuditWriter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
+        self.audit.start()
         await self.server.start()
         self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
@@ -104,6 +109,8 @@ class RegistryServer:
         """Drain: report NOT_SERVING, finish in-flight calls within grace, then close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        # After the drain: calls still finishing were waiting for their audit entries.
+        await self.audit.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,12 +144,14 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         leeway_s=settings.clock_skew_s,
     )
     access = AccessLog()
+    audit = AuditWriter(db)
     server = grpc.aio.server(
         interceptors=[
             CallGate(
                 directory,
                 verifier,
                 access,
+                audit,
                 bind_client_certificates=settings.tls_client_ca is not None,
             )
         ],
@@ -160,14 +169,12 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
     keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(db, keys), server
+        IdentityServicer(db, keys, audit, MissBudget()), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         population_service_pb2_grpc.PopulationServiceServicer(), server
     )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        audit_service_pb2_grpc.AuditServiceServicer(), server
-    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
@@ -187,4 +194,6 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
-    return RegistryServer(server, port, health, db, directory, prefixes, settings, keys, access)
+    return RegistryServer(
+        server, port, health, db, directory, prefixes, settings, keys, access, audit
+    )

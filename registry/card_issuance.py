@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 
@@ -138,9 +139,18 @@ async def _replay_card(conn: asyncpg.Connection, serial: str) -> Card:
 
 
 async def change_state(
-    db: Database, caller: Caller, request_id: str, change: StateChange, today: date
+    db: Database,
+    caller: Caller,
+    request_id: str,
+    change: StateChange,
+    today: date,
+    reached: Callable[[str], None] = lambda pin: None,
 ) -> tuple[Card, bool]:
-    """Revoke, withhold or release a card along a legal transition; return (card, replayed)."""
+    """Revoke, withhold or release a card along a legal transition; return (card, replayed).
+
+    `reached` is told the holder's PIN as soon as the card is found (for the audit entry,
+    refusals included).
+    """
     allowed_from, target = _TRANSITIONS[change.action]
     async with db.pool.acquire() as conn:
 
@@ -150,6 +160,7 @@ async def change_state(
                 raise not_found(
                     "CARD_NOT_FOUND", f"no card has serial {change.serial}", serial=change.serial
                 )
+            reached(card.pin)
             # Lock order citizen → card, as in issuance (which supersedes cards under the
             # citizen lock): the other order could deadlock against a concurrent issuance.
             holder = await citizens.get(conn, card.pin, for_update=True)

@@ -15,14 +15,16 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from registry import logs
+from registry import audit, logs
 from registry.attestation import SigningKeys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
+from registry.db import audit as audit_db
 from registry.db.migrate import MigrationError, migrate
 from registry.db.pool import Database
 from registry.embedded import EmbeddedCluster, EmbeddedError
 from registry.errors import RegistryError
+from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN
 from registry.tokens import SCOPES, KeyError_, load_public_key
 from registry.v1 import citizen_pb2
 
@@ -117,6 +119,46 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
         asyncio.run(run(dsn))
 
 
+# -- audit --------------------------------------------------------------------------------------
+
+
+class AuditBroken(Exception):
+    """`registry audit verify` found a broken link: exit code 1."""
+
+
+async def _verify_audit(dsn: str) -> audit.Walk:
+    conn = await _connect_and_migrate(dsn)
+    try:
+        # One snapshot: servers may append while we walk; we check the chain up to the head
+        # as it was when the walk began.
+        check = audit.ChainCheck()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            head = await audit_db.head(conn)
+            async for seq, entry, stored in audit_db.entries(conn):
+                if not check.feed(seq, entry, stored):
+                    break
+    finally:
+        await conn.close()
+    return check.finish(head)
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
+    with database_url(settings) as dsn:
+        result = asyncio.run(_verify_audit(dsn))
+    if not result.intact:
+        print(
+            f"audit log BROKEN at entry {result.broken_at}: {result.problem}\n"
+            f"  {result.entries} entries before it are intact "
+            f"(last good entry {result.last_seq}, hash {result.last_hash.hex()})"
+        )
+        raise AuditBroken()
+    print(
+        f"audit log intact: {result.entries} entries, head entry {result.last_seq}, "
+        f"hash {result.last_hash.hex()}\n"
+        "  keep the head hash: a later verify must show this entry with this hash"
+    )
+
+
 # -- agency -------------------------------------------------------------------------------------
 
 
@@ -164,6 +206,8 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
             )
         if args.rate_limit is not None and args.rate_limit <= 0:
             raise CliError("--rate-limit must be a positive number of calls per second")
+        if args.miss_budget is not None and args.miss_budget <= 0:
+            raise CliError("--miss-budget must be a positive number of answers per minute")
         algorithm, pem = _read_key(args.public_key)
         try:
             await agencies.add(
@@ -178,6 +222,7 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 algorithm=algorithm,
                 public_key_pem=pem,
                 name_matching=args.name_matching.upper().replace("-", "_"),
+                miss_budget=args.miss_budget,
             )
         except asyncpg.CheckViolationError as exc:
             raise CliError(f"invalid agency: {exc.constraint_name}") from None
@@ -190,6 +235,7 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 f"  scopes: {','.join(agency.scopes) or '-'}\n"
                 f"  fields: {','.join(agency.fields) or '-'}\n"
                 f"  rate limit: {agency.rate_limit or 'default'}\n"
+                f"  miss budget: {agency.miss_budget or 'default'}\n"
                 f"  name matching: {agency.name_matching.lower().replace('_', '-')}"
             )
             for key in agency.keys:
@@ -248,6 +294,12 @@ def _parser() -> argparse.ArgumentParser:
     keys_actions.add_parser("list", help="list published keys; the newest signs")
     keys_actions.add_parser("rotate", help="create a new signing key (older ones stay published)")
     keys_actions.add_parser("prune", help="delete retired keys whose attestations expired")
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit.set_defaults(func=cmd_audit)
+    audit_actions = audit.add_subparsers(dest="audit_command", required=True)
+    audit_actions.add_parser(
+        "verify", help="walk the whole chain; exit 1 and name the first broken link if any"
+    )
     agency = sub.add_parser("agency", help="manage calling agencies and their keys")
     agency.set_defaults(func=cmd_agency)
     actions = agency.add_subparsers(dest="agency_command", required=True)
@@ -260,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")
     add.add_argument("--kid", required=True, help="key id that tokens name in their header")
     add.add_argument("--rate-limit", type=int, help="calls per second")
+    add.add_argument(
+        "--miss-budget",
+        type=int,
+        help="NOT_FOUND/NO_MATCH verification answers per minute before the agency is "
+        f"throttled (default {DEFAULT_MISS_BUDGET_PER_MIN}; raise it for data-cleaning campaigns)",
+    )
     add.add_argument(
         "--name-matching",
         choices=("strict", "diacritic-insensitive"),
@@ -297,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         print(f"registry: error: database unreachable: {exc}", file=sys.stderr)
         return 3
+    except AuditBroken:
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -9,6 +9,7 @@ balancer an agency's effective limit is N per server.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,3 +57,80 @@ class RateLimiter:
             metadata={"rate_limit_per_s": str(rate_per_s)},
             retry_after_s=wait_s,
         )
+
+
+# Default budget of NOT_FOUND / NO_MATCH verification answers per agency and minute, for
+# agencies registered without one (`registry agency add --miss-budget N` sets another).
+DEFAULT_MISS_BUDGET_PER_MIN = 600
+alerts = logging.getLogger("registry.alerts")
+
+
+class MissBudget:
+    """Per-agency budget of verification misses (NOT_FOUND / NO_MATCH answers) per minute.
+
+    A yes/no oracle over PINs is an enumeration target: a caller trying numbers or names
+    produces misses, an honest one mostly matches. Each agency may spend its budget per
+    minute (refilled continuously); once it is spent, verifications are refused with
+    RESOURCE_EXHAUSTED + RetryInfo until it refills, and one alert is logged per episode on the
+    `registry.alerts` logger for the operator to look into. Per server process, like the rate
+    limits.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._alerted: set[str] = set()
+
+    def _bucket(self, agency_id: str, budget: int) -> _Bucket:
+        now = self._clock()
+        bucket = self._buckets.get(agency_id)
+        if bucket is None:
+            bucket = self._buckets[agency_id] = _Bucket(float(budget), now)
+        else:
+            bucket.tokens = min(float(budget), bucket.tokens + (now - bucket.updated) * budget / 60)
+            bucket.updated = now
+        return bucket
+
+    def check(self, agency_id: str, budget: int | None) -> None:
+        """Refuse the agency's verifications while its budget is spent."""
+        budget = budget or DEFAULT_MISS_BUDGET_PER_MIN
+        bucket = self._bucket(agency_id, budget)
+        if bucket.tokens >= 1.0:
+            self._alerted.discard(agency_id)
+            return
+        wait_s = (1.0 - bucket.tokens) * 60 / budget
+        if agency_id not in self._alerted:
+            self._alerted.add(agency_id)
+            alerts.warning(
+                "agency %s spent its budget of %d NOT_FOUND/NO_MATCH verifications per minute; "
+                "throttled (possible enumeration)",
+                agency_id,
+                budget,
+                extra={
+                    "fields": {
+                        "alert": "VERIFICATION_MISS_BUDGET_EXHAUSTED",
+                        "agency": agency_id,
+                        "budget_per_min": budget,
+                    }
+                },
+            )
+        raise RegistryError(
+            Code.RESOURCE_EXHAUSTED,
+            "VERIFICATION_MISS_BUDGET_EXHAUSTED",
+            f"agency {agency_id!r} received more than {budget} NOT_FOUND/NO_MATCH verification "
+            f"answers in the last minute; verifications resume in {wait_s:.1f} s",
+            quota_violations=(
+                QuotaViolation(
+                    f"agency:{agency_id}",
+                    f"{budget} NOT_FOUND/NO_MATCH verification answers per minute",
+                ),
+            ),
+            metadata={"miss_budget_per_min": str(budget)},
+            retry_after_s=wait_s,
+        )
+
+    def spend(self, agency_id: str, misses: int, budget: int | None) -> None:
+        """Take the misses of answered verifications from the agency's budget."""
+        if misses:
+            bucket = self._bucket(agency_id, budget or DEFAULT_MISS_BUDGET_PER_MIN)
+            bucket.tokens -= misses

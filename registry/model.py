@@ -63,6 +63,8 @@ class Caller:
     """Name claims compared without diacritics: granted only by the agency's registration."""
     rate_limit: int | None = None
     """Calls per second the agency may make (None: not limited)."""
+    miss_budget: int | None = None
+    """NOT_FOUND/NO_MATCH verification answers per minute (None: the server's default)."""
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class AgencyEntry:
     rate_limit: int | None
     enabled: bool
     diacritic_insensitive: bool = False
+    miss_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class DirectorySnapshot:
                 rate_limit=agency.rate_limit,
                 enabled=agency.enabled,
                 diacritic_insensitive=agency.name_matching == "DIACRITIC_INSENSITIVE",
+                miss_budget=agency.miss_budget,
             )
             for key in agency.keys:
                 try:
@@ -204,6 +206,7 @@ class TokenVerifier:
             purpose=purpose,
             diacritic_insensitive=agency.diacritic_insensitive,
             rate_limit=agency.rate_limit,
+            miss_budget=agency.miss_budget,
         )
 
     def _remember(self, token: str, verified: _Verified, now: float) -> None:

@@ -320,6 +320,7 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
         algorithm: str = "ES256",
         kind: str = "JUSTICE",
         rate_limit: int | None = None,
+        miss_budget: int | None = None,
     ) -> TestAgency:
         agency_id = f"test-{uuid.uuid4().hex[:12]}"
         private_key = new_private_key(algorithm)
@@ -335,6 +336,7 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
                     scopes=list(scopes),
                     fields=list(fields),
                     rate_limit=rate_limit,
+                    miss_budget=miss_budget,
                     kid="k1",
                     algorithm=algorithm,
                     public_key_pem=public_pem(private_key),
@@ -355,8 +357,8 @@ def make_agency(dsn: str) -> AgencyFactory:
 
 @pytest.fixture(scope="session")
 def agency(make_agency: AgencyFactory) -> TestAgency:
-    """An agency holding every scope."""
-    return make_agency()
+    """An agency holding every scope, with a miss budget for verification campaigns."""
+    return make_agency(miss_budget=1_000_000)
 
 
 # -- channels and stubs -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import grpc
 
 from registry import card_issuance, cards, clock
 from registry.api import convert
-from registry.api.gate import current_caller
+from registry.api.gate import current_caller, touch
 from registry.db.pool import Database
 from registry.registration import require_pin
 from registry.v1 import card_service_pb2 as pb
@@ -37,8 +37,9 @@ class CardServicer(pb_grpc.CardServiceServicer):
     async def _change(self, action: str, request: Any, response: type[R]) -> R:
         change = cards.validate_state_change(action, convert.raw_state_change(request))
         card, replayed = await card_issuance.change_state(
-            self._db, current_caller(), request.request_id, change, clock.today()
+            self._db, current_caller(), request.request_id, change, clock.today(), touch
         )
+        touch(card.pin)  # also when the answer is a replay
         reported = card_issuance.reported(card, clock.today())
         return response(card=convert.card(reported), replayed=replayed)  # type: ignore[call-arg]
 
@@ -71,4 +72,5 @@ class CardServicer(pb_grpc.CardServiceServicer):
         citizen, replayed = await card_issuance.link_legacy_id(
             self._db, current_caller(), request.request_id, link
         )
+        touch(citizen.pin)
         return pb.LinkLegacyIdResponse(citizen=convert.citizen(citizen), replayed=replayed)

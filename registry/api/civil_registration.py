@@ -7,7 +7,7 @@ import grpc
 from registry import civil_registration, clock, registration
 from registry.api import convert
 from registry.api.caches import PrefixCache
-from registry.api.gate import current_caller
+from registry.api.gate import current_caller, touch
 from registry.db.pool import Database
 from registry.v1 import civil_registration_service_pb2 as pb
 from registry.v1 import civil_registration_service_pb2_grpc as pb_grpc
@@ -29,6 +29,7 @@ class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
         citizen, replayed = await civil_registration.register_birth(
             self._db, current_caller(), request.request_id, birth
         )
+        touch(citizen.pin)
         return pb.RegisterBirthResponse(citizen=convert.citizen(citizen), replayed=replayed)
 
     async def RegisterDeath(

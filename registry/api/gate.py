@@ -1,8 +1,17 @@
-"""The gate every RPC passes: authentication, scope, error translation, one access-log line.
+"""The gate every RPC passes: authentication, scope, deadline, audit, error translation, one
+access-log line.
 
 Implemented as an aio server interceptor that wraps each method handler, so the wrapper runs
-in the handler's own task: it can abort with a rich status, and the authenticated caller is
-visible to the servicer through `current_caller()`.
+in the handler's own task: it can abort with a rich status, and the call's context (the
+authenticated caller, the PINs it touches) is visible to the servicer through `current_call()`.
+
+Audit (SPEC §7): once the caller is authenticated and within its rate limit, a call that names
+or reaches a citizen's PIN answers only after its audit entry is durable — refusals (missing
+scope, bad request, not found) included. The PINs come from the request's `pin` / `*_pin`
+fields and from what the servicer reports with `touch()` (a new child's PIN, a card's holder);
+servicers that answer for many citizens at once (BatchVerify) write their own entries.
+Unauthenticated and rate-limited calls are not audited: nothing was looked at, and writing for
+them would let anyone flood the log; the access log counts them.
 """
 
 from __future__ import annotations
@@ -10,16 +19,20 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
 from registry.api.access_log import AccessLog
+from registry.api.audit_writer import AuditUnavailable, AuditWriter
 from registry.api.caches import AgencyDirectory
 from registry.api.errors import to_grpc_status
+from registry.audit import Entry, clean_text
 from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
 from registry.limits import RateLimiter
@@ -54,12 +67,98 @@ METHOD_SCOPES: dict[str, str | None] = {
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _MAX_PURPOSE = 200
 
-_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+_PIN = re.compile(r"[0-9]{12}")
+# Names of the PIN fields of each request message type, found once per type.
+_pin_fields: dict[str, tuple[str, ...]] = {}
+
+
+def _request_pins(request: Any) -> list[str]:
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None:
+        return []  # a request stream
+    names = _pin_fields.get(descriptor.full_name)
+    if names is None:
+        names = _pin_fields[descriptor.full_name] = tuple(
+            f.name
+            for f in descriptor.fields
+            if f.type == f.TYPE_STRING
+            and not f.is_repeated
+            and (f.name == "pin" or f.name.endswith("_pin"))
+        )
+    pins = []
+    for name in names:
+        value = getattr(request, name)
+        if value and _PIN.fullmatch(value) and value not in pins:
+            pins.append(value)
+    return pins
+
+
+def audited_pins(*values: str) -> tuple[str, ...]:
+    """Return the well-formed PINs among values (what an audit entry may name)."""
+    return tuple(v for v in values if v and _PIN.fullmatch(v))
+
+
+class CallContext:
+    """What the gate knows about the call being served."""
+
+    __slots__ = ("audited", "caller", "method", "pins", "request_id", "started")
+
+    def __init__(self, caller: Caller, method: str, request: Any, started: float):
+        self.audited = False
+        self.caller = caller
+        self.method = method
+        self.started = started
+        self.pins = _request_pins(request)
+        request_id = getattr(request, "request_id", "")
+        self.request_id = clean_text(request_id, 64) if isinstance(request_id, str) else ""
+
+    def touch(self, *pins: str) -> None:
+        """Record that the call reached these citizens (well-formed PINs only)."""
+        for pin in pins:
+            if pin and pin not in self.pins and _PIN.fullmatch(pin):
+                self.pins.append(pin)
+
+    def entry(
+        self, outcome: str, pins: tuple[str, ...] | None = None, request_id: str | None = None
+    ) -> Entry:
+        """Return the audit entry for this call (or for one item of a streaming call)."""
+        return Entry(
+            time=datetime.fromtimestamp(self.started, UTC),
+            agency_id=self.caller.agency_id,
+            method=self.method,
+            pins=tuple(self.pins) if pins is None else pins,
+            outcome=outcome,
+            purpose=self.caller.purpose,
+            request_id=self.request_id if request_id is None else request_id,
+        )
+
+
+_call: contextvars.ContextVar[CallContext] = contextvars.ContextVar("call")
+
+
+def current_call() -> CallContext:
+    """Return the context of the RPC being served."""
+    return _call.get()
 
 
 def current_caller() -> Caller:
     """Return the authenticated caller of the RPC being served."""
-    return _caller.get()
+    return _call.get().caller
+
+
+def touch(*pins: str) -> None:
+    """Record that the RPC being served reached these citizens (for its audit entry)."""
+    _call.get().touch(*pins)
+
+
+def _check_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise RegistryError(
+            Code.DEADLINE_EXCEEDED,
+            "DEADLINE_EXCEEDED",
+            "the call's deadline passed before the registry could start it; nothing was done",
+        )
 
 
 def _bearer(metadata: Any) -> tuple[str, str]:
@@ -103,12 +202,14 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         directory: AgencyDirectory,
         verifier: TokenVerifier,
         access: AccessLog,
+        audit: AuditWriter,
         *,
         bind_client_certificates: bool = False,
     ):
         self._directory = directory
         self._verifier = verifier
         self._access = access
+        self._audit = audit
         # With mutual TLS the client certificate must name the agency the token names: a
         # stolen token is useless without that agency's certificate and key.
         self._bind_certificates = bind_client_certificates
@@ -147,7 +248,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return wrapped
         return handler
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, scope: str | None) -> Caller:
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         token, purpose = _bearer(context.invocation_metadata())
         if not token:
             raise unauthenticated(
@@ -163,6 +264,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self._bind_certificates:
             _check_certificate(context, caller.agency_id)
         self._limits.check(caller.agency_id, caller.rate_limit)
+        return caller
+
+    @staticmethod
+    def _permit(caller: Caller, scope: str | None) -> None:
         if scope == "":
             raise permission_denied("METHOD_NOT_ALLOWED", "this method is not open to agencies")
         if scope is not None and scope not in caller.scopes:
@@ -171,7 +276,6 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 f"the token does not grant the scope {scope!r} this method needs",
                 required_scope=scope,
             )
-        return caller
 
     def _log(self, outcome: _Outcome, method: str, started: float) -> None:
         if self._access.enabled:
@@ -187,19 +291,26 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             outcome = _Outcome()
+            ctx: CallContext | None = None
             try:
-                caller = await self._authorize(context, scope)
+                caller = await self._authenticate(context)
                 outcome.agency = caller.agency_id
-                token = _caller.set(caller)
+                ctx = CallContext(caller, method, request, time.time())
+                token = _call.set(ctx)
                 try:
+                    self._permit(caller, scope)
+                    _check_deadline(context)
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
-                    return result
                 finally:
-                    _caller.reset(token)
+                    _call.reset(token)
+                if ctx.pins:
+                    ctx.audited = True
+                    await self._audit.record((ctx.entry("OK"),))
+                return result
             except BaseException as exc:
-                await self._fail(exc, context, outcome)
+                await self._fail(exc, context, outcome, ctx)
                 raise
             finally:
                 self._log(outcome, method, started)
@@ -212,11 +323,15 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             outcome = _Outcome()
+            ctx: CallContext | None = None
             try:
-                caller = await self._authorize(context, scope)
+                caller = await self._authenticate(context)
                 outcome.agency = caller.agency_id
-                token = _caller.set(caller)
+                ctx = CallContext(caller, method, request, time.time())
+                token = _call.set(ctx)
                 try:
+                    self._permit(caller, scope)
+                    _check_deadline(context)
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         await result
@@ -224,9 +339,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         async for response in result:
                             yield response
                 finally:
-                    _caller.reset(token)
+                    _call.reset(token)
+                if ctx.pins:
+                    ctx.audited = True
+                    await self._audit.record((ctx.entry("OK"),))
             except BaseException as exc:
-                await self._fail(exc, context, outcome)
+                await self._fail(exc, context, outcome, ctx)
                 raise
             finally:
                 self._log(outcome, method, started)
@@ -234,15 +352,26 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return call
 
     async def _fail(
-        self, exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome
+        self,
+        exc: BaseException,
+        context: grpc.aio.ServicerContext,
+        outcome: _Outcome,
+        ctx: CallContext | None,
     ) -> None:
-        """Abort the call with the status the exception deserves (raises AbortError)."""
+        """Audit the refusal and abort the call with the status it deserves (raises)."""
         if isinstance(exc, grpc.aio.AbortError | GeneratorExit):
             return  # already aborted / stream closed by the client
         if not isinstance(exc, Exception):
             outcome.status = "CANCELLED"
+            if ctx is not None and ctx.pins and not ctx.audited:
+                self._audit.submit((ctx.entry("CANCELLED"),))
             return  # cancellation (client gone, deadline passed): nothing to answer
         error = _as_registry_error(exc)
+        if ctx is not None and ctx.pins and not ctx.audited:
+            try:
+                await self._audit.record((ctx.entry(error.code.value),))
+            except AuditUnavailable as audit_error:
+                error = audit_error
         outcome.status = error.code.value
         outcome.reason = error.reason
         await context.abort_with_status(to_grpc_status(error))

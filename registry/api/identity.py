@@ -13,17 +13,26 @@ from google.protobuf import field_mask_pb2
 
 from registry import card_issuance, cards, clock, lookup
 from registry.api import convert
+from registry.api.audit_writer import AuditWriter
 from registry.api.errors import to_status_proto
-from registry.api.gate import current_caller
+from registry.api.gate import CallContext, audited_pins, current_call, current_caller, touch
 from registry.attestation import SigningKeys
+from registry.audit import clean_text
 from registry.db.pool import Database
 from registry.errors import RegistryError
+from registry.limits import MissBudget
 from registry.model import Caller
 from registry.registration import Violations, require_pin
 from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
-from registry.verification import Claim, Outcome, attestation_claims, validate_claim
+from registry.verification import (
+    Claim,
+    Outcome,
+    VerifyResult,
+    attestation_claims,
+    validate_claim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +77,15 @@ async def _next_batch(
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Answer whether identity data matches the register, and what an agency may read."""
 
-    def __init__(self, db: Database, keys: SigningKeys):
+    def __init__(self, db: Database, keys: SigningKeys, audit: AuditWriter, misses: MissBudget):
         self._db = db
         self._keys = keys
+        self._audit = audit
+        self._misses = misses
+
+    def _spend(self, caller: Caller, outcomes: Sequence[Outcome]) -> None:
+        misses = sum(1 for o in outcomes if o.result is not VerifyResult.MATCH)
+        self._misses.spend(caller.agency_id, misses, caller.miss_budget)
 
     def _response(
         self, caller: Caller, claim: Claim, outcome: Outcome, want_attestation: bool
@@ -93,7 +108,9 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     ) -> pb.VerifyIdentityResponse:
         caller = current_caller()
         claim = validate_claim(convert.raw_claim(request))
+        self._misses.check(caller.agency_id, caller.miss_budget)
         [outcome] = await lookup.verify_claims(self._db, caller, [claim], clock.today())
+        self._spend(caller, [outcome])
         return self._response(caller, claim, outcome, request.want_attestation)
 
     async def BatchVerify(
@@ -101,7 +118,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         request_iterator: AsyncIterator[pb.VerifyIdentityRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.VerifyIdentityResponse]:
-        caller = current_caller()
+        call = current_call()
         arrived: asyncio.Queue[pb.VerifyIdentityRequest | None] = asyncio.Queue(BATCH_SIZE * 4)
 
         async def read() -> None:
@@ -121,7 +138,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             while not finished:
                 requests, finished = await _next_batch(arrived)
                 if requests:
-                    for response in await self._verify_batch(caller, requests, clock.today()):
+                    for response in await self._verify_batch(call, requests, clock.today()):
                         yield response
         finally:
             reader.cancel()
@@ -129,11 +146,18 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 await reader
 
     async def _verify_batch(
-        self, caller: Caller, requests: Sequence[pb.VerifyIdentityRequest], today: date
+        self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
     ) -> list[pb.VerifyIdentityResponse]:
-        """Answer a batch in order; a malformed item gets its own error, the stream goes on."""
+        """Answer a batch in order; a malformed item gets its own error, the stream goes on.
+
+        Each verification gets its own audit entry (the citizen's history shows it like a
+        unary one), written in one group before any answer of the batch leaves.
+        """
+        caller = call.caller
+        self._misses.check(caller.agency_id, caller.miss_budget)
         answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
         valid: list[tuple[int, Claim]] = []
+        entries = []
         for index, request in enumerate(requests):
             try:
                 valid.append((index, validate_claim(convert.raw_claim(request))))
@@ -141,12 +165,19 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 answers[index] = pb.VerifyIdentityResponse(
                     correlation_id=request.correlation_id, error=to_status_proto(error)
                 )
+                pins = audited_pins(request.pin)
+                if pins:
+                    entries.append(call.entry(error.code.value, pins, _request_id(request)))
         if valid:
             outcomes = await lookup.verify_claims(self._db, caller, [c for _, c in valid], today)
+            self._spend(caller, outcomes)
             for (index, claim), outcome in zip(valid, outcomes, strict=True):
                 answers[index] = self._response(
                     caller, claim, outcome, requests[index].want_attestation
                 )
+                entries.append(call.entry("OK", (claim.pin,), _request_id(requests[index])))
+        if entries:
+            await self._audit.record(entries)
         return [a for a in answers if a is not None]
 
     async def GetCitizen(
@@ -156,6 +187,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         pin = require_pin(request.pin)
         fields = lookup.resolve_read_mask(request.read_mask.paths, caller.fields)
         citizen, replaced = await lookup.current_record(self._db, pin)
+        touch(citizen.pin)
         visible = citizen_pb2.Citizen()
         field_mask_pb2.FieldMask(paths=fields).MergeMessage(convert.citizen(citizen), visible)
         return pb.GetCitizenResponse(citizen=visible, pin_replaced=replaced)
@@ -167,9 +199,14 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         legacy_id = cards.validate_legacy_id(v, "legacy_id", request.legacy_id)
         v.raise_if_any()
         pin = await card_issuance.resolve_legacy_id(self._db, legacy_id)
+        touch(pin)
         return pb.ResolveLegacyIdResponse(pin=pin)
 
     async def GetSigningKeys(
         self, request: pb.GetSigningKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSigningKeysResponse:
         return pb.GetSigningKeysResponse(jwks_json=self._keys.jwks_json())
+
+
+def _request_id(request: pb.VerifyIdentityRequest) -> str:
+    return clean_text(request.correlation_id, 64)

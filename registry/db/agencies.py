@@ -36,6 +36,7 @@ class Agency:
     enabled: bool
     keys: tuple[AgencyKey, ...]
     name_matching: str = "STRICT"
+    miss_budget: int | None = None
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
@@ -50,7 +51,7 @@ async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agen
 
 async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
-        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching "
+        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget "
         "FROM agencies ORDER BY id"
     )
     key_rows = await conn.fetch(
@@ -75,6 +76,7 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
             enabled=r["enabled"],
             keys=tuple(keys.get(r["id"], ())),
             name_matching=r["name_matching"],
+            miss_budget=r["miss_budget"],
         )
         for r in rows
     ]
@@ -93,13 +95,15 @@ async def add(
     algorithm: str,
     public_key_pem: str,
     name_matching: str = "STRICT",
+    miss_budget: int | None = None,
 ) -> None:
     """Register an agency with its first key, atomically."""
     async with conn.transaction():
         try:
             await conn.execute(
-                "INSERT INTO agencies (id, name, kind, scopes, fields, rate_limit, name_matching) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO agencies "
+                "(id, name, kind, scopes, fields, rate_limit, name_matching, miss_budget) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 agency_id,
                 name,
                 kind,
@@ -107,6 +111,7 @@ async def add(
                 fields,
                 rate_limit,
                 name_matching,
+                miss_budget,
             )
         except asyncpg.UniqueViolationError:
             raise RegistryError(

@@ -27,8 +27,6 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from registry.db import agencies
 from registry.v1 import (
-    audit_service_pb2,
-    audit_service_pb2_grpc,
     citizen_pb2,
     population_service_pb2,
     population_service_pb2_grpc,
@@ -659,17 +657,18 @@ def test_reflection_lists_the_api_without_a_token(channel):
 
 
 @pytest.fixture(scope="module")
-def audit(channel):
-    # AuditService (issue 5) is declared but not implemented yet: the probe for UNIMPLEMENTED.
-    return audit_service_pb2_grpc.AuditServiceStub(channel)
+def population(channel):
+    # PopulationService (issue 6) is declared but not implemented yet: the probe for
+    # UNIMPLEMENTED.
+    return population_service_pb2_grpc.PopulationServiceStub(channel)
 
 
-def _access_log_request() -> audit_service_pb2.ListAccessLogRequest:
-    return audit_service_pb2.ListAccessLogRequest(pin="001200000001")
+def _update_request() -> population_service_pb2.UpdateCitizenRequest:
+    return population_service_pb2.UpdateCitizenRequest(request_id="r1")
 
 
-def test_unimplemented_rpc_with_a_valid_token(audit, agency):
-    err = call_error(audit.ListAccessLog, _access_log_request(), metadata=agency.metadata())
+def test_unimplemented_rpc_with_a_valid_token(population, agency):
+    err = call_error(population.UpdateCitizen, _update_request(), metadata=agency.metadata())
     assert (err.code, err.domain, err.reason) == (
         grpc.StatusCode.UNIMPLEMENTED,
         DOMAIN,
@@ -678,8 +677,8 @@ def test_unimplemented_rpc_with_a_valid_token(audit, agency):
     assert_no_trace(err)
 
 
-def test_unimplemented_rpc_without_a_token_is_unauthenticated(audit):
-    err = call_error(audit.ListAccessLog, _access_log_request())
+def test_unimplemented_rpc_without_a_token_is_unauthenticated(population):
+    err = call_error(population.UpdateCitizen, _update_request())
     assert (err.code, err.domain, err.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
         DOMAIN,
@@ -688,16 +687,14 @@ def test_unimplemented_rpc_without_a_token_is_unauthenticated(audit):
     assert_no_trace(err)
 
 
-def test_unimplemented_rpc_checks_the_scope_first(audit, new_agency):
+def test_unimplemented_rpc_checks_the_scope_first(population, new_agency):
     a = new_agency(scopes=("birth:register",))
-    err = call_error(audit.ListAccessLog, _access_log_request(), metadata=a.metadata())
+    err = call_error(population.UpdateCitizen, _update_request(), metadata=a.metadata())
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
-    assert err.metadata.get("required_scope") == "audit:read"
+    assert err.metadata.get("required_scope") == "citizen:update"
 
 
-def test_unimplemented_streaming_rpc_is_gated_too(channel, agency):
-    # PopulationService (issue 6) is declared but not implemented yet.
-    population = population_service_pb2_grpc.PopulationServiceStub(channel)
+def test_unimplemented_streaming_rpc_is_gated_too(population, agency):
     request = population_service_pb2.WatchChangesRequest()
     err = call_error(lambda: list(population.WatchChanges(request)))
     assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")

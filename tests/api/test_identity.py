@@ -924,7 +924,7 @@ def test_batch_verify_batches_its_database_work(private_dsn):
     window, a client slower than one query's round trip gets one query per request.
     """
     # Seed through a first server, then stop it so that its sessions' statistics are flushed.
-    bank = make_agency_factory(private_dsn)()
+    bank = make_agency_factory(private_dsn)(miss_budget=1_000_000)
     seeding = start_server(private_dsn)
     try:
         with grpc.insecure_channel(seeding.target) as channel:

@@ -1,0 +1,114 @@
+"""Group commit for the audit log: many calls' entries in one durable transaction.
+
+A call that touched a citizen must not answer before its audit entry is on disk, but one
+transaction (and one fsync) per call would cap the register at the disk's sync rate. So calls
+hand their entries to the writer and await a future; one writer task takes everything that
+arrived, appends it in one transaction, and resolves all those futures at the commit. While a
+group commits the next one gathers, so groups grow with the load and the cost per entry falls.
+
+If the group cannot be written (database unreachable), every call in it fails with UNAVAILABLE:
+no answer leaves without its audit entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from registry.audit import Entry
+from registry.db import audit as audit_db
+from registry.db.pool import Database, is_unavailable
+from registry.errors import Code, RegistryError
+
+log = logging.getLogger(__name__)
+
+# Entries per transaction at most: bounds the statement size when a backlog forms.
+MAX_GROUP = 5_000
+
+
+class AuditUnavailable(RegistryError):
+    """The audit entry could not be made durable; the call must not answer with data."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            Code.UNAVAILABLE,
+            "AUDIT_UNAVAILABLE",
+            "the access could not be recorded in the audit log; retry shortly",
+            retry_after_s=1.0,
+        )
+
+
+class AuditWriter:
+    """Collects entries from calls and commits them in groups."""
+
+    def __init__(self, db: Database):
+        self._db = db
+        # Submissions in arrival order; one call's entries are never split between groups.
+        self._pending: list[tuple[Sequence[Entry], asyncio.Future[None] | None]] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the writer task."""
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def record(self, entries: Sequence[Entry]) -> None:
+        """Append entries and return once they are durable (raises AuditUnavailable)."""
+        if self._closing or self._task is None or self._task.done():
+            raise AuditUnavailable()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entries, future))
+        self._arrived.set()
+        # Shielded: a caller that goes away (cancelled) leaves its entries to be written.
+        await asyncio.shield(future)
+
+    def submit(self, entries: Sequence[Entry]) -> None:
+        """Append entries without waiting (for calls already cancelled)."""
+        if entries and not self._closing:
+            self._pending.append((entries, None))
+            self._arrived.set()
+
+    async def _run(self) -> None:
+        while True:
+            while self._pending:
+                await self._commit_group()
+            if self._closing:
+                return
+            await self._arrived.wait()
+            self._arrived.clear()
+
+    async def _commit_group(self) -> None:
+        entries: list[Entry] = []
+        taken = 0
+        for submitted, _ in self._pending:
+            if entries and len(entries) + len(submitted) > MAX_GROUP:
+                break
+            entries.extend(submitted)
+            taken += 1
+        group, self._pending = self._pending[:taken], self._pending[taken:]
+        error: BaseException | None = None
+        try:
+            async with self._db.pool.acquire() as conn:
+                await audit_db.append(conn, entries)
+        except Exception as exc:
+            error = exc
+            if is_unavailable(exc):
+                log.warning("audit group of %d not written: %s", len(entries), type(exc).__name__)
+            else:
+                log.error("audit group of %d not written", len(entries), exc_info=exc)
+        for _, future in group:
+            if future is None or future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(AuditUnavailable())
+
+    async def close(self) -> None:
+        """Write what is pending, then stop (after the server stopped taking calls)."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,115 @@
+"""SQL of the audit log (migrations/0004_audit.sql): append a group, read a citizen's history,
+walk the chain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from registry.audit import Entry, link
+
+_APPEND = """
+INSERT INTO audit_log (seq, time, agency_id, method, pins, outcome, purpose, request_id, hash)
+SELECT s, t, a, m, string_to_array(p, ' '), o, pu, r, h
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::bytea[]) AS u(s, t, a, m, p, o, pu, r, h)
+"""
+
+
+async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
+    """Append entries to the chain in one transaction; return the last position.
+
+    The head row's lock orders the groups of every server process into one chain; the
+    transaction commits durably (synchronous_commit on), so when this returns every entry is
+    on disk.
+    """
+    async with conn.transaction():
+        head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
+        seq: int = head["seq"]
+        previous: bytes = head["hash"]
+        columns: tuple[list[object], ...] = ([], [], [], [], [], [], [], [], [])
+        for entry in entries:
+            seq += 1
+            previous = link(previous, seq, entry)
+            for column, value in zip(
+                columns,
+                (
+                    seq,
+                    entry.time,
+                    entry.agency_id,
+                    entry.method,
+                    " ".join(entry.pins),
+                    entry.outcome,
+                    entry.purpose,
+                    entry.request_id,
+                    previous,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        await conn.execute(_APPEND, *columns)
+        await conn.execute("UPDATE audit_head SET seq = $1, hash = $2", seq, previous)
+    return seq
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One entry of a citizen's access history, with the agency's registered name."""
+
+    seq: int
+    time: datetime
+    agency_id: str
+    agency_name: str
+    method: str
+    purpose: str
+    outcome: str
+
+
+async def history(
+    pool: asyncpg.Pool, pin: str, before_seq: int | None, limit: int
+) -> list[HistoryItem]:
+    """Return up to `limit` entries naming `pin`, newest first, older than `before_seq`."""
+    rows = await pool.fetch(
+        "SELECT l.seq, l.time, l.agency_id, coalesce(a.name, '') AS agency_name, l.method, "
+        "l.purpose, l.outcome "
+        "FROM audit_log l LEFT JOIN agencies a ON a.id = l.agency_id "
+        "WHERE l.pins @> ARRAY[$1::text] AND ($2::bigint IS NULL OR l.seq < $2) "
+        "ORDER BY l.seq DESC LIMIT $3",
+        pin,
+        before_seq,
+        limit,
+    )
+    return [HistoryItem(**dict(r)) for r in rows]
+
+
+async def head(conn: asyncpg.Connection) -> tuple[int, bytes]:
+    """Return the chain's recorded last link (position, hash)."""
+    row = await conn.fetchrow("SELECT seq, hash FROM audit_head")
+    return row["seq"], row["hash"]
+
+
+async def entries(
+    conn: asyncpg.Connection, prefetch: int = 10_000
+) -> AsyncIterator[tuple[int, Entry, bytes]]:
+    """Yield every entry in chain order (needs an open transaction for the cursor)."""
+    async for r in conn.cursor(
+        "SELECT seq, time, agency_id, method, pins, outcome, purpose, request_id, hash "
+        "FROM audit_log ORDER BY seq",
+        prefetch=prefetch,
+    ):
+        yield (
+            r["seq"],
+            Entry(
+                r["time"],
+                r["agency_id"],
+                r["method"],
+                tuple(r["pins"]),
+                r["outcome"],
+                r["purpose"],
+                r["request_id"],
+            ),
+            r["hash"],
+        )
