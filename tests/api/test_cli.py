@@ -167,6 +167,7 @@ def test_add_es256_agency_then_list_it_and_call_with_its_key(tmp_path, dsn, db, 
     assert "rate limit: 50" in block
     assert "key k1\tES256\tactive" in block
 
+    assert "miss budget: default" in block
     row = db.fetch(
         "SELECT scopes, fields, rate_limit, enabled FROM agencies WHERE id = $1", agency_id
     )[0]
@@ -177,6 +178,17 @@ def test_add_es256_agency_then_list_it_and_call_with_its_key(tmp_path, dsn, db, 
         True,
     )
     registers(civil, db, token(agency_id, key, "ES256"))
+
+
+def test_miss_budget_is_registered_and_must_be_positive(tmp_path, dsn, db):
+    key = write_key(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+    refused = new_id()
+    user_error(add(dsn, refused, key, "--miss-budget", "0"), "--miss-budget")
+    assert _agency_count(db, refused) == 0
+    agency_id = new_id()
+    ok(add(dsn, agency_id, key, "--miss-budget", "50000", scopes="identity:verify"))
+    assert "miss budget: 50000" in listing_of(ok(registry("agency", "list", dsn=dsn)), agency_id)
+    assert db.fetchval("SELECT miss_budget FROM agencies WHERE id = $1", agency_id) == 50000
 
 
 @pytest.mark.parametrize(
