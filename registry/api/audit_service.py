@@ -34,7 +34,7 @@ def _read_page_token(v: Violations, token: str, pin: str) -> int | None:
     except (UnicodeError, ValueError, binascii.Error):
         v.add("page_token", "is not a page token returned by ListAccessLog")
         return None
-    if f"{version}:" != _TOKEN_PREFIX or before <= 0:
+    if f"{version}:" != _TOKEN_PREFIX or not 0 < before < 2**63:
         v.add("page_token", "is not a page token returned by ListAccessLog")
     elif token_pin != pin:
         v.add("page_token", "was returned for another pin; page tokens belong to their query")

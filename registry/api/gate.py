@@ -37,6 +37,7 @@ from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
 from registry.limits import RateLimiter
 from registry.model import Caller
+from registry.registration import trim
 from registry.tokens import TokenVerifier, unverified_key_id
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def _request_pins(request: Any) -> list[str]:
         )
     pins = []
     for name in names:
-        value = getattr(request, name)
+        # Trimmed as the servicers trim it: " 001…  " reaches the same citizen.
+        value = trim(getattr(request, name))
         if value and _PIN.fullmatch(value) and value not in pins:
             pins.append(value)
     return pins
@@ -95,7 +97,7 @@ def _request_pins(request: Any) -> list[str]:
 
 def audited_pins(*values: str) -> tuple[str, ...]:
     """Return the well-formed PINs among values (what an audit entry may name)."""
-    return tuple(v for v in values if v and _PIN.fullmatch(v))
+    return tuple(p for p in map(trim, values) if p and _PIN.fullmatch(p))
 
 
 class CallContext:
@@ -109,12 +111,13 @@ class CallContext:
         self.method = method
         self.started = started
         self.pins = _request_pins(request)
-        request_id = getattr(request, "request_id", "")
-        self.request_id = clean_text(request_id, 64) if isinstance(request_id, str) else ""
+        # The caller's idempotency key, or the correlation id of a verification.
+        request_id = getattr(request, "request_id", "") or getattr(request, "correlation_id", "")
+        self.request_id = clean_text(request_id, 128) if isinstance(request_id, str) else ""
 
     def touch(self, *pins: str) -> None:
         """Record that the call reached these citizens (well-formed PINs only)."""
-        for pin in pins:
+        for pin in map(trim, pins):
             if pin and pin not in self.pins and _PIN.fullmatch(pin):
                 self.pins.append(pin)
 

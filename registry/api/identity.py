@@ -209,4 +209,4 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
 
 def _request_id(request: pb.VerifyIdentityRequest) -> str:
-    return clean_text(request.correlation_id, 64)
+    return clean_text(request.correlation_id, 128)
