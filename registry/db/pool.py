@@ -16,7 +16,23 @@ _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """Tell whether an exception means the database cannot be reached (answer UNAVAILABLE)."""
+    """Tell whether an exception means the database cannot be reached (answer UNAVAILABLE).
+
+    The exception's causes count too: when the server crashes under a connection, asyncpg may
+    raise a secondary error while releasing it (InternalClientError "release() called on a
+    free connection holder") whose context is the real, connection-class failure.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if _is_unavailable(current):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     if isinstance(
