@@ -34,7 +34,15 @@ from registry.api.caches import AgencyDirectory
 from registry.api.errors import to_grpc_status
 from registry.audit import Entry, clean_text
 from registry.db.pool import is_conflict, is_unavailable
-from registry.errors import Code, RegistryError, permission_denied, unauthenticated, unavailable
+from registry.errors import (
+    Code,
+    FieldViolation,
+    RegistryError,
+    invalid_argument,
+    permission_denied,
+    unauthenticated,
+    unavailable,
+)
 from registry.limits import RateLimiter
 from registry.model import Caller
 from registry.registration import trim
@@ -173,8 +181,61 @@ def _bearer(metadata: Any) -> tuple[str, str]:
             if scheme.lower() == "bearer":
                 token = rest.strip()
         elif key == "x-purpose" and isinstance(value, str):
-            purpose = "".join(ch for ch in value if ch.isprintable())[:_MAX_PURPOSE]
+            purpose = clean_text(value, _MAX_PURPOSE)
+        elif key == "x-purpose-bin" and isinstance(value, bytes):
+            # gRPC metadata values are ASCII: a purpose in Vietnamese travels as UTF-8 bytes.
+            purpose = clean_text(value.decode("utf-8", "replace"), _MAX_PURPOSE)
     return token, purpose
+
+
+class Undecodable:
+    """A request message that could not be parsed (corrupt wire format, invalid UTF-8)."""
+
+    __slots__ = ("message_type", "problem")
+
+    def __init__(self, message_type: str, problem: str):
+        self.message_type = message_type
+        self.problem = problem
+
+    def error(self) -> RegistryError:
+        return invalid_argument(
+            [
+                FieldViolation(
+                    "request",
+                    f"is not a valid {self.message_type} message ({self.problem})",
+                )
+            ]
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so that a corrupt message becomes an `Undecodable`.
+
+    gRPC parses requests before any handler code runs and answers a parse failure with a
+    detail-less UNKNOWN (logging a traceback): instead the gate answers it, after
+    authentication, with INVALID_ARGUMENT like any other bad request.
+    """
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else "request"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            problem = "invalid UTF-8 in a string field" if "UTF-8" in str(exc) else "corrupt"
+            return Undecodable(name, problem)
+
+    return deserialize
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if type(request) is Undecodable:
+            raise request.error()
+        yield request
 
 
 def certificate_names(auth_context: Any) -> set[str]:
@@ -243,8 +304,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             behavior = getattr(handler, kind)
             if behavior is not None:
                 wrapped = make(
-                    wrapper(behavior, method, scope),
-                    request_deserializer=handler.request_deserializer,
+                    wrapper(behavior, method, scope, kind.startswith("stream_")),
+                    request_deserializer=_tolerant(handler.request_deserializer),
                     response_serializer=handler.response_serializer,
                 )
                 self._wrapped[method] = wrapped
@@ -289,7 +350,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     # run on every call, and the context manager's enter/exit cost ~3% of a verification.
 
     def _unary(
-        self, behavior: Callable[..., Any], method: str, scope: str | None
+        self, behavior: Callable[..., Any], method: str, scope: str | None, streamed_in: bool
     ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -303,6 +364,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     self._permit(caller, scope)
                     _check_deadline(context)
+                    if streamed_in:
+                        request = _checked_stream(request)
+                    elif type(request) is Undecodable:
+                        raise request.error()
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
@@ -321,7 +386,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return call
 
     def _streaming(
-        self, behavior: Callable[..., Any], method: str, scope: str | None
+        self, behavior: Callable[..., Any], method: str, scope: str | None, streamed_in: bool
     ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
@@ -335,6 +400,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     self._permit(caller, scope)
                     _check_deadline(context)
+                    if streamed_in:
+                        request = _checked_stream(request)
+                    elif type(request) is Undecodable:
+                        raise request.error()
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         await result

@@ -43,22 +43,27 @@ BATCH_WAIT_S = 0.02
 _END = None
 
 
+_Arrival = pb.VerifyIdentityRequest | RegistryError | None
+
+
 async def _next_batch(
-    arrived: asyncio.Queue[pb.VerifyIdentityRequest | None],
-) -> tuple[list[pb.VerifyIdentityRequest], bool]:
+    arrived: asyncio.Queue[_Arrival],
+) -> tuple[list[pb.VerifyIdentityRequest], RegistryError | bool]:
     """Take the next batch: up to BATCH_SIZE requests or BATCH_WAIT_S after the first one.
 
-    Returns (requests, finished). Waiting a few milliseconds for company costs a bulk caller
-    nothing and saves a query per request when requests trickle in.
+    Returns (requests, stop): stop is False to go on, True when the caller finished sending,
+    or the error that ends the stream once these requests are answered (a corrupt message).
+    Waiting a few milliseconds for company costs a bulk caller nothing and saves a query per
+    request when requests trickle in.
     """
-    first = await arrived.get()
-    if first is _END:
-        return [], True
-    batch = [first]
+    batch: list[pb.VerifyIdentityRequest] = []
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BATCH_WAIT_S
+    deadline = 0.0
     while len(batch) < BATCH_SIZE:
-        if arrived.empty():
+        if not batch:
+            item = await arrived.get()
+            deadline = loop.time() + BATCH_WAIT_S
+        elif arrived.empty():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -70,6 +75,8 @@ async def _next_batch(
             item = arrived.get_nowait()
         if item is _END:
             return batch, True
+        if isinstance(item, RegistryError):
+            return batch, item
         batch.append(item)
     return batch, False
 
@@ -119,7 +126,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.VerifyIdentityResponse]:
         call = current_call()
-        arrived: asyncio.Queue[pb.VerifyIdentityRequest | None] = asyncio.Queue(BATCH_SIZE * 4)
+        arrived: asyncio.Queue[_Arrival] = asyncio.Queue(BATCH_SIZE * 4)
 
         async def read() -> None:
             # Ends the batches when the caller stops sending (or its stream breaks). When we
@@ -128,18 +135,23 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             try:
                 async for request in request_iterator:
                     await arrived.put(request)
+            except RegistryError as error:
+                await arrived.put(error)  # a corrupt message: answered after those before it
+                return
             except Exception as exc:
                 log.info("BatchVerify request stream ended: %s", type(exc).__name__)
             await arrived.put(_END)
 
         reader = asyncio.create_task(read())
         try:
-            finished = False
-            while not finished:
-                requests, finished = await _next_batch(arrived)
+            stop: RegistryError | bool = False
+            while stop is False:
+                requests, stop = await _next_batch(arrived)
                 if requests:
                     for response in await self._verify_batch(call, requests, clock.today()):
                         yield response
+            if isinstance(stop, RegistryError):
+                raise stop
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
