@@ -20,15 +20,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 GENESIS = bytes(32)
 FORMAT_VERSION = 1
 MAX_TEXT = 200
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One access to citizens' data, as recorded."""
+class Entry(NamedTuple):
+    """One access to citizens' data, as recorded (a tuple: made on every call, cheaply)."""
 
     time: datetime
     agency_id: str

@@ -11,25 +11,36 @@ import asyncpg
 
 from registry.audit import Entry, link
 
+# One statement, one round trip: move the head from the link this writer last saw to the new
+# last link and, only if that worked, insert the entries. If another server process appended
+# meanwhile, the UPDATE (after waiting for that process's commit) finds no row at the old
+# link, nothing is inserted, and the writer re-reads the head and chains again.
 _APPEND = """
+WITH moved AS (
+    UPDATE audit_head SET seq = $10, hash = $11
+    WHERE seq = $12 AND hash = $13
+    RETURNING 1
+)
 INSERT INTO audit_log (seq, time, agency_id, method, pins, outcome, purpose, request_id, hash)
 SELECT s, t, a, m, string_to_array(p, ' '), o, pu, r, h
 FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::bytea[]) AS u(s, t, a, m, p, o, pu, r, h)
+WHERE EXISTS (SELECT 1 FROM moved)
 """
 
 
-async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
-    """Append entries to the chain in one transaction; return the last position.
+async def append(
+    conn: asyncpg.Connection, entries: Sequence[Entry], last: tuple[int, bytes] | None
+) -> tuple[int, bytes]:
+    """Append entries to the chain durably; return the new last link (position, hash).
 
-    The head row's lock orders the groups of every server process into one chain; the
-    transaction commits durably (synchronous_commit on), so when this returns every entry is
-    on disk.
+    `last` is the last link this writer knows (None: read it). The statement commits on its
+    own with synchronous_commit on, so when this returns every entry is on disk.
     """
-    async with conn.transaction():
-        head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
-        seq: int = head["seq"]
-        previous: bytes = head["hash"]
+    while True:
+        if last is None:
+            last = await head(conn)
+        seq, previous = last
         columns: tuple[list[object], ...] = ([], [], [], [], [], [], [], [], [])
         for entry in entries:
             seq += 1
@@ -50,9 +61,10 @@ async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
                 strict=True,
             ):
                 column.append(value)
-        await conn.execute(_APPEND, *columns)
-        await conn.execute("UPDATE audit_head SET seq = $1, hash = $2", seq, previous)
-    return seq
+        status = await conn.execute(_APPEND, *columns, seq, previous, last[0], last[1])
+        if status == f"INSERT 0 {len(entries)}":
+            return seq, previous
+        last = None  # another process appended: chain onto its head
 
 
 @dataclass(frozen=True)

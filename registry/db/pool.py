@@ -126,6 +126,15 @@ class Database:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def connect_one(self, application_name: str) -> asyncpg.Connection:
+        """Open a dedicated connection (durable commits, the pools' timeouts)."""
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.dsn,
+            timeout=5.0,
+            server_settings={"application_name": application_name, "statement_timeout": "30s"},
+        )
+        return conn
+
     async def ping(self, within_s: float = 2.0) -> bool:
         """Tell whether the database answers a trivial query within within_s seconds."""
         try:

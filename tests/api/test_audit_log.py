@@ -465,6 +465,9 @@ async def _refused(dsn: str, statement: str, *args: Any) -> asyncpg.PostgresErro
         transaction = conn.transaction()
         await transaction.start()
         try:
+            # The head's "names an appended entry" check is deferred to commit; this
+            # transaction never commits, so make every check fire at the statement.
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
             await conn.execute(statement, *args)
         except asyncpg.PostgresError as exc:
             return exc
