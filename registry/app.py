@@ -18,8 +18,10 @@ from registry.api.audit_writer import AuditWriter
 from registry.api.caches import AgencyDirectory, PrefixCache
 from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
+from registry.api.feed import ChangeFeed
 from registry.api.gate import CallGate
 from registry.api.identity import IdentityServicer
+from registry.api.population import PopulationServicer
 from registry.attestation import SigningKeys
 from registry.config import Settings
 from registry.db.pool import Database
@@ -66,11 +68,13 @@ class RegistryServer:
     keys: SigningKeys
     access: AccessLog
     audit: AuditWriter
+    feed: ChangeFeed
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
         self.audit.start()
+        self.feed.start()
         await self.server.start()
         self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
@@ -115,6 +119,7 @@ class RegistryServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.feed.close()
         await self.directory.close()
         await self.prefixes.close()
         await self.access.close()
@@ -145,6 +150,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     )
     access = AccessLog()
     audit = AuditWriter(db)
+    feed = ChangeFeed(db)
     server = grpc.aio.server(
         interceptors=[
             CallGate(
@@ -172,7 +178,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         IdentityServicer(db, keys, audit, MissBudget()), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
-        population_service_pb2_grpc.PopulationServiceServicer(), server
+        PopulationServicer(db, feed), server
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db), server)
     health = HealthServicer()
@@ -195,5 +201,5 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
     return RegistryServer(
-        server, port, health, db, directory, prefixes, settings, keys, access, audit
+        server, port, health, db, directory, prefixes, settings, keys, access, audit, feed
     )

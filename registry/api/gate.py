@@ -396,22 +396,21 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 caller = await self._authenticate(context)
                 outcome.agency = caller.agency_id
                 ctx = CallContext(caller, method, request, time.time())
-                token = _call.set(ctx)
-                try:
-                    self._permit(caller, scope)
-                    _check_deadline(context)
-                    if streamed_in:
-                        request = _checked_stream(request)
-                    elif type(request) is Undecodable:
-                        raise request.error()
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        await result
-                    else:
-                        async for response in result:
-                            yield response
-                finally:
-                    _call.reset(token)
+                # Not reset afterwards: a response stream the client cancels is closed from
+                # another context, where resetting fails; the RPC's task ends with it anyway.
+                _call.set(ctx)
+                self._permit(caller, scope)
+                _check_deadline(context)
+                if streamed_in:
+                    request = _checked_stream(request)
+                elif type(request) is Undecodable:
+                    raise request.error()
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    await result
+                else:
+                    async for response in result:
+                        yield response
                 if ctx.pins:
                     ctx.audited = True
                     await self._audit.record((ctx.entry("OK"),))

@@ -695,8 +695,10 @@ def test_unimplemented_rpc_checks_the_scope_first(population, new_agency):
 
 
 def test_unimplemented_streaming_rpc_is_gated_too(population, agency):
-    request = population_service_pb2.WatchChangesRequest()
-    err = call_error(lambda: list(population.WatchChanges(request)))
+    def requests():
+        yield population_service_pb2.ImportCitizensRequest(source_id="s1")
+
+    err = call_error(population.ImportCitizens, requests())
     assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
-    err = call_error(lambda: list(population.WatchChanges(request, metadata=agency.metadata())))
+    err = call_error(population.ImportCitizens, requests(), metadata=agency.metadata())
     assert (err.code, err.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")

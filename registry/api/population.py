@@ -1,0 +1,65 @@
+"""PopulationService: bulk import, corrections and the change feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from registry.api import convert
+from registry.api.feed import ChangeFeed
+from registry.db import changes
+from registry.db.pool import Database
+from registry.registration import Violations
+from registry.v1 import change_pb2
+from registry.v1 import population_service_pb2 as pb
+from registry.v1 import population_service_pb2_grpc as pb_grpc
+
+# Events read per query; a watcher far behind catches up in pages of this size.
+FEED_PAGE = 500
+_KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.values) - {0}
+
+
+def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...]]:
+    """Return (after_sequence, types) of a valid WatchChanges request."""
+    v = Violations()
+    if request.after_sequence < 0:
+        v.add("after_sequence", "must not be negative (0 = from the beginning of the feed)")
+    for index, kind in enumerate(request.types):
+        if kind not in _KNOWN_TYPES:
+            v.add(
+                f"types[{index}]",
+                "CHANGE_TYPE_UNSPECIFIED is not a change type (leave types empty for all)"
+                if kind == 0
+                else f"{kind} is not a known ChangeType",
+            )
+    v.raise_if_any()
+    return request.after_sequence, tuple(sorted(set(request.types)))
+
+
+class PopulationServicer(pb_grpc.PopulationServiceServicer):
+    """The change feed (imports and corrections: later)."""
+
+    def __init__(self, db: Database, feed: ChangeFeed):
+        self._db = db
+        self._feed = feed
+
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        cursor, types = validate_watch(request)
+        while True:
+            marker = self._feed.marker()
+            events = await changes.read(self._db.pool, cursor, types, FEED_PAGE)
+            for e in events:
+                event = change_pb2.ChangeEvent(
+                    sequence=e.sequence,
+                    type=convert.enum_number(e.type),
+                    pin=e.pin,
+                    new_pin=e.new_pin,
+                )
+                event.time.FromDatetime(e.time)
+                yield pb.WatchChangesResponse(event=event)
+                cursor = e.sequence
+            if len(events) < FEED_PAGE:
+                await self._feed.wait_for_news(marker)

@@ -1,0 +1,201 @@
+"""PopulationService.WatchChanges through the real channel: the transactional change feed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from registry.v1 import card_service_pb2 as card_pb
+from registry.v1 import change_pb2
+from registry.v1 import population_service_pb2 as pb
+from registry.v1 import population_service_pb2_grpc as pb_grpc
+from tests.api.test_cards import issue, legacy, new_rid, person, revoke
+from tests.helpers import birth_request, call_error, death_request
+
+BORN = change_pb2.CHANGE_TYPE_BORN
+DIED = change_pb2.CHANGE_TYPE_DIED
+UPDATED = change_pb2.CHANGE_TYPE_UPDATED
+CARD_ISSUED = change_pb2.CHANGE_TYPE_CARD_ISSUED
+CARD_STATE_CHANGED = change_pb2.CHANGE_TYPE_CARD_STATE_CHANGED
+
+
+@pytest.fixture(scope="module")
+def population(channel: grpc.Channel) -> pb_grpc.PopulationServiceStub:
+    return pb_grpc.PopulationServiceStub(channel)
+
+
+class Watcher:
+    """A WatchChanges stream read on a thread, collecting events as they arrive."""
+
+    def __init__(self, population: Any, agency: Any, after: int = 0, types: tuple = ()):
+        self.events: list[change_pb2.ChangeEvent] = []
+        self.error: grpc.RpcError | None = None
+        self._call = population.WatchChanges(
+            pb.WatchChangesRequest(after_sequence=after, types=types),
+            metadata=agency.metadata(),
+        )
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                with self._lock:
+                    self.events.append(response.event)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.error = exc
+
+    def about(self, pins: set[str]) -> list[tuple[int, str]]:
+        with self._lock:
+            return [(e.type, e.pin) for e in self.events if e.pin in pins]
+
+    def wait_for(self, pins: set[str], count: int, timeout: float = 5.0) -> list[tuple[int, str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.error is None, self.error
+            found = self.about(pins)
+            if len(found) >= count:
+                return found
+            time.sleep(0.01)
+        raise AssertionError(f"only {self.about(pins)} of {count} events within {timeout} s")
+
+    def last_sequence(self) -> int:
+        with self._lock:
+            return self.events[-1].sequence if self.events else 0
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def watch(population, agency) -> Iterator[Any]:
+    opened: list[Watcher] = []
+
+    def open_(after: int = 0, types: tuple = (), who: Any = agency) -> Watcher:
+        w = Watcher(population, who, after, types)
+        opened.append(w)
+        return w
+
+    yield open_
+    for w in opened:
+        w.close()
+
+
+def test_every_kind_of_change_appears_in_order_with_increasing_sequences(
+    watch, civil, cards, agency
+):
+    w = watch()
+    citizen = person(civil, agency)
+    card = issue(cards, agency, citizen.pin).card
+    revoke(cards, agency, card.serial)
+    cards.LinkLegacyId(
+        card_pb.LinkLegacyIdRequest(request_id=new_rid(), pin=citizen.pin, legacy_id=legacy(9)),
+        metadata=agency.metadata(),
+    )
+    civil.RegisterDeath(death_request(citizen.pin), metadata=agency.metadata())
+    got = w.wait_for({citizen.pin}, 5)
+    assert got == [
+        (BORN, citizen.pin),
+        (CARD_ISSUED, citizen.pin),
+        (CARD_STATE_CHANGED, citizen.pin),
+        (UPDATED, citizen.pin),
+        (DIED, citizen.pin),
+    ]
+    sequences = [e.sequence for e in w.events]
+    assert sequences == sorted(set(sequences)), "sequences must be strictly increasing"
+    assert all(e.time.seconds > 0 for e in w.events)
+
+
+def test_a_new_event_reaches_an_open_stream_within_a_second(watch, civil, agency):
+    w = watch()
+    time.sleep(0.3)  # the stream has caught up and is waiting
+    started = time.monotonic()
+    citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
+    w.wait_for({citizen.pin}, 1, timeout=1.0)
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_refused_change_records_no_event(watch, civil, agency):
+    w = watch()
+    citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
+    w.wait_for({citizen.pin}, 1)
+    civil.RegisterDeath(death_request(citizen.pin), metadata=agency.metadata())
+    call_error(civil.RegisterDeath, death_request(citizen.pin), metadata=agency.metadata())
+    time.sleep(0.5)
+    assert w.about({citizen.pin}) == [(BORN, citizen.pin), (DIED, citizen.pin)]
+
+
+def test_resume_after_a_disconnect_misses_nothing_and_repeats_nothing(
+    population, watch, civil, agency
+):
+    first = watch()
+    before = [civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin]
+    before.append(civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin)
+    first.wait_for(set(before), 2)
+    resume_from = first.last_sequence()
+    seen_first = [e.sequence for e in first.events]
+    first.close()
+    # While disconnected, the register keeps changing.
+    during = [
+        civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
+        for _ in range(5)
+    ]
+    second = watch(after=resume_from)
+    second.wait_for(set(during), 5)
+    assert not second.about(set(before)), "events before the cursor were sent again"
+    assert all(e.sequence > resume_from for e in second.events)
+    assert not set(seen_first) & {e.sequence for e in second.events}
+
+
+def test_types_filter_the_stream(watch, civil, cards, agency):
+    w = watch(types=(CARD_ISSUED,))
+    citizen = person(civil, agency)
+    issue(cards, agency, citizen.pin)
+    w.wait_for({citizen.pin}, 1)
+    time.sleep(0.3)
+    assert w.about({citizen.pin}) == [(CARD_ISSUED, citizen.pin)]
+
+
+def test_concurrent_changes_each_appear_exactly_once_in_sequence_order(watch, civil, agency):
+    w = watch(types=(BORN,))
+
+    def born(_: int) -> str:
+        return civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
+
+    with ThreadPoolExecutor(8) as pool:
+        pins = list(pool.map(born, range(80)))
+    got = w.wait_for(set(pins), 80)
+    assert sorted(pin for _, pin in got) == sorted(pins)
+    time.sleep(0.3)
+    assert len(w.about(set(pins))) == 80, "an event was delivered twice"
+    sequences = [e.sequence for e in w.events]
+    assert sequences == sorted(set(sequences))
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.WatchChangesRequest(after_sequence=-1), "after_sequence"),
+        (pb.WatchChangesRequest(types=[change_pb2.CHANGE_TYPE_UNSPECIFIED]), "types[0]"),
+        (pb.WatchChangesRequest(types=[BORN, 99]), "types[1]"),
+    ],
+)
+def test_invalid_requests_are_refused_naming_the_field(population, agency, request_, field):
+    err = call_error(lambda: list(population.WatchChanges(request_, metadata=agency.metadata())))
+    assert (err.code, err.bad_fields) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+
+
+def test_the_feed_needs_the_changes_watch_scope(population, make_agency):
+    reader = make_agency(scopes=("citizen:read",))
+    request = pb.WatchChangesRequest()
+    err = call_error(lambda: list(population.WatchChanges(request, metadata=reader.metadata())))
+    assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
