@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
+from registry import clock, corrections, updates
 from registry.api import convert
+from registry.api.caches import PrefixCache
 from registry.api.feed import ChangeFeed
+from registry.api.gate import current_caller, touch
 from registry.db import changes
 from registry.db.pool import Database
 from registry.registration import Violations
-from registry.v1 import change_pb2
+from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
 
 # Events read per query; a watcher far behind catches up in pages of this size.
 FEED_PAGE = 500
 _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.values) - {0}
+_CITIZEN_FIELDS = citizen_pb2.Citizen.DESCRIPTOR.fields_by_name
+_KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
+
+
+def _raw_values(citizen: citizen_pb2.Citizen, paths: list[str]) -> dict[str, Any]:
+    """The raw new value of each masked Citizen field, in plain Python types."""
+    values: dict[str, Any] = {}
+    for path in paths:
+        field = _CITIZEN_FIELDS.get(path)
+        if field is None:
+            continue
+        value = getattr(citizen, path)
+        if field.message_type is not None and field.message_type.full_name == "google.type.Date":
+            values[path] = (value.year, value.month, value.day)
+        elif field.is_repeated:
+            values[path] = list(value)
+        elif field.message_type is None:
+            values[path] = value
+    return values
 
 
 def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...]]:
@@ -40,9 +63,31 @@ def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...
 class PopulationServicer(pb_grpc.PopulationServiceServicer):
     """The change feed (imports and corrections: later)."""
 
-    def __init__(self, db: Database, feed: ChangeFeed):
+    def __init__(self, db: Database, feed: ChangeFeed, prefixes: PrefixCache):
         self._db = db
         self._feed = feed
+        self._prefixes = prefixes
+
+    async def UpdateCitizen(
+        self, request: pb.UpdateCitizenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateCitizenResponse:
+        touch(request.citizen.pin)
+        paths = list(request.update_mask.paths)
+        update = updates.validate_update(
+            request.request_id,
+            request.citizen.pin,
+            paths,
+            _raw_values(request.citizen, paths),
+            request.expected_version,
+            self._prefixes.table,
+            clock.today(),
+            _KNOWN_FIELDS,
+        )
+        citizen, replayed = await corrections.update_citizen(
+            self._db, current_caller(), request.request_id, update
+        )
+        touch(citizen.pin)
+        return pb.UpdateCitizenResponse(citizen=convert.citizen(citizen), replayed=replayed)
 
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext

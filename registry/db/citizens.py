@@ -184,3 +184,127 @@ async def follow_replacements(conn: asyncpg.Connection, citizen: Citizen) -> tup
             return citizen, replaced
         citizen, replaced = await get_existing(conn, citizen.replaced_by_pin), True
     raise RegistryError(Code.INTERNAL, "REPLACEMENT_CHAIN_TOO_LONG", "PIN history is inconsistent")
+
+
+# Citizen fields an update may set, and the columns that hold them.
+_COLUMNS_OF = {
+    "full_name": ("full_name",),
+    "other_names": ("other_names",),
+    "date_of_birth": ("birth_year", "birth_month", "birth_day"),
+    "sex": ("sex",),
+    "place_of_birth": ("place_of_birth",),
+    "registration_province_code": ("registration_province_code",),
+    "hometown": ("hometown",),
+    "ethnicity": ("ethnicity",),
+    "religion": ("religion",),
+    "nationality": ("nationality",),
+    "blood_type": ("blood_type",),
+    "father_pin": ("father_pin",),
+    "mother_pin": ("mother_pin",),
+    "spouse_pin": ("spouse_pin",),
+    "representative_pin": ("representative_pin",),
+    "permanent_address": ("permanent_address",),
+    "temporary_address": ("temporary_address",),
+    "current_address": ("current_address",),
+    "marital_status": ("marital_status",),
+    "status": ("status",),
+}
+
+
+def _column_values(field: str, value: object) -> tuple[object, ...]:
+    if field == "date_of_birth":
+        assert isinstance(value, PartialDate)
+        return value.year, value.month, value.day
+    if field == "other_names":
+        return (list(value),)  # type: ignore[call-overload]
+    if isinstance(value, int):  # IntEnum members
+        return (int(value),)
+    return (value,)
+
+
+async def keep_history(
+    conn: asyncpg.Connection,
+    pin: str,
+    fields: Sequence[str],
+    *,
+    agency_id: str,
+    request_id: str,
+    replaced_by_pin: str | None = None,
+) -> None:
+    """Store the record as it is now (before the change about to be made) in the history."""
+    await conn.execute(
+        "INSERT INTO citizen_history (pin, version, record, fields, changed_by, request_id, "
+        "replaced_by_pin) "
+        "SELECT pin, version, to_jsonb(c), $2, $3, $4, $5 FROM citizens c WHERE pin = $1",
+        pin,
+        list(fields),
+        agency_id,
+        request_id,
+        replaced_by_pin,
+    )
+
+
+async def update_fields(
+    conn: asyncpg.Connection, pin: str, changes: Sequence[tuple[str, object]]
+) -> Citizen:
+    """Set fields of a locked record and bump its version; return the new record."""
+    assignments: list[str] = []
+    args: list[object] = [pin]
+    for field, value in changes:
+        for column, column_value in zip(
+            _COLUMNS_OF[field], _column_values(field, value), strict=True
+        ):
+            args.append(column_value)
+            assignments.append(f"{column} = ${len(args)}")
+    row = await conn.fetchrow(
+        f"UPDATE citizens SET {', '.join(assignments)}, version = version + 1, "
+        f"update_time = now() WHERE pin = $1 RETURNING {COLUMNS}",
+        *args,
+    )
+    return from_row(row)
+
+
+async def insert_reestablished(
+    conn: asyncpg.Connection, new_pin: str, record: Citizen, *, old_pin: str, agency_id: str
+) -> Citizen:
+    """Create the record under its re-established PIN: the old row's data with the changes.
+
+    Copies the columns an update cannot change (registration details, death) from the old
+    row; records no BORN event (it is the same person).
+    """
+    await conn.execute("SELECT set_config('registry.bulk_import', 'on', true)")
+    columns = [c for cols in _COLUMNS_OF.values() for c in cols]
+    values: list[object] = [new_pin, old_pin, agency_id]
+    for field, cols in _COLUMNS_OF.items():
+        values.extend(_column_values(field, getattr(record, field)))
+        assert len(cols) == len(_column_values(field, getattr(record, field)))
+    placeholders = ", ".join(f"${i}" for i in range(4, 4 + len(columns)))
+    copied = (
+        "birth_registration_authority, birth_registration_number, birth_registered_on, "
+        "death_year, death_month, death_day, death_registration_authority, "
+        "death_registration_number"
+    )
+    await conn.execute(
+        f"INSERT INTO citizens (pin, created_by, {', '.join(columns)}, {copied}) "
+        f"SELECT $1, $3, {placeholders}, {copied} FROM citizens WHERE pin = $2",
+        *values,
+    )
+    await conn.execute("SELECT set_config('registry.bulk_import', 'off', true)")
+    return await get_existing(conn, new_pin)
+
+
+async def cancel_pin(conn: asyncpg.Connection, old_pin: str, new_pin: str) -> None:
+    """Cancel a re-established PIN: it points at the new one from now on."""
+    await conn.execute(
+        "UPDATE citizens SET status = $3, replaced_by_pin = $2, version = version + 1, "
+        "update_time = now() WHERE pin = $1",
+        old_pin,
+        new_pin,
+        int(CitizenStatus.PIN_CANCELLED),
+    )
+    # Cards on the old PIN no longer identify anyone: the holder gets a card for the new one.
+    await conn.execute(
+        "UPDATE cards SET state = 2, state_reason = 'PIN re-established', update_time = now() "
+        "WHERE pin = $1 AND state IN (1, 4)",
+        old_pin,
+    )

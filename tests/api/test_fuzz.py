@@ -101,7 +101,6 @@ DOCUMENTED: dict[str, frozenset[grpc.StatusCode]] = {
 NOT_YET_IMPLEMENTED = frozenset(
     {
         "PopulationService/ImportCitizens",
-        "PopulationService/UpdateCitizen",
     }
 )
 # RPCs that only read: whatever they answer, they change no data (audit tables aside).
