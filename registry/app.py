@@ -178,7 +178,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         IdentityServicer(db, keys, audit, MissBudget()), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
-        PopulationServicer(db, feed, prefixes), server
+        PopulationServicer(db, feed, prefixes, audit), server
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db), server)
     health = HealthServicer()

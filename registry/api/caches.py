@@ -82,7 +82,8 @@ class AgencyDirectory:
                     await self._listen()
                     await self.reload()  # changes made while we were not listening
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._refresh_s)
+                    async with asyncio.timeout(self._refresh_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self.reload()
             except asyncio.CancelledError:

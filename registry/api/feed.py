@@ -46,7 +46,8 @@ class ChangeFeed:
     async def wait_for_news(self, marker: asyncio.Event, timeout_s: float = SAFETY_NET_S) -> None:
         """Return once events were numbered since `marker` was taken (or after timeout_s)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(marker.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await marker.wait()
 
     def _announce(self) -> None:
         # Every waiter holds the current event; replace it so later waits block again.
@@ -59,7 +60,8 @@ class ChangeFeed:
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pending.wait(), SAFETY_NET_S)
+                    async with asyncio.timeout(SAFETY_NET_S):
+                        await self._pending.wait()
                 self._pending.clear()
                 await self._number()
             except asyncio.CancelledError:

@@ -68,7 +68,8 @@ async def _next_batch(
             if remaining <= 0:
                 break
             try:
-                item = await asyncio.wait_for(arrived.get(), remaining)
+                async with asyncio.timeout(remaining):
+                    item = await arrived.get()
             except TimeoutError:
                 break
         else:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from registry import clock, corrections, updates
+from registry import clock, corrections, imports, updates
 from registry.api import convert
+from registry.api.audit_writer import AuditWriter
 from registry.api.caches import PrefixCache
 from registry.api.feed import ChangeFeed
-from registry.api.gate import current_caller, touch
+from registry.api.gate import current_call, current_caller, touch
 from registry.db import changes
+from registry.db import imports as imports_db
 from registry.db.pool import Database
 from registry.registration import Violations
 from registry.v1 import change_pb2, citizen_pb2
@@ -24,6 +28,23 @@ FEED_PAGE = 500
 _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.values) - {0}
 _CITIZEN_FIELDS = citizen_pb2.Citizen.DESCRIPTOR.fields_by_name
 _KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
+_IMPORT_FIELDS = [f for f in _CITIZEN_FIELDS if f not in updates.OUTPUT_ONLY or f == "pin"]
+# Records written per transaction by ImportCitizens.
+IMPORT_BATCH = 2000
+
+
+async def _put(
+    queue: asyncio.Queue[list[imports.ImportRecord] | None],
+    batch: list[imports.ImportRecord] | None,
+    writer: asyncio.Task[None],
+) -> None:
+    """Hand a batch to the writer, or raise the writer's error if it has stopped."""
+    put = asyncio.ensure_future(queue.put(batch))
+    await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+    if writer.done() and writer.exception() is not None:
+        raise writer.exception()  # type: ignore[misc]
 
 
 def _raw_values(citizen: citizen_pb2.Citizen, paths: list[str]) -> dict[str, Any]:
@@ -63,10 +84,75 @@ def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...
 class PopulationServicer(pb_grpc.PopulationServiceServicer):
     """The change feed (imports and corrections: later)."""
 
-    def __init__(self, db: Database, feed: ChangeFeed, prefixes: PrefixCache):
+    def __init__(self, db: Database, feed: ChangeFeed, prefixes: PrefixCache, audit: AuditWriter):
         self._db = db
         self._feed = feed
         self._prefixes = prefixes
+        self._audit = audit
+
+    async def ImportCitizens(
+        self,
+        request_iterator: AsyncIterator[pb.ImportCitizensRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ImportCitizensResponse:
+        call = current_call()
+        summary = imports.Summary()
+        batches: asyncio.Queue[list[imports.ImportRecord] | None] = asyncio.Queue(2)
+
+        async def write() -> None:
+            # Writes batches while the next ones are read and validated.
+            while (batch := await batches.get()) is not None:
+                done = await imports_db.import_batch(self._db, call.caller.agency_id, batch)
+                summary.created += len(done.created)
+                summary.assigned_pins += done.assigned
+                summary.duplicates += done.duplicates
+                summary.mismatched_pins += done.mismatched
+                for source_id, reason in done.rejects:
+                    summary.reject(source_id, reason)
+                if done.created:
+                    await self._audit.record([call.entry("OK", tuple(done.created), request_id="")])
+
+        writer = asyncio.create_task(write())
+        try:
+            batch: list[imports.ImportRecord] = []
+            today = clock.today()
+            table = self._prefixes.table
+            async for request in request_iterator:
+                summary.received += 1
+                record = imports.validate_record(
+                    request.source_id,
+                    _raw_values(request.citizen, _IMPORT_FIELDS),
+                    table,
+                    today,
+                )
+                if isinstance(record, str):
+                    summary.reject(imports.reported_source_id(request.source_id), record)
+                    continue
+                batch.append(record)
+                if len(batch) >= IMPORT_BATCH:
+                    await _put(batches, batch, writer)
+                    batch = []
+            if batch:
+                await _put(batches, batch, writer)
+            await _put(batches, None, writer)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+        return pb.ImportCitizensResponse(
+            received=summary.received,
+            created=summary.created,
+            assigned_pins=summary.assigned_pins,
+            duplicates=summary.duplicates,
+            mismatched_pins=summary.mismatched_pins,
+            rejected=summary.rejected,
+            rejects=[
+                pb.ImportReject(source_id=source_id, reason=reason)
+                for source_id, reason in summary.rejects
+            ],
+        )
 
     async def UpdateCitizen(
         self, request: pb.UpdateCitizenRequest, context: grpc.aio.ServicerContext

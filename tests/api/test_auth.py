@@ -653,13 +653,11 @@ def test_reflection_lists_the_api_without_a_token(channel):
     assert {"RegisterBirth", "RegisterDeath"} <= {m.name for m in service.method}
 
 
-# -- declared but unimplemented RPCs --------------------------------------------------------------
+# -- a client-streaming RPC is gated like the others -------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def population(channel):
-    # PopulationService (issue 6) is declared but not implemented yet: the probe for
-    # UNIMPLEMENTED.
     return population_service_pb2_grpc.PopulationServiceStub(channel)
 
 
@@ -667,17 +665,7 @@ def _import_requests():
     yield population_service_pb2.ImportCitizensRequest(source_id="s1")
 
 
-def test_unimplemented_rpc_with_a_valid_token(population, agency):
-    err = call_error(population.ImportCitizens, _import_requests(), metadata=agency.metadata())
-    assert (err.code, err.domain, err.reason) == (
-        grpc.StatusCode.UNIMPLEMENTED,
-        DOMAIN,
-        "NOT_IMPLEMENTED",
-    )
-    assert_no_trace(err)
-
-
-def test_unimplemented_rpc_without_a_token_is_unauthenticated(population):
+def test_client_streaming_rpc_without_a_token_is_unauthenticated(population):
     err = call_error(population.ImportCitizens, _import_requests())
     assert (err.code, err.domain, err.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
@@ -687,7 +675,7 @@ def test_unimplemented_rpc_without_a_token_is_unauthenticated(population):
     assert_no_trace(err)
 
 
-def test_unimplemented_rpc_checks_the_scope_first(population, new_agency):
+def test_client_streaming_rpc_checks_the_scope(population, new_agency):
     a = new_agency(scopes=("birth:register",))
     err = call_error(population.ImportCitizens, _import_requests(), metadata=a.metadata())
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")

@@ -1,0 +1,245 @@
+"""SQL of bulk imports: one transaction per batch of records (registry.imports)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from registry import imports, names
+from registry import pin as pins
+from registry.db import pins as buckets
+from registry.db.pool import Database
+
+log = logging.getLogger(__name__)
+
+_SEP = "\x1f"  # joins other_names (validated names never contain control characters)
+
+_INSERT = """
+INSERT INTO citizens (
+    pin, full_name, other_names, birth_year, birth_month, birth_day, sex, place_of_birth,
+    registration_province_code, hometown, ethnicity, religion, nationality, blood_type,
+    father_pin, mother_pin, spouse_pin, representative_pin, permanent_address,
+    temporary_address, current_address, marital_status, status, death_year, death_month,
+    death_day, pin_mismatch, created_by)
+SELECT u.pin, u.full_name, string_to_array(u.other_names, E'\\x1f'), u.by, u.bm, u.bd, u.sex,
+       u.pob, u.province, u.hometown, u.ethnicity, u.religion, u.nationality, u.blood,
+       u.father, u.mother, u.spouse, u.representative, u.permanent, u.temporary, u.current,
+       u.marital, u.status, u.dy, u.dm, u.dd, u.mismatch, $29
+FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[],
+            $6::smallint[], $7::smallint[], $8::text[], $9::text[], $10::text[], $11::text[],
+            $12::text[], $13::text[], $14::smallint[], $15::text[], $16::text[], $17::text[],
+            $18::text[], $19::text[], $20::text[], $21::text[], $22::smallint[],
+            $23::smallint[], $24::smallint[], $25::smallint[], $26::smallint[],
+            $27::boolean[], $28::int[])
+     AS u(pin, full_name, other_names, by, bm, bd, sex, pob, province, hometown, ethnicity,
+          religion, nationality, blood, father, mother, spouse, representative, permanent,
+          temporary, current, marital, status, dy, dm, dd, mismatch, ord)
+ORDER BY u.ord
+ON CONFLICT (pin) DO NOTHING
+RETURNING pin
+"""
+
+_CANDIDATES = """
+SELECT c.pin, c.full_name, c.birth_year, c.birth_month, c.birth_day, c.sex,
+       c.registration_province_code, c.father_pin, c.mother_pin
+FROM citizens c
+JOIN unnest($1::text[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[])
+     AS u(province, sex, y, m, d)
+  ON c.registration_province_code = u.province AND c.sex = u.sex AND c.birth_year = u.y
+ AND c.birth_month IS NOT DISTINCT FROM u.m AND c.birth_day IS NOT DISTINCT FROM u.d
+"""
+
+
+@dataclass
+class BatchResult:
+    """What one batch did."""
+
+    created: list[str] = field(default_factory=list)
+    assigned: int = 0
+    duplicates: int = 0
+    mismatched: int = 0
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def import_batch(
+    db: Database, agency_id: str, records: Sequence[imports.ImportRecord]
+) -> BatchResult:
+    """Write a batch of valid records in one transaction."""
+    result = BatchResult()
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('registry.bulk_import', 'on', true)")
+        todo = await _drop_duplicates(conn, agency_id, records, result)
+        await _drop_unknown_references(conn, todo, result)
+        assigned = await _assign_pins(db, conn, todo)
+        rows: list[tuple[imports.ImportRecord, str]] = []
+        for i, record in enumerate(todo):
+            number = assigned.get(i, record.pin)
+            if number is None:
+                bucket = pins.bucket_for(
+                    record.registration_province_code, record.sex, record.date_of_birth.year
+                )
+                result.rejects.append(
+                    (record.source_id, f"every PIN of bucket {bucket} has been issued")
+                )
+            else:
+                rows.append((record, number))
+        inserted = await _insert(conn, agency_id, rows)
+        for record, number in rows:
+            if number in inserted:
+                result.created.append(number)
+                result.assigned += record.pin is None
+                result.mismatched += record.pin_mismatch
+            else:
+                # Only a given PIN can collide here (assigned ones were checked free under
+                # the bucket counter): held by a record that committed meanwhile.
+                result.duplicates += 1
+        created = {number for number in result.created}
+        await conn.execute(
+            "INSERT INTO import_sources (agency_id, source_id, pin) "
+            "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",
+            agency_id,
+            [r.source_id for r, n in rows if n in created],
+            [n for r, n in rows if n in created],
+        )
+    return result
+
+
+async def _drop_duplicates(
+    conn: asyncpg.Connection,
+    agency_id: str,
+    records: Sequence[imports.ImportRecord],
+    result: BatchResult,
+) -> list[imports.ImportRecord]:
+    seen_sources = {
+        r["source_id"]
+        for r in await conn.fetch(
+            "SELECT source_id FROM import_sources WHERE agency_id = $1 AND source_id = ANY($2)",
+            agency_id,
+            [r.source_id for r in records],
+        )
+    }
+    given = [r.pin for r in records if r.pin is not None]
+    held = {
+        r["pin"] for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", given)
+    }
+    candidates: dict[tuple[object, ...], list[tuple[str | None, str | None]]] = {}
+    for row in await conn.fetch(
+        _CANDIDATES,
+        [r.registration_province_code for r in records],
+        [int(r.sex) for r in records],
+        [r.date_of_birth.year for r in records],
+        [r.date_of_birth.month for r in records],
+        [r.date_of_birth.day for r in records],
+    ):
+        key = (
+            names.match_key(row["full_name"]),
+            row["birth_year"],
+            row["birth_month"],
+            row["birth_day"],
+            row["sex"],
+            row["registration_province_code"],
+        )
+        candidates.setdefault(key, []).append((row["father_pin"], row["mother_pin"]))
+    kept: list[imports.ImportRecord] = []
+    batch_sources: set[str] = set()
+    batch_pins: set[str] = set()
+    for record in records:
+        key = imports.person_key(record)
+        duplicate = (
+            record.source_id in seen_sources
+            or record.source_id in batch_sources
+            or (record.pin is not None and (record.pin in held or record.pin in batch_pins))
+            or any(imports.same_parents(record, f, m) for f, m in candidates.get(key, ()))
+        )
+        if duplicate:
+            result.duplicates += 1
+            continue
+        kept.append(record)
+        batch_sources.add(record.source_id)
+        if record.pin is not None:
+            batch_pins.add(record.pin)
+        father, mother = record.reference("father_pin"), record.reference("mother_pin")
+        candidates.setdefault(key, []).append((father, mother))
+    return kept
+
+
+async def _drop_unknown_references(
+    conn: asyncpg.Connection, records: list[imports.ImportRecord], result: BatchResult
+) -> None:
+    wanted = {p for r in records for _, p in r.references if p is not None}
+    if not wanted:
+        return
+    known = {
+        r["pin"]
+        for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", list(wanted))
+    }
+    known |= {r.pin for r in records if r.pin is not None}
+    kept = []
+    for record in records:
+        missing = [f"{n} {p}" for n, p in record.references if p is not None and p not in known]
+        if missing:
+            result.rejects.append(
+                (record.source_id, f"not in the register: {', '.join(missing)} (import them first)")
+            )
+        else:
+            kept.append(record)
+    records[:] = kept
+
+
+async def _assign_pins(
+    db: Database, conn: asyncpg.Connection, records: Sequence[imports.ImportRecord]
+) -> dict[int, str]:
+    """Draw PINs for the records without one: one counter reservation per bucket."""
+    assigned: dict[int, str] = {}
+    for bucket, indexes in imports.buckets_needed(records).items():
+        waiting = list(indexes)
+        while waiting:
+            async with db.counters.acquire() as counter_conn:
+                reserved = await buckets.reserve(counter_conn, bucket, len(waiting))
+            if reserved is None:
+                break  # the bucket is full: those records are rejected
+            first, key = reserved
+            drawn = [pins.allocate(bucket, key, first + i) for i in range(len(waiting))]
+            # A drawn number may already be held by an imported record that kept its own PIN.
+            held = {
+                r["pin"]
+                for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", drawn)
+            }
+            still = []
+            for index, number in zip(waiting, drawn, strict=True):
+                if number in held:
+                    still.append(index)
+                else:
+                    assigned[index] = number
+            waiting = still
+    return assigned
+
+
+async def _insert(
+    conn: asyncpg.Connection,
+    agency_id: str,
+    rows: Sequence[tuple[imports.ImportRecord, str]],
+) -> set[str]:
+    if not rows:
+        return set()
+    columns: list[list[object]] = [[] for _ in range(28)]
+    for order, (r, number) in enumerate(rows):
+        dob, dod = r.date_of_birth, r.date_of_death
+        values = (
+            number, r.full_name, _SEP.join(r.other_names), dob.year, dob.month, dob.day,
+            int(r.sex), r.text("place_of_birth"), r.registration_province_code,
+            r.text("hometown"), r.text("ethnicity"), r.text("religion"), r.nationality,
+            r.blood_type, r.reference("father_pin"), r.reference("mother_pin"),
+            r.reference("spouse_pin"), r.reference("representative_pin"),
+            r.text("permanent_address"), r.text("temporary_address"),
+            r.text("current_address"), r.marital_status, r.status,
+            dod.year if dod else None, dod.month if dod else None, dod.day if dod else None,
+            r.pin_mismatch, order,
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    inserted = await conn.fetch(_INSERT, *columns, agency_id)
+    return {r["pin"] for r in inserted}

@@ -1,0 +1,60 @@
+"""`registry import FILE.csv`: the same import path as ImportCitizens, from the command line."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+
+from tests.api.test_cli import ok, registry, user_error
+
+
+def _name(given: str) -> str:
+    return f"{given} " + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:10])
+
+
+def test_import_a_csv_then_re_run_it_harmlessly(tmp_path, dsn, db, make_agency):
+    agency = make_agency(scopes=("population:import",))
+    path = tmp_path / "population.csv"
+    rows = [
+        {"source_id": "r1", "full_name": _name("Trần Văn"), "date_of_birth": "1950",
+         "sex": "MALE", "registration_province_code": "079", "other_names": "Ba;Tư"},
+        {"source_id": "r2", "full_name": _name("Ngô Thị"), "date_of_birth": "1971-08",
+         "sex": "NỮ", "registration_province_code": "001", "status": "DECEASED",
+         "date_of_death": "2020-01-02"},
+        {"source_id": "r3", "full_name": _name("Đỗ Văn"), "date_of_birth": "1999-13-01",
+         "sex": "M", "registration_province_code": "001"},
+        {"source_id": "r4", "full_name": _name("Vũ Văn"), "date_of_birth": "1980-01-01",
+         "sex": "X", "registration_province_code": "001"},
+    ]  # fmt: skip
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    first = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn))
+    assert "received 4: created 2 (2 with a new PIN" in first
+    assert "duplicates 0, rejected 2" in first
+    assert "rejected r3: date_of_birth.month" in first and "rejected r4: unreadable" in first
+    stored = db.fetch(
+        "SELECT c.pin, c.birth_year, c.birth_month, c.other_names, c.status "
+        "FROM import_sources s JOIN citizens c USING (pin) "
+        "WHERE s.agency_id = $1 ORDER BY s.source_id",
+        agency.id,
+    )
+    assert [(r["birth_year"], r["birth_month"], r["status"]) for r in stored][-2:] == [
+        (1950, None, 1),
+        (1971, 8, 2),
+    ]
+    assert list(stored[-2]["other_names"]) == ["Ba", "Tư"]
+    again = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn))
+    assert "created 0" in again and "duplicates 2, rejected 2" in again
+    audited = db.fetchval(
+        "SELECT count(*) FROM audit_log WHERE agency_id = $1 AND method = 'registry import'",
+        agency.id,
+    )
+    assert audited == 1  # the second run created nothing
+
+
+def test_import_names_an_unknown_agency(tmp_path, dsn):
+    path = tmp_path / "empty.csv"
+    path.write_text("source_id,full_name\n", encoding="utf-8")
+    user_error(registry("import", str(path), "--agency", "nobody-here", dsn=dsn), "nobody-here")
