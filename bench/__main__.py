@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, cards, verify
+from bench import births, cards, imports, verify
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     births.main()
     cards.main()
     verify.main()
+    imports.main()
 
 
 if __name__ == "__main__":

@@ -135,8 +135,9 @@ def validate_record(
             v.add(f"other_names[{i}]", problem)
         other_names.append(name)
     texts = tuple(
-        (name, v.text(name, values.get(name, ""), max_length=limit, required=False))
+        (name, v.text(name, values[name], max_length=limit, required=False))
         for name, limit in _TEXT.items()
+        if values.get(name)
     )
     nationality = trim(values.get("nationality", "")).upper()
     if nationality and not re.fullmatch(r"[A-Z]{2}", nationality):

@@ -28,7 +28,6 @@ FEED_PAGE = 500
 _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.values) - {0}
 _CITIZEN_FIELDS = citizen_pb2.Citizen.DESCRIPTOR.fields_by_name
 _KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
-_IMPORT_FIELDS = [f for f in _CITIZEN_FIELDS if f not in updates.OUTPUT_ONLY or f == "pin"]
 # Records written per transaction by ImportCitizens.
 IMPORT_BATCH = 2000
 
@@ -52,16 +51,30 @@ def _raw_values(citizen: citizen_pb2.Citizen, paths: list[str]) -> dict[str, Any
     values: dict[str, Any] = {}
     for path in paths:
         field = _CITIZEN_FIELDS.get(path)
-        if field is None:
-            continue
-        value = getattr(citizen, path)
-        if field.message_type is not None and field.message_type.full_name == "google.type.Date":
-            values[path] = (value.year, value.month, value.day)
-        elif field.is_repeated:
-            values[path] = list(value)
-        elif field.message_type is None:
-            values[path] = value
+        if field is not None and (field.message_type is None or _is_date(field)):
+            values[path] = _plain(field, getattr(citizen, path))
     return values
+
+
+def _set_values(citizen: citizen_pb2.Citizen) -> dict[str, Any]:
+    """The fields a record sets (non-default), in plain Python types: what an import reads."""
+    return {
+        field.name: _plain(field, value)
+        for field, value in citizen.ListFields()
+        if field.message_type is None or _is_date(field)
+    }
+
+
+def _is_date(field: Any) -> bool:
+    return field.message_type is not None and field.message_type.full_name == "google.type.Date"
+
+
+def _plain(field: Any, value: Any) -> Any:
+    if _is_date(field):
+        return (value.year, value.month, value.day)
+    if field.is_repeated:
+        return list(value)
+    return value
 
 
 def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...]]:
@@ -121,7 +134,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 summary.received += 1
                 record = imports.validate_record(
                     request.source_id,
-                    _raw_values(request.citizen, _IMPORT_FIELDS),
+                    _set_values(request.citizen),
                     table,
                     today,
                 )

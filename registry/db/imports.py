@@ -49,7 +49,7 @@ FROM citizens c
 JOIN unnest($1::text[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smallint[])
      AS u(province, sex, y, m, d)
   ON c.registration_province_code = u.province AND c.sex = u.sex AND c.birth_year = u.y
- AND c.birth_month IS NOT DISTINCT FROM u.m AND c.birth_day IS NOT DISTINCT FROM u.d
+ AND coalesce(c.birth_month, 0) = u.m AND coalesce(c.birth_day, 0) = u.d
 """
 
 
@@ -131,8 +131,8 @@ async def _drop_duplicates(
         [r.registration_province_code for r in records],
         [int(r.sex) for r in records],
         [r.date_of_birth.year for r in records],
-        [r.date_of_birth.month for r in records],
-        [r.date_of_birth.day for r in records],
+        [r.date_of_birth.month or 0 for r in records],
+        [r.date_of_birth.day or 0 for r in records],
     ):
         key = (
             names.match_key(row["full_name"]),
@@ -192,29 +192,41 @@ async def _drop_unknown_references(
 async def _assign_pins(
     db: Database, conn: asyncpg.Connection, records: Sequence[imports.ImportRecord]
 ) -> dict[int, str]:
-    """Draw PINs for the records without one: one counter reservation per bucket."""
+    """Draw PINs for the records without one: one counter reservation for all their buckets.
+
+    Records of a full bucket get none (the caller rejects them).
+    """
     assigned: dict[int, str] = {}
-    for bucket, indexes in imports.buckets_needed(records).items():
-        waiting = list(indexes)
-        while waiting:
-            async with db.counters.acquire() as counter_conn:
-                reserved = await buckets.reserve(counter_conn, bucket, len(waiting))
-            if reserved is None:
-                break  # the bucket is full: those records are rejected
-            first, key = reserved
-            drawn = [pins.allocate(bucket, key, first + i) for i in range(len(waiting))]
-            # A drawn number may already be held by an imported record that kept its own PIN.
-            held = {
-                r["pin"]
-                for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", drawn)
-            }
-            still = []
-            for index, number in zip(waiting, drawn, strict=True):
+    waiting = imports.buckets_needed(records)
+    while waiting:
+        async with db.counters.acquire() as counter_conn:
+            reserved = await buckets.reserve_many(
+                counter_conn, {b: len(indexes) for b, indexes in waiting.items()}
+            )
+        drawn: dict[int, str] = {}
+        for bucket, indexes in waiting.items():
+            if bucket in reserved:
+                first, key = reserved[bucket]
+                for offset, index in enumerate(indexes):
+                    drawn[index] = pins.allocate(bucket, key, first + offset)
+        # A drawn number may already be held by an imported record that kept its own PIN.
+        held = {
+            r["pin"]
+            for r in await conn.fetch(
+                "SELECT pin FROM citizens WHERE pin = ANY($1)", list(drawn.values())
+            )
+        }
+        retry: dict[pins.Bucket, list[int]] = {}
+        for bucket, indexes in waiting.items():
+            for index in indexes:
+                number = drawn.get(index)
+                if number is None:
+                    continue  # full bucket
                 if number in held:
-                    still.append(index)
+                    retry.setdefault(bucket, []).append(index)
                 else:
                     assigned[index] = number
-            waiting = still
+        waiting = retry
     return assigned
 
 

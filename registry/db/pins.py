@@ -43,3 +43,41 @@ async def reserve(
     if row is None:
         return None
     return int(row["first"]), bytes(row["key"])
+
+
+_RESERVE_MANY = """
+INSERT INTO pin_buckets (province_code, g, yy, key, issued)
+SELECT p, g, y, k, n
+FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bytea[], $5::int[])
+     AS u(p, g, y, k, n)
+ORDER BY p, g, y
+ON CONFLICT (province_code, g, yy) DO UPDATE
+    SET issued = pin_buckets.issued + EXCLUDED.issued
+    WHERE pin_buckets.issued + EXCLUDED.issued <= $6
+RETURNING province_code, g, yy, issued, key
+"""
+
+
+async def reserve_many(
+    conn: asyncpg.Connection, wanted: dict[Bucket, int]
+) -> dict[Bucket, tuple[int, bytes]]:
+    """Reserve counter ranges in many buckets with one statement: {bucket: (first, key)}.
+
+    Buckets that cannot give the whole range (full) are missing from the answer. Rows are
+    locked in bucket order, so concurrent importers cannot deadlock each other.
+    """
+    order = sorted(wanted, key=lambda b: (b.province_code, b.g, b.yy))
+    rows = await conn.fetch(
+        _RESERVE_MANY,
+        [b.province_code for b in order],
+        [b.g for b in order],
+        [b.yy for b in order],
+        [secrets.token_bytes(32) for _ in order],
+        [wanted[b] for b in order],
+        BUCKET_SIZE,
+    )
+    out: dict[Bucket, tuple[int, bytes]] = {}
+    for row in rows:
+        bucket = Bucket(row["province_code"], row["g"], row["yy"])
+        out[bucket] = (int(row["issued"]) - wanted[bucket], bytes(row["key"]))
+    return out
