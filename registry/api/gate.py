@@ -231,11 +231,24 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
+class _CheckedStream:
+    """A request stream that raises INVALID_ARGUMENT at a message that could not be parsed.
+
+    A plain iterator class, not an async generator: a generator abandoned by a cancelled
+    reader would be closed later by a task of its own, outliving the call.
+    """
+
+    def __init__(self, requests: AsyncIterator[Any]):
+        self._requests = requests.__aiter__()
+
+    def __aiter__(self) -> _CheckedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._requests.__anext__()
         if type(request) is Undecodable:
             raise request.error()
-        yield request
+        return request
 
 
 def certificate_names(auth_context: Any) -> set[str]:
@@ -365,7 +378,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     self._permit(caller, scope)
                     _check_deadline(context)
                     if streamed_in:
-                        request = _checked_stream(request)
+                        request = _CheckedStream(request)
                     elif type(request) is Undecodable:
                         raise request.error()
                     result = behavior(request, context)
@@ -402,7 +415,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self._permit(caller, scope)
                 _check_deadline(context)
                 if streamed_in:
-                    request = _checked_stream(request)
+                    request = _CheckedStream(request)
                 elif type(request) is Undecodable:
                     raise request.error()
                 result = behavior(request, context)

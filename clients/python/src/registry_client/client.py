@@ -1,0 +1,662 @@
+"""RegistryClient (blocking) and AsyncRegistryClient (asyncio, grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from ._pb import (
+    card_service_pb2,
+    civil_registration_service_pb2,
+    identity_service_pb2,
+    population_service_pb2,
+)
+from .auth import TokenSource
+from .errors import RegistryError, error_from_rpc_error
+from .types import (
+    Card,
+    CardKind,
+    ChangeEvent,
+    ChangeType,
+    Citizen,
+    DateLike,
+    Sex,
+    Verification,
+    VerifyRequest,
+    _enum_in,
+    date_to_proto,
+)
+
+R = TypeVar("R")
+
+_CIVIL = "/registry.v1.CivilRegistrationService/"
+_CARDS = "/registry.v1.CardService/"
+_IDENTITY = "/registry.v1.IdentityService/"
+_POPULATION = "/registry.v1.PopulationService/"
+
+
+@dataclass(frozen=True)
+class _Call(Generic[R]):
+    """One unary RPC ready to send: path, request message, response type and converter."""
+
+    path: str
+    request: Any
+    response_type: Any
+    convert: Callable[[Any], R]
+
+
+def _request_id(request_id: str | None) -> str:
+    # Generated once per logical call: every retry of the call resends the same one.
+    return request_id if request_id is not None else str(uuid.uuid4())
+
+
+def _set_date(message: Any, name: str, value: DateLike | None) -> None:
+    date = date_to_proto(value)
+    if date is not None:
+        getattr(message, name).CopyFrom(date)
+
+
+def _register_birth(
+    full_name: str,
+    sex: Sex | str,
+    date_of_birth: DateLike,
+    registration_province_code: str,
+    *,
+    place_of_birth: str,
+    hometown: str,
+    ethnicity: str,
+    registration_authority: str,
+    registration_number: str,
+    nationality: str = "VN",
+    father_pin: str | None = None,
+    mother_pin: str | None = None,
+    registered_on: DateLike | None = None,
+    request_id: str | None = None,
+) -> _Call[Citizen]:
+    m = civil_registration_service_pb2.RegisterBirthRequest(
+        request_id=_request_id(request_id),
+        full_name=full_name,
+        sex=_enum_in(Sex, sex),
+        place_of_birth=place_of_birth,
+        registration_province_code=registration_province_code,
+        hometown=hometown,
+        ethnicity=ethnicity,
+        nationality=nationality,
+        father_pin=father_pin or "",
+        mother_pin=mother_pin or "",
+        registration_authority=registration_authority,
+        registration_number=registration_number,
+    )
+    _set_date(m, "date_of_birth", date_of_birth)
+    _set_date(m, "registered_on", registered_on)
+    return _Call(
+        _CIVIL + "RegisterBirth",
+        m,
+        civil_registration_service_pb2.RegisterBirthResponse,
+        lambda r: Citizen.from_proto(r.citizen, replayed=r.replayed),
+    )
+
+
+def _register_death(
+    pin: str,
+    date_of_death: DateLike,
+    *,
+    registration_authority: str,
+    registration_number: str,
+    request_id: str | None = None,
+) -> _Call[Citizen]:
+    m = civil_registration_service_pb2.RegisterDeathRequest(
+        request_id=_request_id(request_id),
+        pin=pin,
+        registration_authority=registration_authority,
+        registration_number=registration_number,
+    )
+    _set_date(m, "date_of_death", date_of_death)
+    return _Call(
+        _CIVIL + "RegisterDeath",
+        m,
+        civil_registration_service_pb2.RegisterDeathResponse,
+        lambda r: Citizen.from_proto(r.citizen, replayed=r.replayed),
+    )
+
+
+def _verify_identity(
+    pin: str,
+    full_name: str | None = None,
+    date_of_birth: DateLike | None = None,
+    sex: Sex | str | None = None,
+    card_serial: str | None = None,
+    *,
+    correlation_id: str | None = None,
+    want_attestation: bool = False,
+) -> _Call[Verification]:
+    request = VerifyRequest(
+        pin, full_name, date_of_birth, sex, card_serial, correlation_id, want_attestation
+    )
+    return _Call(
+        _IDENTITY + "VerifyIdentity",
+        request.to_proto(),
+        identity_service_pb2.VerifyIdentityResponse,
+        Verification.from_proto,
+    )
+
+
+def _get_citizen(pin: str, fields: Sequence[str] | None = None) -> _Call[Citizen]:
+    m = identity_service_pb2.GetCitizenRequest(pin=pin)
+    if fields:
+        m.read_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(fields)))
+    return _Call(
+        _IDENTITY + "GetCitizen",
+        m,
+        identity_service_pb2.GetCitizenResponse,
+        lambda r: Citizen.from_proto(r.citizen),
+    )
+
+
+def _issue_card(
+    pin: str,
+    serial: str,
+    issue_date: DateLike,
+    issuing_authority: str,
+    *,
+    kind: CardKind | str = CardKind.FIRST_ISSUE,
+    request_id: str | None = None,
+) -> _Call[Card]:
+    m = card_service_pb2.IssueCardRequest(
+        request_id=_request_id(request_id),
+        pin=pin,
+        kind=_enum_in(CardKind, kind),
+        serial=serial,
+        issuing_authority=issuing_authority,
+    )
+    _set_date(m, "issue_date", issue_date)
+    return _Call(
+        _CARDS + "IssueCard",
+        m,
+        card_service_pb2.IssueCardResponse,
+        lambda r: Card.from_proto(r.card, replayed=r.replayed),
+    )
+
+
+def _list_cards(pin: str) -> _Call[list[Card]]:
+    return _Call(
+        _CARDS + "ListCards",
+        card_service_pb2.ListCardsRequest(pin=pin),
+        card_service_pb2.ListCardsResponse,
+        lambda r: [Card.from_proto(c) for c in r.cards],
+    )
+
+
+def _watch_request(after_sequence: int, types: Sequence[ChangeType | str] | None) -> Any:
+    return population_service_pb2.WatchChangesRequest(
+        after_sequence=after_sequence, types=[_enum_in(ChangeType, t) for t in types or ()]
+    )
+
+
+def _batch_requests(requests: Iterable[VerifyRequest | str]) -> Iterator[Any]:
+    for index, request in enumerate(requests):
+        item = VerifyRequest(request) if isinstance(request, str) else request
+        message = item.to_proto()
+        if not message.correlation_id:
+            message.correlation_id = str(index)
+        yield message
+
+
+class _Base:
+    def __init__(
+        self,
+        target: str,
+        agency_id: str,
+        kid: str,
+        private_key_pem: str | bytes,
+        *,
+        tls: grpc.ChannelCredentials | None = None,
+        audience: str = "citizen-registry",
+        purpose: str | None = None,
+        max_attempts: int = 4,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_retry_delay: float = 30.0,
+        timeout: float | None = 10.0,
+    ):
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.target = target
+        self.purpose = purpose
+        self.max_attempts = max_attempts
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.max_retry_delay = max_retry_delay
+        self.timeout = timeout
+        self._tls = tls
+        self._tokens = TokenSource(agency_id, kid, private_key_pem, audience)
+
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        md: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {self._tokens.token()}")]
+        if self.purpose:
+            if self.purpose.isascii() and self.purpose.isprintable():
+                md.append(("x-purpose", self.purpose))
+            else:
+                md.append(("x-purpose-bin", self.purpose.encode("utf-8")))
+        return tuple(md)
+
+    def _retry_delay(self, error: RegistryError, attempt: int) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up."""
+        if attempt >= self.max_attempts:
+            return None
+        code = error.code
+        retryable = (
+            code == grpc.StatusCode.UNAVAILABLE
+            # Rate limits carry RetryInfo; PIN_BUCKET_EXHAUSTED has none: retrying is useless.
+            or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is not None)
+            or (code == grpc.StatusCode.ABORTED and error.reason == "CONCURRENT_UPDATE")
+        )
+        if not retryable:
+            return None
+        if error.retry_delay is not None and error.retry_delay > self.max_retry_delay:
+            return None
+        backoff = min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
+        backoff *= random.uniform(0.5, 1.0)
+        return float(max(backoff, error.retry_delay or 0.0))
+
+
+class RegistryClient(_Base):
+    """Blocking client of the registry for one agency.
+
+    Args:
+        target: ``host:port`` of the registry.
+        agency_id, kid: the agency id and the key id registered for its public key.
+        private_key_pem: the agency's private key (PKCS#8 or traditional PEM, unencrypted):
+            P-256 signs ES256, Ed25519 EdDSA, RSA (2048+) RS256.
+        tls: channel credentials (``grpc.ssl_channel_credentials(...)``); None = plaintext.
+        audience: the registry's token audience.
+        purpose: sent as ``x-purpose`` (``x-purpose-bin`` when not ASCII) on every call.
+        max_attempts: attempts per call, retrying UNAVAILABLE, rate limits (RESOURCE_EXHAUSTED
+            with RetryInfo) and ABORTED/CONCURRENT_UPDATE with exponential backoff, never
+            sooner than the server's RetryInfo; a mutation resends the same request_id.
+        timeout: deadline of each attempt of a unary call, in seconds.
+        interceptors: extra gRPC client interceptors (logging, tracing, tests).
+
+    Use it as a context manager, or call close().
+    """
+
+    def __init__(
+        self,
+        target: str,
+        agency_id: str,
+        kid: str,
+        private_key_pem: str | bytes,
+        *,
+        tls: grpc.ChannelCredentials | None = None,
+        audience: str = "citizen-registry",
+        purpose: str | None = None,
+        max_attempts: int = 4,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_retry_delay: float = 30.0,
+        timeout: float | None = 10.0,
+        interceptors: Sequence[Any] = (),
+    ):
+        super().__init__(
+            target,
+            agency_id,
+            kid,
+            private_key_pem,
+            tls=tls,
+            audience=audience,
+            purpose=purpose,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_retry_delay=max_retry_delay,
+            timeout=timeout,
+        )
+        raw = grpc.secure_channel(target, tls) if tls else grpc.insecure_channel(target)
+        self._raw_channel = raw
+        self._channel = grpc.intercept_channel(raw, *interceptors) if interceptors else raw
+
+    def close(self) -> None:
+        self._raw_channel.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unary(self, call: _Call[R]) -> R:
+        rpc = self._channel.unary_unary(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=call.response_type.FromString,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = rpc(call.request, metadata=self._metadata(), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            else:
+                return call.convert(response)
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            time.sleep(delay)
+
+    def register_birth(
+        self,
+        full_name: str,
+        sex: Sex | str,
+        date_of_birth: DateLike,
+        registration_province_code: str,
+        *,
+        place_of_birth: str,
+        hometown: str,
+        ethnicity: str,
+        registration_authority: str,
+        registration_number: str,
+        nationality: str = "VN",
+        father_pin: str | None = None,
+        mother_pin: str | None = None,
+        registered_on: DateLike | None = None,
+        request_id: str | None = None,
+    ) -> Citizen:
+        """Register a birth; returns the new citizen (``.pin`` is the child's PIN).
+
+        ``request_id`` (default: a new UUID, kept for every retry) makes the call idempotent:
+        the same id again returns the same citizen with ``replayed=True``.
+        """
+        return self._unary(
+            _register_birth(
+                full_name,
+                sex,
+                date_of_birth,
+                registration_province_code,
+                place_of_birth=place_of_birth,
+                hometown=hometown,
+                ethnicity=ethnicity,
+                registration_authority=registration_authority,
+                registration_number=registration_number,
+                nationality=nationality,
+                father_pin=father_pin,
+                mother_pin=mother_pin,
+                registered_on=registered_on,
+                request_id=request_id,
+            )
+        )
+
+    def register_death(
+        self,
+        pin: str,
+        date_of_death: DateLike,
+        *,
+        registration_authority: str,
+        registration_number: str,
+        request_id: str | None = None,
+    ) -> Citizen:
+        """Register a death; returns the record (status DECEASED). Idempotent on request_id."""
+        return self._unary(
+            _register_death(
+                pin,
+                date_of_death,
+                registration_authority=registration_authority,
+                registration_number=registration_number,
+                request_id=request_id,
+            )
+        )
+
+    def verify_identity(
+        self,
+        pin: str,
+        full_name: str | None = None,
+        date_of_birth: DateLike | None = None,
+        sex: Sex | str | None = None,
+        card_serial: str | None = None,
+        *,
+        correlation_id: str | None = None,
+        want_attestation: bool = False,
+    ) -> Verification:
+        """Check presented identity data against the register (fields left None: unchecked)."""
+        return self._unary(
+            _verify_identity(
+                pin,
+                full_name,
+                date_of_birth,
+                sex,
+                card_serial,
+                correlation_id=correlation_id,
+                want_attestation=want_attestation,
+            )
+        )
+
+    def get_citizen(self, pin: str, fields: Sequence[str] | None = None) -> Citizen:
+        """Read a citizen record (only ``fields`` when given). A replaced PIN is followed:
+        the result's ``pin`` is then the new PIN, which should be stored instead."""
+        return self._unary(_get_citizen(pin, fields))
+
+    def issue_card(
+        self,
+        pin: str,
+        serial: str,
+        issue_date: DateLike,
+        issuing_authority: str,
+        *,
+        kind: CardKind | str = CardKind.FIRST_ISSUE,
+        request_id: str | None = None,
+    ) -> Card:
+        """Issue a card; returns it with the expiry date the registry computed."""
+        return self._unary(
+            _issue_card(
+                pin, serial, issue_date, issuing_authority, kind=kind, request_id=request_id
+            )
+        )
+
+    def list_cards(self, pin: str) -> list[Card]:
+        """All of a citizen's cards, newest first."""
+        return self._unary(_list_cards(pin))
+
+    def watch_changes(
+        self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None
+    ) -> Iterator[ChangeEvent]:
+        """Iterate over change events after ``after_sequence``, then wait for new ones.
+
+        The iterator never ends on its own; close it (or break out) to stop. After
+        UNAVAILABLE it reconnects from the last event received, so no event is lost or
+        repeated (up to max_attempts reconnections without progress).
+        """
+        rpc = self._channel.unary_stream(
+            _POPULATION + "WatchChanges",
+            request_serializer=population_service_pb2.WatchChangesRequest.SerializeToString,
+            response_deserializer=population_service_pb2.WatchChangesResponse.FromString,
+        )
+        last, attempt = after_sequence, 0
+        while True:
+            stream = rpc(_watch_request(last, types), metadata=self._metadata())
+            try:
+                for response in stream:
+                    attempt = 0
+                    event = ChangeEvent.from_proto(response.event)
+                    last = event.sequence
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            time.sleep(delay)
+
+    def batch_verify(self, requests: Iterable[VerifyRequest | str]) -> Iterator[Verification]:
+        """Verify many identities over one stream, answers in request order.
+
+        ``requests`` may be lazy; requests without a correlation_id are numbered "0", "1",
+        ... A rejected request yields a Verification whose ``error`` is set. Not retried.
+        """
+        rpc = self._channel.stream_stream(
+            _IDENTITY + "BatchVerify",
+            request_serializer=identity_service_pb2.VerifyIdentityRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.VerifyIdentityResponse.FromString,
+        )
+        stream = rpc(_batch_requests(requests), metadata=self._metadata())
+        try:
+            for response in stream:
+                yield Verification.from_proto(response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        finally:
+            stream.cancel()
+
+
+class AsyncRegistryClient(_Base):
+    """The asyncio (grpc.aio) client; the same arguments and methods as RegistryClient,
+    as coroutines and async iterators. Use ``async with`` or ``await close()``."""
+
+    def __init__(
+        self,
+        target: str,
+        agency_id: str,
+        kid: str,
+        private_key_pem: str | bytes,
+        *,
+        tls: grpc.ChannelCredentials | None = None,
+        audience: str = "citizen-registry",
+        purpose: str | None = None,
+        max_attempts: int = 4,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        max_retry_delay: float = 30.0,
+        timeout: float | None = 10.0,
+        interceptors: Sequence[Any] = (),
+    ):
+        super().__init__(
+            target,
+            agency_id,
+            kid,
+            private_key_pem,
+            tls=tls,
+            audience=audience,
+            purpose=purpose,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_retry_delay=max_retry_delay,
+            timeout=timeout,
+        )
+        extra = list(interceptors) or None
+        self._channel = (
+            grpc.aio.secure_channel(target, tls, interceptors=extra)
+            if tls
+            else grpc.aio.insecure_channel(target, interceptors=extra)
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _unary(self, call: _Call[R]) -> R:
+        rpc = self._channel.unary_unary(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=call.response_type.FromString,
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await rpc(call.request, metadata=self._metadata(), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            else:
+                return call.convert(response)
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+
+    async def register_birth(self, *args: Any, **kwargs: Any) -> Citizen:
+        """See RegistryClient.register_birth."""
+        return await self._unary(_register_birth(*args, **kwargs))
+
+    async def register_death(self, *args: Any, **kwargs: Any) -> Citizen:
+        """See RegistryClient.register_death."""
+        return await self._unary(_register_death(*args, **kwargs))
+
+    async def verify_identity(self, *args: Any, **kwargs: Any) -> Verification:
+        """See RegistryClient.verify_identity."""
+        return await self._unary(_verify_identity(*args, **kwargs))
+
+    async def get_citizen(self, pin: str, fields: Sequence[str] | None = None) -> Citizen:
+        """See RegistryClient.get_citizen."""
+        return await self._unary(_get_citizen(pin, fields))
+
+    async def issue_card(self, *args: Any, **kwargs: Any) -> Card:
+        """See RegistryClient.issue_card."""
+        return await self._unary(_issue_card(*args, **kwargs))
+
+    async def list_cards(self, pin: str) -> list[Card]:
+        """See RegistryClient.list_cards."""
+        return await self._unary(_list_cards(pin))
+
+    async def watch_changes(
+        self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None
+    ) -> AsyncIterator[ChangeEvent]:
+        """See RegistryClient.watch_changes."""
+        rpc = self._channel.unary_stream(
+            _POPULATION + "WatchChanges",
+            request_serializer=population_service_pb2.WatchChangesRequest.SerializeToString,
+            response_deserializer=population_service_pb2.WatchChangesResponse.FromString,
+        )
+        last, attempt = after_sequence, 0
+        while True:
+            stream = rpc(_watch_request(last, types), metadata=self._metadata())
+            try:
+                async for response in stream:
+                    attempt = 0
+                    event = ChangeEvent.from_proto(response.event)
+                    last = event.sequence
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+
+    async def batch_verify(
+        self, requests: Iterable[VerifyRequest | str]
+    ) -> AsyncIterator[Verification]:
+        """See RegistryClient.batch_verify."""
+        rpc = self._channel.stream_stream(
+            _IDENTITY + "BatchVerify",
+            request_serializer=identity_service_pb2.VerifyIdentityRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.VerifyIdentityResponse.FromString,
+        )
+        stream = rpc(_batch_requests(requests), metadata=self._metadata())
+        try:
+            async for response in stream:
+                yield Verification.from_proto(response)
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        finally:
+            stream.cancel()
