@@ -144,6 +144,17 @@ def test_pip_installed_package_runs_the_portal_example(rc, server, client, clien
         cwd=tmp_path,
     )
     assert probe.stdout.strip() == "True"
+    # The command-line tool is installed with it and talks to the registry.
+    cli = subprocess.run(
+        [
+            str(env_dir / "bin" / "registry-client"), "verify", citizen.pin, "--name",
+            "Lê Thị Hoa", "--target", server.target, "--agency", client_agency.id,
+            "--kid", client_agency.kid, "--key", str(key), "--json",
+        ],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["result"] == "MATCH"
 
 
 def test_typed_results(rc, client, client_agency, db):

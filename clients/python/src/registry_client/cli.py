@@ -1,0 +1,281 @@
+"""`registry-client`: the registry from a terminal, for agency engineers and scripts.
+
+Connection options (or environment): --target (REGISTRY_TARGET, default 127.0.0.1:50051),
+--agency (REGISTRY_AGENCY), --kid (REGISTRY_KID), --key (REGISTRY_KEY: the agency's private key
+PEM file), --ca FILE (TLS with that CA bundle; --tls for the system roots; plaintext otherwise),
+--purpose. Output is human-readable; --json prints one JSON object (or one per line for
+streams) for scripts. Errors print their reason and bad fields; exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import enum
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .auth import TokenSource
+from .client import RegistryClient
+from .errors import RegistryError
+from .types import VerifyRequest
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of the package's dataclasses and enums."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.name != "error"
+        }
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def _show(args: argparse.Namespace, value: Any, human: str) -> None:
+    print(json.dumps(_plain(value), ensure_ascii=False) if args.json else human, flush=True)
+
+
+def _client(args: argparse.Namespace) -> RegistryClient:
+    missing = [n for n in ("agency", "kid", "key") if not getattr(args, n)]
+    if missing:
+        raise SystemExit(f"registry-client: give --{', --'.join(missing)} (or REGISTRY_* env)")
+    tls = None
+    if args.ca:
+        tls = grpc.ssl_channel_credentials(Path(args.ca).read_bytes())
+    elif args.tls:
+        tls = grpc.ssl_channel_credentials()
+    return RegistryClient(
+        args.target, args.agency, args.kid, Path(args.key).read_bytes(), tls=tls,
+        purpose=args.purpose,
+    )  # fmt: skip
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    out = Path(args.out)
+    out.write_bytes(private)
+    out.chmod(0o600)
+    pub = out.with_suffix(".pub")
+    pub.write_bytes(public)
+    _show(
+        args,
+        {"private_key": str(out), "public_key": str(pub), "algorithm": "ES256"},
+        f"private key (keep it, mode 0600): {out}\npublic key (give it to the registry "
+        f"operator for `registry agency add --public-key`): {pub}",
+    )
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    if not (args.agency and args.kid and args.key):
+        raise SystemExit("registry-client: give --agency, --kid and --key")
+    token = TokenSource(args.agency, args.kid, Path(args.key).read_bytes()).token()
+    _show(args, {"token": token}, token)
+
+
+def cmd_register_birth(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        citizen = client.register_birth(
+            args.name, args.sex, args.born, args.province,
+            place_of_birth=args.place_of_birth, hometown=args.hometown,
+            ethnicity=args.ethnicity, registration_authority=args.authority,
+            registration_number=args.number, father_pin=args.father, mother_pin=args.mother,
+            request_id=args.request_id,
+        )  # fmt: skip
+    _show(
+        args,
+        citizen,
+        f"PIN {citizen.pin} issued to {citizen.full_name}"
+        + (" (replay of an earlier call)" if citizen.replayed else ""),
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        answer = client.verify_identity(
+            args.pin, full_name=args.name, date_of_birth=args.born, sex=args.sex,
+            card_serial=args.card,
+        )  # fmt: skip
+    fields = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in answer.field_matches.items())
+    _show(
+        args,
+        answer,
+        f"{answer.result.name} ({fields}); citizen {answer.citizen_status.name}, "
+        f"card {answer.card_state.name}",
+    )
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        citizen = client.get_citizen(args.pin, args.fields.split(",") if args.fields else None)
+    values = {k: v for k, v in _plain(citizen).items() if v not in ("", None, [], 0, False)}
+    _show(args, citizen, "\n".join(f"{k}: {v}" for k, v in values.items()))
+
+
+def cmd_issue_card(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        card = client.issue_card(
+            args.pin, args.serial, args.issued, args.authority, kind=args.kind,
+            request_id=args.request_id,
+        )  # fmt: skip
+    expiry = card.expiry_date.isoformat() if card.expiry_date else "never"  # type: ignore[union-attr]
+    _show(args, card, f"card {card.serial} {card.state.name}, expires {expiry}")
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        for n, event in enumerate(client.watch_changes(args.after), start=1):
+            extra = f" -> {event.new_pin}" if event.new_pin else ""
+            _show(args, event, f"{event.sequence}\t{event.type.name}\t{event.pin}{extra}")
+            if args.limit and n >= args.limit:
+                break
+
+
+def cmd_batch_verify(args: argparse.Namespace) -> None:
+    source = Path(args.file)
+    with source.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    requests = [
+        VerifyRequest(
+            pin=row.get("pin", ""),
+            full_name=row.get("full_name") or None,
+            date_of_birth=row.get("date_of_birth") or None,
+            sex=row.get("sex") or None,
+            card_serial=row.get("card_serial") or None,
+            correlation_id=row.get("id") or str(i),
+        )
+        for i, row in enumerate(rows)
+    ]
+    out = Path(args.out or source.with_suffix(".results.csv"))
+    counts: dict[str, int] = {}
+    with _client(args) as client, out.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "result", "field_matches", "citizen_status", "card_state", "error"])
+        for done, answer in enumerate(client.batch_verify(requests), start=1):
+            result = "ERROR" if answer.error else answer.result.name
+            matches = answer.field_matches.items()
+            counts[result] = counts.get(result, 0) + 1
+            writer.writerow(
+                [
+                    answer.correlation_id, result,
+                    ";".join(f"{k}={'yes' if v else 'no'}" for k, v in matches),
+                    answer.citizen_status.name, answer.card_state.name,
+                    str(answer.error or ""),
+                ]
+            )  # fmt: skip
+            if not args.json and (done % 1000 == 0 or done == len(requests)):
+                print(f"\r  {done:,}/{len(requests):,} verified", end="", file=sys.stderr)
+    if not args.json:
+        print(file=sys.stderr)
+    summary = {"rows": len(requests), "results": counts, "output": str(out)}
+    _show(
+        args,
+        summary,
+        f"{len(requests):,} rows: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+        + f"; results in {out}",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default=env("REGISTRY_TARGET", "127.0.0.1:50051"))
+    common.add_argument("--agency", default=env("REGISTRY_AGENCY"))
+    common.add_argument("--kid", default=env("REGISTRY_KID"))
+    common.add_argument("--key", default=env("REGISTRY_KEY"), help="private key PEM file")
+    common.add_argument("--ca", help="CA bundle PEM: use TLS, trusting it")
+    common.add_argument("--tls", action="store_true", help="use TLS with the system roots")
+    common.add_argument("--purpose", help="why the data is processed (x-purpose)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="registry-client", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Any, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("keygen", cmd_keygen, "create the agency's ES256 key pair")
+    p.add_argument("--out", default="agency.pem", help="private key file (.pub beside it)")
+    command("token", cmd_token, "print a bearer token (5 minutes)")
+    p = command("register-birth", cmd_register_birth, "register a birth, print the new PIN")
+    p.add_argument("--name", required=True)
+    p.add_argument("--sex", required=True, help="MALE or FEMALE")
+    p.add_argument("--born", required=True, help="YYYY-MM-DD")
+    p.add_argument("--province", required=True, help="3-digit code, e.g. 001")
+    p.add_argument("--place-of-birth", default="")
+    p.add_argument("--hometown", default="")
+    p.add_argument("--ethnicity", default="Kinh")
+    p.add_argument("--authority", default="", help="registering authority")
+    p.add_argument("--number", default="", help="birth registration number")
+    p.add_argument("--father")
+    p.add_argument("--mother")
+    p.add_argument("--request-id", help="idempotency key (default: a new UUID)")
+    p = command("verify", cmd_verify, "check identity data against the register")
+    p.add_argument("pin")
+    p.add_argument("--name")
+    p.add_argument("--born", help="YYYY, YYYY-MM or YYYY-MM-DD")
+    p.add_argument("--sex")
+    p.add_argument("--card", help="card serial")
+    p = command("get", cmd_get, "read a citizen record (the fields you may see)")
+    p.add_argument("pin")
+    p.add_argument("--fields", help="comma-separated Citizen fields")
+    p = command("issue-card", cmd_issue_card, "issue an identity card")
+    p.add_argument("pin")
+    p.add_argument("--serial", required=True)
+    p.add_argument("--issued", required=True, help="YYYY-MM-DD")
+    p.add_argument("--authority", required=True)
+    p.add_argument("--kind", default="FIRST_ISSUE", help="FIRST_ISSUE, EXCHANGE or REISSUE")
+    p.add_argument("--request-id")
+    p = command("watch", cmd_watch, "follow the change feed")
+    p.add_argument("--after", type=int, default=0, help="last sequence already processed")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many events")
+    p = command("batch-verify", cmd_batch_verify, "verify a CSV over one BatchVerify stream")
+    p.add_argument("file", help="CSV: id, pin, full_name, date_of_birth, sex, card_serial")
+    p.add_argument("--out", help="result CSV (default FILE.results.csv)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RegistryError as exc:
+        print(f"registry-client: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"registry-client: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

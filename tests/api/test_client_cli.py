@@ -1,0 +1,82 @@
+"""The `registry-client` command (clients/python), run in-process against the test server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import private_pem
+
+PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "python"
+
+
+@pytest.fixture(scope="module")
+def cli() -> Any:
+    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
+    src = str(PACKAGE / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    from registry_client import cli
+
+    return cli
+
+
+@pytest.fixture(scope="module")
+def connection(server, make_agency, tmp_path_factory) -> list[str]:
+    agency = make_agency(fields=("full_name", "sex"), miss_budget=1_000_000)
+    key = tmp_path_factory.mktemp("cli") / "agency.pem"
+    key.write_text(private_pem(agency.private_key))
+    return ["--target", server.target, "--agency", agency.id, "--kid", "k1", "--key", str(key)]
+
+
+def run(cli: Any, capsys: Any, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_keygen_writes_a_key_pair(cli, capsys, tmp_path):
+    code, out, _ = run(cli, capsys, "keygen", "--out", str(tmp_path / "a.pem"))
+    assert code == 0 and "public key" in out
+    assert (tmp_path / "a.pem").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "a.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_register_verify_get_watch_and_batch_verify(cli, capsys, connection, tmp_path):
+    code, out, err = run(
+        cli, capsys, "register-birth", *connection, "--name", "Đặng Thị Thu", "--sex",
+        "FEMALE", "--born", "2026-11-01", "--province", "048", "--place-of-birth",
+        "Bệnh viện Đà Nẵng", "--hometown", "Đà Nẵng", "--authority", "UBND phường",
+        "--number", "1/2026", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    pin = json.loads(out)["pin"]
+    code, out, _ = run(cli, capsys, "verify", pin, *connection, "--name", "ĐẶNG THỊ THU")
+    assert code == 0 and out.startswith("MATCH (full_name yes)")
+    code, out, _ = run(cli, capsys, "get", pin, *connection)
+    assert code == 0 and "full_name: Đặng Thị Thu" in out and "sex: FEMALE" in out
+    code, out, _ = run(cli, capsys, "watch", *connection, "--after", "0", "--limit", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 1
+    source = tmp_path / "customers.csv"
+    source.write_text(
+        "id,pin,full_name\nc1," + pin + ",Đặng Thị Thu\nc2," + pin + ",Someone Else\n"
+        "c3,12ab,Bad Pin\n",
+        encoding="utf-8",
+    )
+    code, out, _ = run(cli, capsys, "batch-verify", str(source), *connection)
+    assert code == 0, out
+    assert "3 rows: ERROR 1, MATCH 1, NO_MATCH 1" in out
+    with (tmp_path / "customers.results.csv").open(encoding="utf-8") as f:
+        results = {row["id"]: row["result"] for row in csv.DictReader(f)}
+    assert results == {"c1": "MATCH", "c2": "NO_MATCH", "c3": "ERROR"}
+
+
+def test_errors_name_the_reason_and_exit_1(cli, capsys, connection):
+    code, _, err = run(cli, capsys, "get", "001099999996", *connection)
+    assert code == 1 and "CITIZEN_NOT_FOUND" in err
