@@ -6,7 +6,7 @@ PROTOS := $(sort $(wildcard proto/registry/v1/*.proto))
 INSTALLED := $(VENV)/.installed
 GENERATED := registry/v1/.generated
 
-.PHONY: run test lint fmt proto bench buf-lint clean
+.PHONY: run test lint fmt proto docs bench buf-lint clean
 
 $(INSTALLED): pyproject.toml scripts/bootstrap-venv.sh
 	./scripts/bootstrap-venv.sh
@@ -19,6 +19,10 @@ $(GENERATED): $(PROTOS) $(INSTALLED)
 
 ## proto: generate the Python gRPC code from proto/ into registry/v1/
 proto: $(GENERATED)
+
+## docs: regenerate docs/api.md from the proto comments
+docs: $(INSTALLED)
+	$(BIN)/python scripts/proto_docs.py
 
 ## run: serve on REGISTRY_LISTEN (default 127.0.0.1:50051), embedded PostgreSQL unless REGISTRY_DATABASE_URL
 run: $(GENERATED)
@@ -34,12 +38,12 @@ buf-lint:
 
 ## lint: ruff, mypy and buf
 lint: $(GENERATED) buf-lint
-	$(BIN)/ruff check registry tests bench clients server.py
-	$(BIN)/ruff format --check registry tests bench clients server.py
+	$(BIN)/ruff check registry tests bench clients scripts server.py
+	$(BIN)/ruff format --check registry tests bench clients scripts server.py
 	$(BIN)/mypy registry
 
 fmt: $(INSTALLED)
-	$(BIN)/ruff format registry tests bench clients server.py
+	$(BIN)/ruff format registry tests bench clients scripts server.py
 	$(BIN)/ruff check --fix registry tests bench clients server.py
 
 ## bench: benchmarks that print figures (births/s, latency)
