@@ -4,6 +4,7 @@ from __future__ import annotations
 
 try:
     from ._gen.registry.v1 import (
+        audit_service_pb2,
         card_pb2,
         card_service_pb2,
         change_pb2,
@@ -20,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - only in an unprepared source ch
     ) from exc
 
 __all__ = [
+    "audit_service_pb2",
     "card_pb2",
     "card_service_pb2",
     "change_pb2",

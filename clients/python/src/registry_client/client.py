@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from ._pb import (
+    audit_service_pb2,
     card_service_pb2,
     civil_registration_service_pb2,
     identity_service_pb2,
@@ -192,6 +193,106 @@ def _list_cards(pin: str) -> _Call[list[Card]]:
         card_service_pb2.ListCardsRequest(pin=pin),
         card_service_pb2.ListCardsResponse,
         lambda r: [Card.from_proto(c) for c in r.cards],
+    )
+
+
+def _card_change(action: str, serial: str, reason: str, request_id: str | None) -> _Call[Card]:
+    request = getattr(card_service_pb2, f"{action}CardRequest")(
+        request_id=_request_id(request_id), serial=serial, reason=reason
+    )
+    return _Call(
+        _CARDS + f"{action}Card",
+        request,
+        getattr(card_service_pb2, f"{action}CardResponse"),
+        lambda r: Card.from_proto(r.card, replayed=r.replayed),
+    )
+
+
+def _link_legacy_id(pin: str, legacy_id: str, request_id: str | None) -> _Call[Citizen]:
+    return _Call(
+        _CARDS + "LinkLegacyId",
+        card_service_pb2.LinkLegacyIdRequest(
+            request_id=_request_id(request_id), pin=pin, legacy_id=legacy_id
+        ),
+        card_service_pb2.LinkLegacyIdResponse,
+        lambda r: Citizen.from_proto(r.citizen, replayed=r.replayed),
+    )
+
+
+def _resolve_legacy_id(legacy_id: str) -> _Call[str]:
+    return _Call(
+        _IDENTITY + "ResolveLegacyId",
+        identity_service_pb2.ResolveLegacyIdRequest(legacy_id=legacy_id),
+        identity_service_pb2.ResolveLegacyIdResponse,
+        lambda r: str(r.pin),
+    )
+
+
+def _get_signing_keys() -> _Call[str]:
+    return _Call(
+        _IDENTITY + "GetSigningKeys",
+        identity_service_pb2.GetSigningKeysRequest(),
+        identity_service_pb2.GetSigningKeysResponse,
+        lambda r: str(r.jwks_json),
+    )
+
+
+_DATE_FIELDS = ("date_of_birth", "date_of_death")
+
+
+def _update_citizen(
+    pin: str, expected_version: int, changes: dict[str, Any], request_id: str | None
+) -> _Call[Citizen]:
+    m = population_service_pb2.UpdateCitizenRequest(
+        request_id=_request_id(request_id), expected_version=expected_version
+    )
+    m.citizen.pin = pin
+    for name, value in changes.items():
+        if name in _DATE_FIELDS:
+            _set_date(m.citizen, name, value)
+        elif isinstance(value, list | tuple):
+            getattr(m.citizen, name).extend(value)
+        else:
+            setattr(m.citizen, name, int(value) if isinstance(value, int) else value)
+    m.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=list(changes)))
+    return _Call(
+        _POPULATION + "UpdateCitizen",
+        m,
+        population_service_pb2.UpdateCitizenResponse,
+        lambda r: Citizen.from_proto(r.citizen, replayed=r.replayed),
+    )
+
+
+@dataclass(frozen=True)
+class AccessLogPage:
+    """One page of a citizen's access history, newest first."""
+
+    entries: list[dict[str, Any]]
+    next_page_token: str
+
+
+def _list_access_log(pin: str, page_size: int, page_token: str) -> _Call[AccessLogPage]:
+    def convert(r: Any) -> AccessLogPage:
+        return AccessLogPage(
+            [
+                {
+                    "time": e.time.ToDatetime(),
+                    "agency_id": e.agency_id,
+                    "agency_name": e.agency_name,
+                    "method": e.method,
+                    "purpose": e.purpose,
+                    "outcome": e.outcome,
+                }
+                for e in r.entries
+            ],
+            r.next_page_token,
+        )
+
+    return _Call(
+        "/registry.v1.AuditService/ListAccessLog",
+        audit_service_pb2.ListAccessLogRequest(pin=pin, page_size=page_size, page_token=page_token),
+        audit_service_pb2.ListAccessLogResponse,
+        convert,
     )
 
 
@@ -464,6 +565,43 @@ class RegistryClient(_Base):
         """All of a citizen's cards, newest first."""
         return self._unary(_list_cards(pin))
 
+    def revoke_card(self, serial: str, reason: str, *, request_id: str | None = None) -> Card:
+        """Revoke a card (final)."""
+        return self._unary(_card_change("Revoke", serial, reason, request_id))
+
+    def withhold_card(self, serial: str, reason: str, *, request_id: str | None = None) -> Card:
+        """Withhold an ACTIVE card temporarily."""
+        return self._unary(_card_change("Withhold", serial, reason, request_id))
+
+    def release_card(self, serial: str, reason: str, *, request_id: str | None = None) -> Card:
+        """Release a WITHHELD card back to ACTIVE."""
+        return self._unary(_card_change("Release", serial, reason, request_id))
+
+    def link_legacy_id(self, pin: str, legacy_id: str, *, request_id: str | None = None) -> Citizen:
+        """Link an old 9/12-digit CMND number to the citizen."""
+        return self._unary(_link_legacy_id(pin, legacy_id, request_id))
+
+    def resolve_legacy_id(self, legacy_id: str) -> str:
+        """The PIN in use today for an old CMND number."""
+        return self._unary(_resolve_legacy_id(legacy_id))
+
+    def get_signing_keys(self) -> str:
+        """The registry's attestation keys as a JWKS JSON document."""
+        return self._unary(_get_signing_keys())
+
+    def update_citizen(
+        self, pin: str, expected_version: int, *, request_id: str | None = None, **changes: Any
+    ) -> Citizen:
+        """Change the named fields if the record is still at expected_version (else Aborted).
+
+        Changing sex, birth year or province re-establishes the PIN: the result's pin is new.
+        """
+        return self._unary(_update_citizen(pin, expected_version, changes, request_id))
+
+    def list_access_log(self, pin: str, page_size: int = 0, page_token: str = "") -> AccessLogPage:
+        """One page of who accessed the citizen's data, newest first."""
+        return self._unary(_list_access_log(pin, page_size, page_token))
+
     def watch_changes(
         self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None
     ) -> Iterator[ChangeEvent]:
@@ -613,6 +751,48 @@ class AsyncRegistryClient(_Base):
     async def list_cards(self, pin: str) -> list[Card]:
         """See RegistryClient.list_cards."""
         return await self._unary(_list_cards(pin))
+
+    async def revoke_card(self, serial: str, reason: str, *, request_id: str | None = None) -> Card:
+        """See RegistryClient.revoke_card."""
+        return await self._unary(_card_change("Revoke", serial, reason, request_id))
+
+    async def withhold_card(
+        self, serial: str, reason: str, *, request_id: str | None = None
+    ) -> Card:
+        """See RegistryClient.withhold_card."""
+        return await self._unary(_card_change("Withhold", serial, reason, request_id))
+
+    async def release_card(
+        self, serial: str, reason: str, *, request_id: str | None = None
+    ) -> Card:
+        """See RegistryClient.release_card."""
+        return await self._unary(_card_change("Release", serial, reason, request_id))
+
+    async def link_legacy_id(
+        self, pin: str, legacy_id: str, *, request_id: str | None = None
+    ) -> Citizen:
+        """See RegistryClient.link_legacy_id."""
+        return await self._unary(_link_legacy_id(pin, legacy_id, request_id))
+
+    async def resolve_legacy_id(self, legacy_id: str) -> str:
+        """See RegistryClient.resolve_legacy_id."""
+        return await self._unary(_resolve_legacy_id(legacy_id))
+
+    async def get_signing_keys(self) -> str:
+        """See RegistryClient.get_signing_keys."""
+        return await self._unary(_get_signing_keys())
+
+    async def update_citizen(
+        self, pin: str, expected_version: int, *, request_id: str | None = None, **changes: Any
+    ) -> Citizen:
+        """See RegistryClient.update_citizen."""
+        return await self._unary(_update_citizen(pin, expected_version, changes, request_id))
+
+    async def list_access_log(
+        self, pin: str, page_size: int = 0, page_token: str = ""
+    ) -> AccessLogPage:
+        """See RegistryClient.list_access_log."""
+        return await self._unary(_list_access_log(pin, page_size, page_token))
 
     async def watch_changes(
         self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None

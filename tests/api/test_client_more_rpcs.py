@@ -1,0 +1,74 @@
+"""The client package's methods for the remaining RPCs: card states, old numbers, keys,
+corrections and the access history (sync and async)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.model import CITIZEN_FIELDS
+from tests.conftest import private_pem
+
+PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "python"
+
+
+@pytest.fixture(scope="module")
+def rc() -> Any:
+    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
+    src = str(PACKAGE / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    import registry_client
+
+    return registry_client
+
+
+@pytest.fixture(scope="module")
+def who(make_agency):
+    return make_agency(fields=tuple(CITIZEN_FIELDS))
+
+
+def test_remaining_rpcs_through_the_client(rc, server, who):
+    pem = private_pem(who.private_key)
+    with rc.RegistryClient(server.target, who.id, who.kid, pem, purpose="kiểm tra") as client:
+        citizen = client.register_birth(
+            "Hoàng Văn Nam", rc.Sex.MALE, dt.date(1988, 3, 9), "001",
+            place_of_birth="Hà Nội", hometown="Hà Nội", ethnicity="Kinh",
+            registration_authority="UBND", registration_number=uuid.uuid4().hex[:8],
+        )  # fmt: skip
+        serial = "C" + uuid.uuid4().hex[:11].upper()
+        client.issue_card(citizen.pin, serial, dt.date(2025, 1, 2), "Cục Cảnh sát")
+        assert client.withhold_card(serial, "checks").state == rc.CardState.WITHHELD
+        assert client.release_card(serial, "cleared").state == rc.CardState.ACTIVE
+        assert client.revoke_card(serial, "lost").state == rc.CardState.REVOKED
+        legacy = str(uuid.uuid4().int)[:9]
+        assert legacy in client.link_legacy_id(citizen.pin, legacy).legacy_ids
+        assert client.resolve_legacy_id(legacy) == citizen.pin
+        assert json.loads(client.get_signing_keys())["keys"]
+        current = client.get_citizen(citizen.pin)
+        moved = client.update_citizen(
+            citizen.pin, current.version, current_address="5 Tràng Tiền, Hà Nội"
+        )
+        assert (moved.pin, moved.current_address) == (citizen.pin, "5 Tràng Tiền, Hà Nội")
+        with pytest.raises(rc.Aborted):
+            client.update_citizen(citizen.pin, current.version, religion="x")
+        reestablished = client.update_citizen(citizen.pin, moved.version, sex=rc.Sex.FEMALE)
+        assert reestablished.pin != citizen.pin and reestablished.sex == rc.Sex.FEMALE
+        page = client.list_access_log(citizen.pin, page_size=3)
+        assert len(page.entries) == 3 and page.next_page_token
+        assert page.entries[0]["agency_id"] == who.id
+        assert page.entries[0]["purpose"] == "kiểm tra"
+
+    async def go() -> str:
+        async with rc.AsyncRegistryClient(server.target, who.id, who.kid, pem) as client:
+            return await client.resolve_legacy_id(legacy)
+
+    assert asyncio.run(go()) == reestablished.pin  # follows the re-establishment
