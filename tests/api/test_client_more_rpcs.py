@@ -72,3 +72,24 @@ def test_remaining_rpcs_through_the_client(rc, server, who):
             return await client.resolve_legacy_id(legacy)
 
     assert asyncio.run(go()) == reestablished.pin  # follows the re-establishment
+
+
+def test_import_citizens_through_the_client(rc, server, who):
+    pem = private_pem(who.private_key)
+    family = "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:8]).capitalize()
+    records = [
+        (f"r{i}", {"full_name": f"{family} Văn {name}", "date_of_birth": dt.date(1970, 1, 1 + i),
+                   "sex": rc.Sex.MALE, "registration_province_code": "001"})
+        for i, name in enumerate(["An", "Bình"])
+    ] + [("bad", {"full_name": "", "sex": rc.Sex.MALE})]  # fmt: skip
+    with rc.RegistryClient(server.target, who.id, who.kid, pem) as client:
+        summary = client.import_citizens(records)
+        assert (summary.received, summary.created, summary.rejected) == (3, 2, 1)
+        assert summary.rejects[0][0] == "bad"
+
+    async def again() -> Any:
+        async with rc.AsyncRegistryClient(server.target, who.id, who.kid, pem) as client:
+            return await client.import_citizens(records)
+
+    rerun = asyncio.run(again())
+    assert (rerun.created, rerun.duplicates, rerun.rejected) == (0, 2, 1)

@@ -14,7 +14,7 @@ See clients/python/README.md.
 from __future__ import annotations
 
 from .auth import TokenSource, algorithm_for
-from .client import AsyncRegistryClient, RegistryClient
+from .client import AccessLogPage, AsyncRegistryClient, ImportSummary, RegistryClient
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -58,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aborted",
+    "AccessLogPage",
     "AlreadyExists",
     "AsyncRegistryClient",
     "BloodType",
@@ -73,6 +74,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "FieldViolation",
+    "ImportSummary",
     "Internal",
     "InvalidArgument",
     "MaritalStatus",

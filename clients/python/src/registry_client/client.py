@@ -296,6 +296,43 @@ def _list_access_log(pin: str, page_size: int, page_token: str) -> _Call[AccessL
     )
 
 
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an ImportCitizens stream did."""
+
+    received: int
+    created: int
+    assigned_pins: int
+    duplicates: int
+    mismatched_pins: int
+    rejected: int
+    #: (source_id, reason) of the first 1,000 rejected records.
+    rejects: list[tuple[str, str]]
+
+
+def _import_requests(records: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[Any]:
+    """(source_id, Citizen fields) -> ImportCitizensRequest messages, lazily."""
+    for source_id, fields in records:
+        m = population_service_pb2.ImportCitizensRequest(source_id=source_id)
+        for name, value in fields.items():
+            if value is None:
+                continue
+            if name in _DATE_FIELDS:
+                _set_date(m.citizen, name, value)
+            elif isinstance(value, list | tuple):
+                getattr(m.citizen, name).extend(value)
+            else:
+                setattr(m.citizen, name, int(value) if isinstance(value, int) else value)
+        yield m
+
+
+def _import_summary(r: Any) -> ImportSummary:
+    return ImportSummary(
+        r.received, r.created, r.assigned_pins, r.duplicates, r.mismatched_pins, r.rejected,
+        [(x.source_id, x.reason) for x in r.rejects],
+    )  # fmt: skip
+
+
 def _watch_request(after_sequence: int, types: Sequence[ChangeType | str] | None) -> Any:
     return population_service_pb2.WatchChangesRequest(
         after_sequence=after_sequence, types=[_enum_in(ChangeType, t) for t in types or ()]
@@ -636,6 +673,25 @@ class RegistryClient(_Base):
                 raise error
             time.sleep(delay)
 
+    def import_citizens(
+        self, records: Iterable[tuple[str, dict[str, Any]]], *, timeout: float | None = None
+    ) -> ImportSummary:
+        """Bulk-load records over one stream: (source_id, {Citizen field: value}) pairs.
+
+        Re-sending records already imported is harmless (they count as duplicates). Not
+        retried automatically: after UNAVAILABLE, send the whole file again.
+        """
+        rpc = self._channel.stream_unary(
+            _POPULATION + "ImportCitizens",
+            request_serializer=population_service_pb2.ImportCitizensRequest.SerializeToString,
+            response_deserializer=population_service_pb2.ImportCitizensResponse.FromString,
+        )
+        try:
+            answer = rpc(_import_requests(records), metadata=self._metadata(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        return _import_summary(answer)
+
     def batch_verify(self, requests: Iterable[VerifyRequest | str]) -> Iterator[Verification]:
         """Verify many identities over one stream, answers in request order.
 
@@ -822,6 +878,19 @@ class AsyncRegistryClient(_Base):
             if delay is None:
                 raise error
             await asyncio.sleep(delay)
+
+    async def import_citizens(self, records: Iterable[tuple[str, dict[str, Any]]]) -> ImportSummary:
+        """See RegistryClient.import_citizens (bound it with asyncio.timeout if needed)."""
+        rpc = self._channel.stream_unary(
+            _POPULATION + "ImportCitizens",
+            request_serializer=population_service_pb2.ImportCitizensRequest.SerializeToString,
+            response_deserializer=population_service_pb2.ImportCitizensResponse.FromString,
+        )
+        try:
+            answer = await rpc(_import_requests(records), metadata=self._metadata())
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        return _import_summary(answer)
 
     async def batch_verify(
         self, requests: Iterable[VerifyRequest | str]
