@@ -227,12 +227,10 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
             async def flush() -> None:
                 nonlocal last
                 done = await imports_db.import_batch(db, args.agency, batch)
-                summary.created += len(done.created)
-                summary.assigned_pins += done.assigned
-                summary.duplicates += done.duplicates
-                summary.mismatched_pins += done.mismatched
-                for source_id, reason in done.rejects:
-                    summary.reject(source_id, reason)
+                summary.add_batch(
+                    len(done.created), done.assigned, done.duplicates, done.mismatched,
+                    done.rejects,
+                )  # fmt: skip
                 if done.created:
                     entry = audit.Entry(
                         datetime.now(UTC), args.agency, "registry import", tuple(done.created),

@@ -17,7 +17,7 @@ from registry.errors import (
     failed_precondition,
     not_found,
 )
-from registry.model import Caller, Citizen, CitizenStatus
+from registry.model import REFERENCE_PIN_FIELDS, Caller, Citizen, CitizenStatus
 from registry.registration import Violations, request_hash
 from registry.updates import Update, apply, check_related, needs_new_pin
 
@@ -90,7 +90,7 @@ async def update_citizen(
 async def _check_references(conn: asyncpg.Connection, changed: Citizen, update: Update) -> None:
     wanted = {
         f: getattr(changed, f)
-        for f in ("father_pin", "mother_pin", "spouse_pin", "representative_pin")
+        for f in REFERENCE_PIN_FIELDS
         if f in update.fields and getattr(changed, f)
     }
     if not wanted:

@@ -26,23 +26,20 @@ from typing import Any
 
 from registry import names, pin
 from registry.dates import PartialDate
-from registry.model import BloodType, CitizenStatus, MaritalStatus, Sex
+from registry.model import (
+    REFERENCE_PIN_FIELDS,
+    TEXT_FIELD_LIMITS,
+    BloodType,
+    CitizenStatus,
+    MaritalStatus,
+    Sex,
+)
 from registry.registration import Violations, trim
 
 log = logging.getLogger(__name__)
 
 MAX_REJECTS_LISTED = 1000
 _SOURCE_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_TEXT = {
-    "place_of_birth": 500,
-    "hometown": 500,
-    "ethnicity": 100,
-    "religion": 100,
-    "permanent_address": 500,
-    "temporary_address": 500,
-    "current_address": 500,
-}
-_REFERENCES = ("father_pin", "mother_pin", "spouse_pin", "representative_pin")
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,22 @@ class Summary:
         self.rejected += 1
         if len(self.rejects) < MAX_REJECTS_LISTED:
             self.rejects.append((source_id, reason))
+
+    def add_batch(
+        self,
+        created: int,
+        assigned: int,
+        duplicates: int,
+        mismatched: int,
+        rejects: Sequence[tuple[str, str]],
+    ) -> None:
+        """Count what one written batch did."""
+        self.created += created
+        self.assigned_pins += assigned
+        self.duplicates += duplicates
+        self.mismatched_pins += mismatched
+        for source_id, reason in rejects:
+            self.reject(source_id, reason)
 
 
 def reported_source_id(source_id: str) -> str:
@@ -136,7 +149,7 @@ def validate_record(
         other_names.append(name)
     texts = tuple(
         (name, v.text(name, values[name], max_length=limit, required=False))
-        for name, limit in _TEXT.items()
+        for name, limit in TEXT_FIELD_LIMITS.items()
         if values.get(name)
     )
     nationality = trim(values.get("nationality", "")).upper()
@@ -154,7 +167,7 @@ def validate_record(
     if status == CitizenStatus.DECEASED and dod is None:
         v.add("date_of_death", "is required for a deceased person")
     references = []
-    for name in _REFERENCES:
+    for name in REFERENCE_PIN_FIELDS:
         ref = trim(values.get(name, "")) or None
         if ref is not None and not pin.is_well_formed(ref):
             v.add(name, "must be a PIN of 12 digits")

@@ -131,6 +131,19 @@ class DeathRegistration:
     registration_number: str
 
 
+# Free-text Citizen fields set by imports and corrections, with their maximum lengths.
+TEXT_FIELD_LIMITS = {
+    "place_of_birth": 500,
+    "hometown": 500,
+    "ethnicity": 100,
+    "religion": 100,
+    "permanent_address": 500,
+    "temporary_address": 500,
+    "current_address": 500,
+}
+# Citizen fields that refer to other citizens by PIN.
+REFERENCE_PIN_FIELDS = ("father_pin", "mother_pin", "spouse_pin", "representative_pin")
+
 CITIZEN_FIELDS = (
     "pin",
     "full_name",

@@ -16,7 +16,15 @@ from datetime import date
 from typing import Any
 
 from registry import names, pin
-from registry.model import BloodType, Citizen, CitizenStatus, MaritalStatus, Sex
+from registry.model import (
+    REFERENCE_PIN_FIELDS,
+    TEXT_FIELD_LIMITS,
+    BloodType,
+    Citizen,
+    CitizenStatus,
+    MaritalStatus,
+    Sex,
+)
 from registry.registration import (
     _NATIONALITY_RE,
     _PROVINCE_RE,
@@ -34,16 +42,6 @@ ELSEWHERE = {
     "legacy_ids": "link old numbers with CardService.LinkLegacyId",
     "date_of_death": "register deaths with CivilRegistrationService.RegisterDeath",
 }
-_TEXT_LIMITS = {
-    "place_of_birth": 500,
-    "hometown": 500,
-    "ethnicity": 100,
-    "religion": 100,
-    "permanent_address": 500,
-    "temporary_address": 500,
-    "current_address": 500,
-}
-_PIN_FIELDS = ("father_pin", "mother_pin", "spouse_pin", "representative_pin")
 
 
 @dataclass(frozen=True)
@@ -146,9 +144,9 @@ def _value(v: Violations, field: str, raw: Any, prefixes: pin.PrefixTable, today
         if not _NATIONALITY_RE.fullmatch(code):
             v.add(where, "must be an ISO 3166-1 alpha-2 code, e.g. VN")
         return code
-    if field in _PIN_FIELDS:
+    if field in REFERENCE_PIN_FIELDS:
         return _reference_pin(v, where, raw)
-    return v.text(where, raw, max_length=_TEXT_LIMITS.get(field, 500), required=False)
+    return v.text(where, raw, max_length=TEXT_FIELD_LIMITS.get(field, 500), required=False)
 
 
 def _enum(v: Violations, where: str, kind: Any, raw: int, *, allow_zero: bool) -> Any:
@@ -178,6 +176,6 @@ def needs_new_pin(before: Citizen, after: Citizen) -> bool:
 
 def check_related(citizen: Citizen, v: Violations) -> None:
     """Checks across fields of the resulting record (a person is not their own parent)."""
-    for field in _PIN_FIELDS:
+    for field in REFERENCE_PIN_FIELDS:
         if getattr(citizen, field) == citizen.pin:
             v.add(f"citizen.{field}", "cannot be the citizen's own PIN")

@@ -388,3 +388,26 @@ def identity(channel: grpc.Channel) -> identity_service_pb2_grpc.IdentityService
 
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+# -- the client package (clients/python) --------------------------------------------------------
+
+CLIENT_PACKAGE = Path(__file__).resolve().parents[1] / "clients" / "python"
+
+
+@pytest.fixture(scope="session")
+def registry_client() -> Any:
+    """The registry_client package, imported from clients/python/src after generating its
+    protobuf modules (once per session)."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, str(CLIENT_PACKAGE / "generate.py")], check=True, capture_output=True
+    )
+    src = str(CLIENT_PACKAGE / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    import registry_client as package
+
+    return package

@@ -116,12 +116,10 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             # Writes batches while the next ones are read and validated.
             while (batch := await batches.get()) is not None:
                 done = await imports_db.import_batch(self._db, call.caller.agency_id, batch)
-                summary.created += len(done.created)
-                summary.assigned_pins += done.assigned
-                summary.duplicates += done.duplicates
-                summary.mismatched_pins += done.mismatched
-                for source_id, reason in done.rejects:
-                    summary.reject(source_id, reason)
+                summary.add_batch(
+                    len(done.created), done.assigned, done.duplicates, done.mismatched,
+                    done.rejects,
+                )  # fmt: skip
                 if done.created:
                     await self._audit.record([call.entry("OK", tuple(done.created), request_id="")])
 

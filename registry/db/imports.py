@@ -96,7 +96,7 @@ async def import_batch(
                 # Only a given PIN can collide here (assigned ones were checked free under
                 # the bucket counter): held by a record that committed meanwhile.
                 result.duplicates += 1
-        created = {number for number in result.created}
+        created = set(result.created)
         await conn.execute(
             "INSERT INTO import_sources (agency_id, source_id, pin) "
             "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",

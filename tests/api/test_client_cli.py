@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import private_pem
 
-PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "python"
-
 
 @pytest.fixture(scope="module")
-def cli() -> Any:
-    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
-    src = str(PACKAGE / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
+def cli(registry_client: Any) -> Any:
     from registry_client import cli
 
     return cli

@@ -21,8 +21,7 @@ EXAMPLES = ROOT / "clients" / "examples"
 
 
 @pytest.fixture(scope="module")
-def run_example(server, make_agency, tmp_path_factory) -> Any:
-    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
+def run_example(server, make_agency, tmp_path_factory, registry_client) -> Any:
     agency = make_agency(miss_budget=1_000_000)
     work = tmp_path_factory.mktemp("examples")
     key = work / "agency.pem"

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,17 +14,9 @@ import pytest
 from registry.model import CITIZEN_FIELDS
 from tests.conftest import private_pem
 
-PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "python"
-
 
 @pytest.fixture(scope="module")
-def rc() -> Any:
-    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
-    src = str(PACKAGE / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
-    import registry_client
-
+def rc(registry_client: Any) -> Any:
     return registry_client
 
 

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 import venv
 from pathlib import Path
@@ -33,14 +32,7 @@ EXAMPLE = ROOT / "clients" / "examples" / "portal_verify.py"
 
 
 @pytest.fixture(scope="module")
-def rc() -> Any:
-    """The registry_client package, from freshly generated stubs."""
-    subprocess.run([sys.executable, str(PACKAGE / "generate.py")], check=True, capture_output=True)
-    src = str(PACKAGE / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
-    import registry_client
-
+def rc(registry_client: Any) -> Any:
     return registry_client
 
 
