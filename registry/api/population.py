@@ -26,7 +26,9 @@ from registry.v1 import population_service_pb2_grpc as pb_grpc
 # Events read per query; a watcher far behind catches up in pages of this size.
 FEED_PAGE = 500
 _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.values) - {0}
-_CITIZEN_FIELDS = citizen_pb2.Citizen.DESCRIPTOR.fields_by_name
+# A plain dict: the upb descriptor map matches keys as C strings, so "full_name\x00" would
+# find full_name there (a fuzzer found it); caller-supplied paths are looked up here only.
+_CITIZEN_FIELDS = dict(citizen_pb2.Citizen.DESCRIPTOR.fields_by_name)
 _KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
 # Records written per transaction by ImportCitizens.
 IMPORT_BATCH = 2000

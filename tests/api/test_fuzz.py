@@ -803,13 +803,15 @@ def test_unary_rpc_answers_random_messages_by_the_contract(
 
 
 def explicit_examples(w: World) -> dict[str, list[Message]]:
-    """Inputs always tried first (regressions: answers whose trailers outgrew gRPC's limits)."""
+    """Inputs always tried first (regressions: answers whose trailers outgrew gRPC's limits,
+    a field name with a NUL that the protobuf runtime's name map took for the field)."""
     many = field_mask_pb2.FieldMask(paths=[""] * 400)
     long = field_mask_pb2.FieldMask(paths=["x" * 20_000])
+    nul = field_mask_pb2.FieldMask(paths=["full_name\x00", "sex\x00x"])
     return {
         "IdentityService/GetCitizen": [
-            identity_service_pb2.GetCitizenRequest(pin=w.adult_pin, read_mask=many),
-            identity_service_pb2.GetCitizenRequest(pin=w.adult_pin, read_mask=long),
+            identity_service_pb2.GetCitizenRequest(pin=w.adult_pin, read_mask=mask)
+            for mask in (many, long, nul)
         ],
         "PopulationService/UpdateCitizen": [
             population_service_pb2.UpdateCitizenRequest(
@@ -818,7 +820,7 @@ def explicit_examples(w: World) -> dict[str, list[Message]]:
                 update_mask=mask,
                 expected_version=1,
             )
-            for mask in (many, long)
+            for mask in (many, long, nul)
         ],
     }
 

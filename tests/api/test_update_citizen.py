@@ -93,6 +93,10 @@ def test_a_retry_replays_and_a_reused_request_id_is_refused(population, civil, a
         (["pin"], {}, 1, ["update_mask.paths[0]"]),
         (["version", "religion"], {"religion": "x"}, 1, ["update_mask.paths[0]"]),
         (["no_such_field"], {}, 1, ["update_mask.paths[0]"]),
+        # A field name with a trailing NUL must not pass for the field (the protobuf runtime's
+        # own name map matches it as a C string; found by the fuzz test).
+        (["full_name\x00"], {"full_name": "Lê Văn Tám"}, 1, ["update_mask.paths[0]"]),
+        (["religion", "sex\x00x"], {"religion": "x"}, 1, ["update_mask.paths[1]"]),
         (["legacy_ids"], {}, 1, ["update_mask.paths[0]"]),
         (["date_of_death"], {}, 1, ["update_mask.paths[0]"]),
         (["religion"], {"religion": "x"}, 0, ["expected_version"]),
