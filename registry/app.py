@@ -159,6 +159,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
                 access,
                 audit,
                 bind_client_certificates=settings.tls_client_ca is not None,
+                on_change=feed.kick,
             )
         ],
         options=[

@@ -10,7 +10,6 @@ import asyncpg
 from registry import clock
 from registry import pin as pins
 from registry.db import citizens, idempotency
-from registry.db import pins as buckets
 from registry.db.pool import Database
 from registry.errors import (
     Code,
@@ -99,9 +98,14 @@ async def register_birth(
     birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
     async with db.pool.acquire() as conn:
-        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
-        if stored is not None:
-            return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+        # A retry is answered from its stored result even when the request would now fail
+        # (a province code closed, a parent's PIN cancelled since): look the key up first
+        # when that could happen. Otherwise the insert itself finds a taken key (below), which
+        # spares every first attempt a round trip.
+        if checked.deferred or birth.father_pin or birth.mother_pin:
+            stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+            if stored is not None:
+                return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
         checked.check()
         if birth.registered_on is None:
             birth = replace(birth, registered_on=clock.today())
@@ -110,9 +114,11 @@ async def register_birth(
         )
         await _check_parents(conn, birth)
         for _ in range(_MAX_TAKEN_NUMBERS):
-            async with db.counters.acquire() as counter_conn:
-                reserved = await buckets.reserve(counter_conn, bucket)
+            reserved = await db.ranges.take(bucket)
             if reserved is None:
+                stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+                if stored is not None:  # a retry of a birth the bucket's last numbers served
+                    return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
                 raise _bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
@@ -128,7 +134,7 @@ async def register_birth(
                 )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == "idempotency_keys_pkey":
-                    # The same key was carried out by a concurrent call: answer as a replay.
+                    # The key was used before, or by a concurrent call: answer as a replay.
                     stored = await idempotency.lookup(conn, caller.agency_id, request_id)
                     assert stored is not None
                     return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True

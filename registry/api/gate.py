@@ -72,6 +72,22 @@ METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}PopulationService/WatchChanges": "changes:watch",
     f"{_V1}AuditService/ListAccessLog": "audit:read",
 }
+# The calls that can commit a change event (migration 0007's triggers): when one ends, the
+# change feed's sequencer is woken (`on_change`).
+CHANGING_METHODS = frozenset(
+    f"{_V1}{name}"
+    for name in (
+        "CivilRegistrationService/RegisterBirth",
+        "CivilRegistrationService/RegisterDeath",
+        "CardService/IssueCard",
+        "CardService/RevokeCard",
+        "CardService/WithholdCard",
+        "CardService/ReleaseCard",
+        "CardService/LinkLegacyId",
+        "PopulationService/ImportCitizens",
+        "PopulationService/UpdateCitizen",
+    )
+)
 # Served without a token: load balancers and tools must reach these.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _MAX_PURPOSE = 200
@@ -282,6 +298,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         audit: AuditWriter,
         *,
         bind_client_certificates: bool = False,
+        on_change: Callable[[], None] | None = None,
     ):
         self._directory = directory
         self._verifier = verifier
@@ -291,6 +308,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # stolen token is useless without that agency's certificate and key.
         self._bind_certificates = bind_client_certificates
         self._limits = RateLimiter()
+        self._on_change = on_change
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -400,6 +418,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(
         self, behavior: Callable[..., Any], method: str, scope: str | None, streamed_in: bool
     ) -> Callable[..., Any]:
+        changes = method in CHANGING_METHODS and self._on_change is not None
+
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             outcome = _Outcome()
@@ -414,6 +434,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await self._fail(exc, context, outcome)
                 raise
             finally:
+                if changes:
+                    # Whatever the outcome: a call cancelled after its commit changed things.
+                    self._on_change()  # type: ignore[misc]
                 self._log(outcome, method, started)
 
         return call

@@ -11,31 +11,45 @@ import asyncpg
 # Any constant: one sequencer at a time across every server process.
 _SEQUENCER_LOCK = 7_217_420_250_007
 
-_NUMBER = """
+# One round trip: a transaction that locks out other sequencers, numbers the committed,
+# unnumbered events after the highest position so far and, when it numbered any, announces
+# them (`registry_feed`, delivered at commit). A plain index scan of the partial index marks
+# the entries of numbered rows dead as it passes them, so later runs skip them; a bitmap scan
+# (the planner's choice on stale statistics) revisits every numbered row until VACUUM: 20-40 ms
+# a run at 90,000 events, which made the sequencer cost a fifth of the births' throughput.
+_NUMBER = f"""
+BEGIN;
+SET LOCAL enable_bitmapscan = off;
+SELECT pg_advisory_xact_lock({_SEQUENCER_LOCK});
 WITH base AS (SELECT coalesce(max(sequence), 0) AS top FROM change_events),
      pending AS (
          SELECT id, row_number() OVER (ORDER BY id) AS n
          FROM change_events WHERE sequence IS NULL
+     ),
+     numbered AS (
+         UPDATE change_events c SET sequence = base.top + pending.n
+         FROM base, pending
+         WHERE c.id = pending.id
+         RETURNING 1
      )
-UPDATE change_events c SET sequence = base.top + pending.n
-FROM base, pending
-WHERE c.id = pending.id
+SELECT pg_notify('registry_feed', '') WHERE EXISTS (SELECT FROM numbered);
+COMMIT;
 """
 
 
-async def number_pending(conn: asyncpg.Connection) -> int:
-    """Give the committed, unnumbered events feed positions; return how many were numbered.
+async def number_pending(conn: asyncpg.Connection) -> None:
+    """Give the committed, unnumbered events feed positions and announce them.
 
     Under a transaction-scoped advisory lock, so sequencers of several servers take turns and
     each numbers after the highest position the previous one committed.
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SEQUENCER_LOCK)
-        status: str = await conn.execute(_NUMBER)
-        numbered = int(status.rsplit(" ", 1)[1])
-        if numbered:
-            await conn.execute("SELECT pg_notify('registry_feed', '')")
-    return numbered
+    try:
+        await conn.execute(_NUMBER)
+    except BaseException:
+        # A failure or cancellation mid-script can leave the transaction open.
+        if not conn.is_closed() and conn.is_in_transaction():
+            conn.terminate()
+        raise
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ do not queue behind each other's commits.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import asyncpg
@@ -81,3 +82,58 @@ async def reserve_many(
         bucket = Bucket(row["province_code"], row["g"], row["yy"])
         out[bucket] = (int(row["issued"]) - wanted[bucket], bytes(row["key"]))
     return out
+
+
+# Counter values a server reserves ahead per bucket for births: one reservation serves this
+# many births into the bucket. Values left when the server stops are never issued (a bucket
+# holds 1,000,000; a restart forgoes at most RANGE - 1 per bucket used).
+RANGE = 8
+
+
+class CounterRanges:
+    """Counter values reserved ahead per bucket, handed out one at a time in this process.
+
+    Another server process, an import or a PIN re-establishment reserves its own values from
+    the same bucket row, so no value is ever handed out twice. Near a bucket's end a range
+    shrinks to what is left, so every number is still issued.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, size: int = RANGE):
+        self._pool = pool
+        self._size = size
+        self._ranges: dict[Bucket, tuple[int, int, bytes]] = {}  # next, end, key
+        self._locks: dict[Bucket, asyncio.Lock] = {}
+
+    async def take(self, bucket: Bucket) -> tuple[int, bytes] | None:
+        """Return (counter value, bucket key) for one PIN; None when the bucket is full."""
+        taken = self._take_reserved(bucket)
+        if taken is not None:
+            return taken
+        lock = self._locks.setdefault(bucket, asyncio.Lock())
+        async with lock:
+            taken = self._take_reserved(bucket)  # filled while we waited
+            if taken is not None:
+                return taken
+            async with self._pool.acquire() as conn:
+                reserved = await reserve(conn, bucket, self._size)
+                count = self._size
+                if reserved is None:  # not a whole range left: take the last numbers singly
+                    reserved = await reserve(conn, bucket, 1)
+                    count = 1
+            if reserved is None:
+                return None
+            first, key = reserved
+            if count > 1:
+                self._ranges[bucket] = (first + 1, first + count, key)
+            return first, key
+
+    def _take_reserved(self, bucket: Bucket) -> tuple[int, bytes] | None:
+        held = self._ranges.get(bucket)
+        if held is None:
+            return None
+        value, end, key = held  # value < end
+        if value + 1 == end:
+            del self._ranges[bucket]
+        else:
+            self._ranges[bucket] = (value + 1, end, key)
+        return value, key

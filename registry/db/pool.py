@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
+
+from registry.db.pins import CounterRanges
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,12 @@ class Database:
     """PIN bucket counter increments: asynchronous commit, see registry.db.pins."""
 
     dsn: str
+
+    ranges: CounterRanges = field(init=False)
+    """PIN counter values reserved ahead for births (from `counters`)."""
+
+    def __post_init__(self) -> None:
+        self.ranges = CounterRanges(self.counters)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 4, max_size: int = 16) -> Database:

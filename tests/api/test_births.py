@@ -19,6 +19,7 @@ import pytest
 
 from registry import clock
 from registry import pin as pins
+from registry.db.pins import RANGE
 from registry.v1 import citizen_pb2
 from tests.helpers import birth_request, call_error, date, death_request
 
@@ -481,7 +482,8 @@ def test_many_births_in_one_bucket_get_distinct_non_sequential_pins(civil, agenc
     assert consecutive < 5, f"{consecutive} consecutive issues differ by one"
     increasing = sum(1 for a, b in itertools.pairwise(randoms) if b > a)
     assert 0.3 * count < increasing < 0.7 * count, "issue order looks sorted"
-    assert bucket_row(db, province, g, yy)["issued"] == count
+    # The server reserves counter values ahead in ranges: at most one range is left over.
+    assert count <= bucket_row(db, province, g, yy)["issued"] < count + RANGE
     assert (
         int(
             db.fetchval(
@@ -670,6 +672,8 @@ def test_exhausted_bucket_is_resource_exhausted_at_once(civil, agency, db):
     }
     first = register(civil, agency, **fields)
     assert first.pin[:6] == "096153"
+    for _ in range(RANGE - 1):  # the rest of the range the server reserved ahead
+        register(civil, agency, **fields)
     db.execute(
         "UPDATE pin_buckets SET issued = 999999 WHERE province_code = $1 AND g = $2 AND yy = $3",
         province,
@@ -677,9 +681,14 @@ def test_exhausted_bucket_is_resource_exhausted_at_once(civil, agency, db):
         yy,
     )
     key = bytes(bucket_row(db, province, g, yy)["key"])
-    last = register(civil, agency, **fields)
+    # Fewer values left than a range: the last one is still issued.
+    last_request = birth_request(**fields)
+    last = civil.RegisterBirth(last_request, metadata=agency.metadata()).citizen
     assert last.pin == pins.allocate(pins.Bucket(province, g, yy), key, 999_999)
     assert bucket_row(db, province, g, yy)["issued"] == 1_000_000
+    # A retry of that birth, once the bucket is full, still gets its answer.
+    retried = civil.RegisterBirth(last_request, metadata=agency.metadata())
+    assert (retried.citizen.pin, retried.replayed) == (last.pin, True)
 
     request = birth_request(**fields)
     before = snapshot(db)
@@ -710,19 +719,23 @@ def test_number_already_held_by_an_imported_record_is_skipped(civil, agency, db)
     register(civil, agency, **fields)
     row = bucket_row(db, province, g, yy)
     key, issued = bytes(row["key"]), row["issued"]
+    assert issued == RANGE  # counter 0 issued, 1..RANGE-1 reserved ahead by the server
     bucket = pins.Bucket(province, g, yy)
-    held = pins.allocate(bucket, key, issued)
-    db.execute(
-        "INSERT INTO citizens (pin, full_name, birth_year, sex, registration_province_code, "
-        "created_by) VALUES ($1, 'Lý Thị Nhập', $2, 2, $3, 'import-test')",
-        held,
-        year,
-        province,
-    )
+    # Records imported with the numbers the server holds in reserve and the next one.
+    held = [pins.allocate(bucket, key, counter) for counter in range(1, RANGE + 1)]
+    for number in held:
+        db.execute(
+            "INSERT INTO citizens (pin, full_name, birth_year, sex, registration_province_code, "
+            "created_by) VALUES ($1, 'Lý Thị Nhập', $2, 2, $3, 'import-test')",
+            number,
+            year,
+            province,
+        )
     citizen = register(civil, agency, full_name="Lý Thị Mới", **fields)
-    assert citizen.pin != held
-    assert citizen.pin == pins.allocate(bucket, key, issued + 1)
+    assert citizen.pin not in held
+    assert citizen.pin == pins.allocate(bucket, key, RANGE + 1)
     assert pins.check_structure(citizen.pin, TABLE, sex=pins.Sex.FEMALE, birth_year=year) == []
-    assert bucket_row(db, province, g, yy)["issued"] == issued + 2
-    assert db.fetchval("SELECT full_name FROM citizens WHERE pin = $1", held) == "Lý Thị Nhập"
+    assert bucket_row(db, province, g, yy)["issued"] == 2 * RANGE
+    for number in held:
+        assert db.fetchval("SELECT full_name FROM citizens WHERE pin = $1", number) == "Lý Thị Nhập"
     assert db.fetchval("SELECT full_name FROM citizens WHERE pin = $1", citizen.pin) == "Lý Thị Mới"
