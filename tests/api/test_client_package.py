@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import time
 import uuid
 import venv
 from pathlib import Path
@@ -339,3 +340,54 @@ def test_retry_after_unavailable_resends_the_same_request_id(rc, server, client_
         _birth(rc, no_retry, name, request_id=f"once-{uuid.uuid4()}")
     assert caught.value.retry_delay == pytest.approx(0.01)
     assert len(once.request_ids) == 1
+
+
+class _TokenSpy(grpc.UnaryUnaryClientInterceptor):
+    """Records the bearer token each call carried."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        for key, value in client_call_details.metadata or ():
+            if key == "authorization":
+                self.tokens.append(value.removeprefix("Bearer "))
+        return continuation(client_call_details, request)
+
+
+def test_the_client_mints_a_new_token_before_the_old_one_expires(rc, server, client_agency):
+    import jwt  # the claims are read without verification: the server verified them
+
+    spy = _TokenSpy()
+    # 61 s tokens are replaced when under a minute is left: after about one second.
+    with rc.RegistryClient(
+        server.target,
+        client_agency.id,
+        client_agency.kid,
+        private_pem(client_agency.private_key),
+        token_lifetime=61,
+        interceptors=[spy],
+    ) as short_lived:
+        pin = _birth(rc, short_lived, "Đỗ Văn Hùng").pin
+        match = rc.VerifyResult.MATCH
+        assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
+        time.sleep(1.2)
+        assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
+    first, same, refreshed = spy.tokens
+    assert first == same != refreshed
+    claims = [jwt.decode(t, options={"verify_signature": False}) for t in (first, refreshed)]
+    assert all(c["exp"] - c["iat"] == 61 for c in claims)
+    assert claims[1]["iat"] > claims[0]["iat"]
+    assert jwt.get_unverified_header(refreshed)["kid"] == client_agency.kid
+
+
+@pytest.mark.parametrize("lifetime", [60, 901])
+def test_a_token_lifetime_the_registry_would_refuse_is_refused_at_once(rc, client_agency, lifetime):
+    with pytest.raises(ValueError, match="token lifetime"):
+        rc.RegistryClient(
+            "127.0.0.1:1",
+            client_agency.id,
+            client_agency.kid,
+            private_pem(client_agency.private_key),
+            token_lifetime=lifetime,
+        )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -217,3 +219,65 @@ def test_plaintext_is_refused_on_a_non_loopback_address_unless_allowed(pki):
         Settings(tls_cert=paths["server.pem"]).check()
     with pytest.raises(ConfigError, match="CLIENT_CA needs"):
         Settings(tls_client_ca=paths["ca.pem"]).check()
+
+
+def test_the_client_package_works_over_tls_and_mutual_tls(
+    tls_server, mtls_server, pki, agency, registry_client
+):
+    from tests.conftest import private_pem
+
+    rc = registry_client
+    ca: CA = pki["ca"]  # type: ignore[assignment]
+    pem = private_pem(agency.private_key)
+    station = ca.issue(agency.id, [], server=False)
+    cases = (
+        (tls_server, grpc.ssl_channel_credentials(root_certificates=ca.pem)),
+        (
+            mtls_server,
+            grpc.ssl_channel_credentials(
+                root_certificates=ca.pem,
+                private_key=station.key_pem,
+                certificate_chain=station.cert_pem,
+            ),
+        ),
+    )
+    for server, credentials in cases:
+        with rc.RegistryClient(server.target, agency.id, agency.kid, pem, tls=credentials) as c:
+            born = c.register_birth(
+                full_name="Trần Thị Mai",
+                sex=rc.Sex.FEMALE,
+                date_of_birth=dt.date(2026, 1, 5),
+                registration_province_code="001",
+                place_of_birth="Bệnh viện Bạch Mai",
+                hometown="Hà Nội",
+                ethnicity="Kinh",
+                registration_authority="UBND phường Kim Liên",
+                registration_number="tls-1",
+            )
+            answer = c.verify_identity(born.pin, full_name="trần  thị mai")
+            assert answer.result is rc.VerifyResult.MATCH
+
+        async def verify(server: Any = server, credentials: Any = credentials, pin: str = born.pin):
+            async with rc.AsyncRegistryClient(
+                server.target, agency.id, agency.kid, pem, tls=credentials
+            ) as c:
+                return await c.verify_identity(pin, sex=rc.Sex.FEMALE)
+
+        assert asyncio.run(verify()).result is rc.VerifyResult.MATCH
+
+    # Without the registry's CA the client cannot reach it: the error is UNAVAILABLE, retried
+    # and then raised, never answered in plaintext.
+    foreign: CA = pki["foreign"]  # type: ignore[assignment]
+    with (
+        rc.RegistryClient(
+            tls_server.target,
+            agency.id,
+            agency.kid,
+            pem,
+            tls=grpc.ssl_channel_credentials(root_certificates=foreign.pem),
+            max_attempts=1,
+            timeout=5,
+        ) as c,
+        pytest.raises(rc.Unavailable),
+    ):
+        c.verify_identity("001099000001", sex=rc.Sex.MALE)

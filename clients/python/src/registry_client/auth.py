@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 #: Token lifetime in seconds (the registry accepts at most 900).
 LIFETIME = 300
+#: The longest token lifetime the registry accepts (its default --token-max-lifetime).
+MAX_LIFETIME = 900
 #: A cached token is replaced when it has less than this many seconds left.
 REFRESH_MARGIN = 60
 
@@ -41,6 +43,11 @@ class TokenSource:
         audience: str = "citizen-registry",
         lifetime: int = LIFETIME,
     ):
+        if not REFRESH_MARGIN < lifetime <= MAX_LIFETIME:
+            raise ValueError(
+                f"token lifetime must be {REFRESH_MARGIN + 1} to {MAX_LIFETIME} seconds, "
+                f"not {lifetime}"
+            )
         pem = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
         self._key = load_pem_private_key(pem, password=None)
         self.algorithm = algorithm_for(self._key)

@@ -20,7 +20,7 @@ from ._pb import (
     identity_service_pb2,
     population_service_pb2,
 )
-from .auth import TokenSource
+from .auth import LIFETIME, TokenSource
 from .errors import RegistryError, error_from_rpc_error
 from .types import (
     Card,
@@ -364,6 +364,7 @@ class _Base:
         max_backoff: float = 5.0,
         max_retry_delay: float = 30.0,
         timeout: float | None = 10.0,
+        token_lifetime: int = LIFETIME,
     ):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -375,7 +376,7 @@ class _Base:
         self.max_retry_delay = max_retry_delay
         self.timeout = timeout
         self._tls = tls
-        self._tokens = TokenSource(agency_id, kid, private_key_pem, audience)
+        self._tokens = TokenSource(agency_id, kid, private_key_pem, audience, token_lifetime)
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         md: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {self._tokens.token()}")]
@@ -421,6 +422,8 @@ class RegistryClient(_Base):
             with RetryInfo) and ABORTED/CONCURRENT_UPDATE with exponential backoff, never
             sooner than the server's RetryInfo; a mutation resends the same request_id.
         timeout: deadline of each attempt of a unary call, in seconds.
+        token_lifetime: seconds each minted token is valid (61 to 900, default 300); a new
+            one is minted when the current one has less than a minute left.
         interceptors: extra gRPC client interceptors (logging, tracing, tests).
 
     Use it as a context manager, or call close().
@@ -441,6 +444,7 @@ class RegistryClient(_Base):
         max_backoff: float = 5.0,
         max_retry_delay: float = 30.0,
         timeout: float | None = 10.0,
+        token_lifetime: int = LIFETIME,
         interceptors: Sequence[Any] = (),
     ):
         super().__init__(
@@ -456,6 +460,7 @@ class RegistryClient(_Base):
             max_backoff=max_backoff,
             max_retry_delay=max_retry_delay,
             timeout=timeout,
+            token_lifetime=token_lifetime,
         )
         raw = grpc.secure_channel(target, tls) if tls else grpc.insecure_channel(target)
         self._raw_channel = raw
@@ -732,6 +737,7 @@ class AsyncRegistryClient(_Base):
         max_backoff: float = 5.0,
         max_retry_delay: float = 30.0,
         timeout: float | None = 10.0,
+        token_lifetime: int = LIFETIME,
         interceptors: Sequence[Any] = (),
     ):
         super().__init__(
@@ -747,6 +753,7 @@ class AsyncRegistryClient(_Base):
             max_backoff=max_backoff,
             max_retry_delay=max_retry_delay,
             timeout=timeout,
+            token_lifetime=token_lifetime,
         )
         extra = list(interceptors) or None
         self._channel = (
