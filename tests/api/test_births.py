@@ -739,3 +739,43 @@ def test_number_already_held_by_an_imported_record_is_skipped(civil, agency, db)
     for number in held:
         assert db.fetchval("SELECT full_name FROM citizens WHERE pin = $1", number) == "Lý Thị Nhập"
     assert db.fetchval("SELECT full_name FROM citizens WHERE pin = $1", citizen.pin) == "Lý Thị Mới"
+
+
+def test_two_servers_births_into_one_bucket_never_share_a_number(server, dsn, db, agency):
+    # Each server reserves counter values ahead in ranges from the same bucket row: the ranges
+    # must never overlap, whatever the interleaving.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
+    from tests.conftest import ServerThread, server_settings, wait_serving
+
+    province, year = "094", 1947
+    g, yy = expected_g(MALE, year), year % 100
+    assert bucket_row(db, province, g, yy) is None, "bucket used by another test"
+    other = ServerThread(server_settings(), dsn).start()
+    try:
+        wait_serving(other.target)
+        channels = [grpc.insecure_channel(t) for t in (server.target, other.target)]
+        stubs = [civil_grpc.CivilRegistrationServiceStub(c) for c in channels]
+
+        def born(i: int) -> str:
+            request = birth_request(
+                sex=MALE,
+                date_of_birth=date(year, 3, 1 + i % 28),
+                registration_province_code=province,
+                registration_number=f"two-servers-{i}",
+            )
+            return stubs[i % 2].RegisterBirth(request, metadata=agency.metadata()).citizen.pin
+
+        with ThreadPoolExecutor(16) as pool:
+            issued = list(pool.map(born, range(120)))
+        for c in channels:
+            c.close()
+    finally:
+        other.stop()
+    assert len(set(issued)) == 120
+    row = bucket_row(db, province, g, yy)
+    bucket, key = pins.Bucket(province, g, yy), bytes(row["key"])
+    counters = {pins.allocate(bucket, key, c): c for c in range(row["issued"])}
+    assert set(issued) <= counters.keys()  # each PIN is a counter value reserved in the row
+    assert row["issued"] < 120 + 2 * RANGE  # at most one unused range per server
