@@ -98,14 +98,12 @@ async def register_birth(
     birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
     async with db.pool.acquire() as conn:
-        # A retry is answered from its stored result even when the request would now fail
-        # (a province code closed, a parent's PIN cancelled since): look the key up first
-        # when that could happen. Otherwise the insert itself finds a taken key (below), which
-        # spares every first attempt a round trip.
-        if checked.deferred or birth.father_pin or birth.mother_pin:
-            stored = await idempotency.lookup(conn, caller.agency_id, request_id)
-            if stored is not None:
-                return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+        # The key is looked up before anything is reserved: a retry is answered from its
+        # stored result even when the request would now fail (a province code closed, a
+        # parent's PIN cancelled since), and a reused key is refused without drawing a number.
+        stored = await idempotency.lookup(conn, caller.agency_id, request_id)
+        if stored is not None:
+            return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
         checked.check()
         if birth.registered_on is None:
             birth = replace(birth, registered_on=clock.today())
@@ -116,9 +114,6 @@ async def register_birth(
         for _ in range(_MAX_TAKEN_NUMBERS):
             reserved = await db.ranges.take(bucket)
             if reserved is None:
-                stored = await idempotency.lookup(conn, caller.agency_id, request_id)
-                if stored is not None:  # a retry of a birth the bucket's last numbers served
-                    return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
                 raise _bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
@@ -134,7 +129,7 @@ async def register_birth(
                 )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == "idempotency_keys_pkey":
-                    # The key was used before, or by a concurrent call: answer as a replay.
+                    # The same key was carried out by a concurrent call: answer as a replay.
                     stored = await idempotency.lookup(conn, caller.agency_id, request_id)
                     assert stored is not None
                     return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
