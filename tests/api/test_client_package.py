@@ -359,24 +359,27 @@ def test_the_client_mints_a_new_token_before_the_old_one_expires(rc, server, cli
     import jwt  # the claims are read without verification: the server verified them
 
     spy = _TokenSpy()
-    # 61 s tokens are replaced when under a minute is left: after about one second.
+    # 63 s tokens are replaced when under a minute is left: 3 s after their (whole-second)
+    # iat, so at least 2 s after they were minted.
     with rc.RegistryClient(
         server.target,
         client_agency.id,
         client_agency.kid,
         private_pem(client_agency.private_key),
-        token_lifetime=61,
+        token_lifetime=63,
         interceptors=[spy],
     ) as short_lived:
+        minted = time.time()
         pin = _birth(rc, short_lived, "Đỗ Văn Hùng").pin
         match = rc.VerifyResult.MATCH
         assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
-        time.sleep(1.2)
+        assert time.time() - minted < 2, "too slow to see the token reused"
+        time.sleep(max(0.0, minted + 3.2 - time.time()))
         assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
     first, same, refreshed = spy.tokens
     assert first == same != refreshed
     claims = [jwt.decode(t, options={"verify_signature": False}) for t in (first, refreshed)]
-    assert all(c["exp"] - c["iat"] == 61 for c in claims)
+    assert all(c["exp"] - c["iat"] == 63 for c in claims)
     assert claims[1]["iat"] > claims[0]["iat"]
     assert jwt.get_unverified_header(refreshed)["kid"] == client_agency.kid
 
