@@ -128,14 +128,14 @@ def test_changes_made_through_the_server_arrive_in_milliseconds_not_by_the_safet
     watch, civil, agency
 ):
     # The once-a-second safety net alone would leave each of these waiting 0.5 s on average:
-    # five in a row within 0.25 s each happens by chance about once in a thousand runs.
+    # five in a row within 0.35 s each happens by chance about once in 200 runs.
     w = watch()
     time.sleep(0.3)
     for _ in range(5):
         started = time.monotonic()
         citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
         w.wait_for({citizen.pin}, 1, timeout=1.0)
-        assert time.monotonic() - started < 0.25
+        assert time.monotonic() - started < 0.35
 
 
 def test_a_change_made_outside_the_server_arrives_within_the_safety_net(watch, civil, agency, db):
