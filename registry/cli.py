@@ -223,10 +223,14 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
             started = time.monotonic()
             batch: list[imports.ImportRecord] = []
             last: tuple[int, bytes] | None = None
+            # One batch is written while the next is read and validated: the database's work
+            # and ours overlap. Batches are written one at a time, in file order (parents
+            # before their children).
+            writing: asyncio.Task[None] | None = None
 
-            async def flush() -> None:
+            async def flush(records: list[imports.ImportRecord]) -> None:
                 nonlocal last
-                done = await imports_db.import_batch(db, args.agency, batch)
+                done = await imports_db.import_batch(db, args.agency, records)
                 summary.add_batch(
                     len(done.created), done.assigned, done.duplicates, done.mismatched,
                     done.rejects,
@@ -237,7 +241,6 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
                         "OK", audit.clean_text(f"import of {path.name}"), "",
                     )  # fmt: skip
                     last = await audit_db.append(audit_conn, [entry], last)
-                batch.clear()
                 rate = summary.received / max(time.monotonic() - started, 1e-6)
                 share = summary.received / total if total > 0 else 1.0
                 print(
@@ -247,23 +250,38 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
                     flush=True,
                 )
 
-            # The command runs nothing else concurrently: reading the file blocking is fine.
-            with path.open(encoding="utf-8", newline="") as source:  # noqa: ASYNC230
-                for row in csv.DictReader(source):
-                    summary.received += 1
-                    source_id, values = csv_values(row)
-                    record = (
-                        values
-                        if isinstance(values, str)
-                        else imports.validate_record(source_id, values, table, today)
-                    )
-                    if isinstance(record, str):
-                        summary.reject(source_id, record)
-                    else:
+            try:
+                # Reading the file blocking is fine: the writer task gets the loop at every
+                # `sleep(0)` below, which is all it needs to exchange its statements.
+                with path.open(encoding="utf-8", newline="") as source:  # noqa: ASYNC230
+                    for row in csv.DictReader(source):
+                        summary.received += 1
+                        source_id, values = csv_values(row)
+                        record = (
+                            values
+                            if isinstance(values, str)
+                            else imports.validate_record(source_id, values, table, today)
+                        )
+                        if isinstance(record, str):
+                            summary.reject(source_id, record)
+                            continue
                         batch.append(record)
-                        if len(batch) >= 2000:
-                            await flush()
-            await flush()
+                        if len(batch) % 50 == 0:
+                            await asyncio.sleep(0)
+                        if len(batch) >= imports.BATCH:
+                            if writing is not None:
+                                await writing
+                            writing = asyncio.create_task(flush(batch))
+                            batch = []
+                if writing is not None:
+                    await writing
+                    writing = None
+                await flush(batch)
+            finally:
+                if writing is not None and not writing.done():
+                    writing.cancel()
+                    with contextlib.suppress(BaseException):
+                        await writing
             print(file=sys.stderr)
         finally:
             await audit_conn.close()

@@ -39,6 +39,8 @@ from registry.registration import Violations, trim
 log = logging.getLogger(__name__)
 
 MAX_REJECTS_LISTED = 1000
+# Records written per transaction, by ImportCitizens and by `registry import`.
+BATCH = 2000
 _SOURCE_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 

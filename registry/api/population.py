@@ -30,8 +30,6 @@ _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.valu
 # find full_name there (a fuzzer found it); caller-supplied paths are looked up here only.
 _CITIZEN_FIELDS = dict(citizen_pb2.Citizen.DESCRIPTOR.fields_by_name)
 _KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
-# Records written per transaction by ImportCitizens.
-IMPORT_BATCH = 2000
 
 
 async def _put(
@@ -142,7 +140,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                     summary.reject(imports.reported_source_id(request.source_id), record)
                     continue
                 batch.append(record)
-                if len(batch) >= IMPORT_BATCH:
+                if len(batch) >= imports.BATCH:
                     await _put(batches, batch, writer)
                     batch = []
             if batch:
