@@ -535,3 +535,92 @@ def test_registered_on_not_given_stays_unset_so_a_retry_tomorrow_is_the_same_req
     tomorrow = validate_birth(raw_birth(registered_on=(0, 0, 0)), TABLE, TODAY + timedelta(days=1))
     assert today.registered_on is None
     assert request_hash("RegisterBirth", today) == request_hash("RegisterBirth", tomorrow)
+
+
+# Fingerprints are stored with every idempotency key: a retry after an upgrade must still be
+# recognised as the same request. These were made by the first implementation
+# (json.dumps(dataclasses.asdict(request), sort_keys=True, default=str, ensure_ascii=False)).
+def _known_requests() -> dict[str, tuple[str, object, str]]:
+    from registry.cards import CardIssue, CardKind, LegacyLink
+    from registry.model import DeathRegistration
+    from registry.updates import Update
+
+    pin = "001090000123"
+    return {
+        "birth": (
+            "RegisterBirth",
+            BirthRegistration(
+                "Nguyễn Văn An", Sex.MALE, PartialDate(2026, 11, 1), "Bệnh viện Phụ sản Hà Nội",
+                "001", "Nam Định", "Kinh", "VN", None, pin, "UBND phường Láng Hạ", "0421/2026",
+                date(2026, 11, 20),
+            ),
+            "5b6d5b0414068430377c6c7f709351f68c0638240fa7f39eda549138f495df51",
+        ),
+        "birth, year only": (
+            "RegisterBirth",
+            BirthRegistration(
+                "Lê Thị Ánh", Sex.FEMALE, PartialDate(1950), "", "079", "", "", "VN", None, None,
+                "", "", None,
+            ),
+            "51b73516a7467583785f02a0aca25909855b02df186482f9523fb45a3aa4a6cf",
+        ),
+        "death": (
+            "RegisterDeath",
+            DeathRegistration(pin, PartialDate(2026, 1), "UBND xã", "12/2026"),
+            "f12067ae9b661f50bafed985e043c41ec33f8e9e8629df255f60209ede51be69",
+        ),
+        "card": (
+            "IssueCard",
+            CardIssue(pin, CardKind.EXCHANGE, "AB1234567", date(2026, 5, 4), "Cục Cảnh sát"),
+            "77a87bee9fd92c6e6725e722ba6332f7ba157722b7743b3f783c6c39274b956f",
+        ),
+        "legacy id": (
+            "LinkLegacyId",
+            LegacyLink(pin, "123456789"),
+            "1f0b23959c8ebbe5a952af2f2f6824eee701746fe46bc0cf21f3b3a8c2ac330f",
+        ),
+        "update": (
+            "UpdateCitizen",
+            Update(
+                pin,
+                3,
+                (
+                    ("full_name", "Trần Văn B"),
+                    ("date_of_birth", PartialDate(1990, 2)),
+                    ("other_names", ["Bé", "Tí"]),
+                    ("father_pin", None),
+                    ("sex", Sex.FEMALE),
+                ),
+            ),
+            "6c05c5934e2285fbe29b268d291aba99d9e66d4c01a58aec08c192c21cd36f84",
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_known_requests()))
+def test_request_hash_keeps_the_stored_fingerprints(name: str) -> None:
+    method, request, expected = _known_requests()[name]
+    assert request_hash(method, request).hex() == expected
+
+
+def test_request_hash_matches_the_asdict_encoding_on_random_requests() -> None:
+    import hashlib
+    import json
+    import random
+    from dataclasses import asdict
+
+    rng = random.Random(7)
+    dob = PartialDate(2026, 5, 9)
+    for _ in range(300):
+        birth = BirthRegistration(
+            "".join(rng.choice("aăâbcdđeêghiklmnoôơpqrstuưvxy ") for _ in range(12)),
+            rng.choice(list(Sex)),
+            rng.choice([PartialDate(rng.randint(1900, 2026)), PartialDate(2001, 5), dob]),
+            rng.choice(["", "Trạm y tế"]), "001", "", "Kinh", "VN",
+            rng.choice([None, OTHER_PIN]), None, "UBND", str(rng.random()),
+            rng.choice([None, date(2026, 1, 2)]),
+        )  # fmt: skip
+        for request in (birth, Checked(birth)):
+            body = json.dumps(asdict(request), sort_keys=True, default=str, ensure_ascii=False)
+            old = hashlib.sha256(f"RegisterBirth\n{body}".encode()).digest()
+            assert request_hash("RegisterBirth", request) == old
