@@ -221,14 +221,9 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
             table = await prefixes_db.load(db.pool)
             today = clock.today()
             started = time.monotonic()
-            batch: list[imports.ImportRecord] = []
             last: tuple[int, bytes] | None = None
-            # One batch is written while the next is read and validated: the database's work
-            # and ours overlap. Batches are written one at a time, in file order (parents
-            # before their children).
-            writing: asyncio.Task[None] | None = None
 
-            async def flush(records: list[imports.ImportRecord]) -> None:
+            async def write(records: list[imports.ImportRecord]) -> None:
                 nonlocal last
                 done = await imports_db.import_batch(db, args.agency, records)
                 summary.add_batch(
@@ -250,9 +245,9 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
                     flush=True,
                 )
 
+            pipeline = imports.BatchPipeline(write)
             try:
-                # Reading the file blocking is fine: the writer task gets the loop at every
-                # `sleep(0)` below, which is all it needs to exchange its statements.
+                # Reading the file blocking is fine: the pipeline gives the writer the loop.
                 with path.open(encoding="utf-8", newline="") as source:  # noqa: ASYNC230
                     for row in csv.DictReader(source):
                         summary.received += 1
@@ -264,24 +259,11 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
                         )
                         if isinstance(record, str):
                             summary.reject(source_id, record)
-                            continue
-                        batch.append(record)
-                        if len(batch) % 50 == 0:
-                            await asyncio.sleep(0)
-                        if len(batch) >= imports.BATCH:
-                            if writing is not None:
-                                await writing
-                            writing = asyncio.create_task(flush(batch))
-                            batch = []
-                if writing is not None:
-                    await writing
-                    writing = None
-                await flush(batch)
+                        else:
+                            await pipeline.add(record)
+                await pipeline.finish()
             finally:
-                if writing is not None and not writing.done():
-                    writing.cancel()
-                    with contextlib.suppress(BaseException):
-                        await writing
+                await pipeline.close()
             print(file=sys.stderr)
         finally:
             await audit_conn.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,20 +28,6 @@ _KNOWN_TYPES = frozenset(v.number for v in change_pb2.ChangeType.DESCRIPTOR.valu
 # find full_name there (a fuzzer found it); caller-supplied paths are looked up here only.
 _CITIZEN_FIELDS = dict(citizen_pb2.Citizen.DESCRIPTOR.fields_by_name)
 _KNOWN_FIELDS = frozenset(_CITIZEN_FIELDS)
-
-
-async def _put(
-    queue: asyncio.Queue[list[imports.ImportRecord] | None],
-    batch: list[imports.ImportRecord] | None,
-    writer: asyncio.Task[None],
-) -> None:
-    """Hand a batch to the writer, or raise the writer's error if it has stopped."""
-    put = asyncio.ensure_future(queue.put(batch))
-    await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-    if not put.done():
-        put.cancel()
-    if writer.done() and writer.exception() is not None:
-        raise writer.exception()  # type: ignore[misc]
 
 
 def _raw_values(citizen: citizen_pb2.Citizen, paths: list[str]) -> dict[str, Any]:
@@ -110,22 +94,17 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
     ) -> pb.ImportCitizensResponse:
         call = current_call()
         summary = imports.Summary()
-        batches: asyncio.Queue[list[imports.ImportRecord] | None] = asyncio.Queue(2)
 
-        async def write() -> None:
-            # Writes batches while the next ones are read and validated.
-            while (batch := await batches.get()) is not None:
-                done = await imports_db.import_batch(self._db, call.caller.agency_id, batch)
-                summary.add_batch(
-                    len(done.created), done.assigned, done.duplicates, done.mismatched,
-                    done.rejects,
-                )  # fmt: skip
-                if done.created:
-                    await self._audit.record([call.entry("OK", tuple(done.created), request_id="")])
+        async def write(batch: list[imports.ImportRecord]) -> None:
+            done = await imports_db.import_batch(self._db, call.caller.agency_id, batch)
+            summary.add_batch(
+                len(done.created), done.assigned, done.duplicates, done.mismatched, done.rejects
+            )
+            if done.created:
+                await self._audit.record([call.entry("OK", tuple(done.created), request_id="")])
 
-        writer = asyncio.create_task(write())
+        pipeline = imports.BatchPipeline(write)
         try:
-            batch: list[imports.ImportRecord] = []
             today = clock.today()
             table = self._prefixes.table
             async for request in request_iterator:
@@ -139,19 +118,10 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 if isinstance(record, str):
                     summary.reject(imports.reported_source_id(request.source_id), record)
                     continue
-                batch.append(record)
-                if len(batch) >= imports.BATCH:
-                    await _put(batches, batch, writer)
-                    batch = []
-            if batch:
-                await _put(batches, batch, writer)
-            await _put(batches, None, writer)
-            await writer
+                await pipeline.add(record)
+            await pipeline.finish()
         finally:
-            if not writer.done():
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+            await pipeline.close()
         return pb.ImportCitizensResponse(
             received=summary.received,
             created=summary.created,
