@@ -8,7 +8,6 @@ import asyncpg
 
 from registry import pin as pins
 from registry.db import citizens, idempotency
-from registry.db import pins as buckets
 from registry.db.pool import Database
 from registry.errors import (
     Code,
@@ -125,8 +124,7 @@ async def _reestablish(
         changed.registration_province_code, changed.sex, changed.date_of_birth.year
     )
     for _ in range(_MAX_TAKEN_NUMBERS):
-        async with db.counters.acquire() as counter_conn:
-            reserved = await buckets.reserve(counter_conn, bucket)
+        reserved = await db.ranges.take(bucket)
         if reserved is None:
             raise RegistryError(
                 Code.RESOURCE_EXHAUSTED,

@@ -84,16 +84,16 @@ async def reserve_many(
     return out
 
 
-# Counter values a server reserves ahead per bucket for births: one reservation serves this
-# many births into the bucket. Values left when the server stops are never issued (a bucket
-# holds 1,000,000; a restart forgoes at most RANGE - 1 per bucket used).
+# Counter values a server reserves ahead per bucket for births and PIN re-establishments: one
+# reservation serves this many PINs of the bucket. Values left when the server stops are never
+# issued (a bucket holds 1,000,000; a restart forgoes at most RANGE - 1 per bucket used).
 RANGE = 8
 
 
 class CounterRanges:
     """Counter values reserved ahead per bucket, handed out one at a time in this process.
 
-    Another server process, an import or a PIN re-establishment reserves its own values from
+    Another server process or an import reserves its own values from
     the same bucket row, so no value is ever handed out twice. Near a bucket's end a range
     shrinks to what is left, so every number is still issued.
     """
