@@ -825,40 +825,21 @@ def explicit_examples(w: World) -> dict[str, list[Message]]:
     }
 
 
-def test_batch_verify_answers_random_streams_by_the_contract(
-    channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
+# Client-streaming and bidirectional RPCs: (examples per run, most messages in one stream).
+STREAMS = {"IdentityService/BatchVerify": (50, 6), "PopulationService/ImportCitizens": (25, 5)}
+
+
+@pytest.mark.parametrize("rpc", list(STREAMS))
+def test_streaming_rpc_answers_random_streams_by_the_contract(
+    rpc: str, channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
 ) -> None:
-    rpc = "IdentityService/BatchVerify"
+    examples, longest = STREAMS[rpc]
     checker = Checker(tables, server_log)
     item = fs.requests(RPCS[rpc].request, seeds(world)[rpc], world.hints)
 
-    @fuzz(50)
+    @fuzz(examples)
     @given(
-        items=st.lists(item, max_size=6),
-        md=world.call_metadata(),
-    )
-    def run(items: list[Message], md: fs.Metadata) -> None:
-        checker.start()
-        outcome = invoke(channel, rpc, [m.SerializeToString() for m in items], md.pairs)
-        what = {"requests": items, "metadata": md.pairs}
-        if outcome.code == C.OK:
-            check_ok_response(rpc, outcome, items, f"\nRPC {rpc}\ninput: {short(what)}")
-        checker.check(rpc, outcome, auth=md.auth, what=what)
-
-    run()
-    assert_still_serving(channel, world.agency)
-
-
-def test_import_citizens_answers_random_streams_by_the_contract(
-    channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
-) -> None:
-    rpc = "PopulationService/ImportCitizens"
-    checker = Checker(tables, server_log)
-    item = fs.requests(RPCS[rpc].request, seeds(world)[rpc], world.hints)
-
-    @fuzz(25)
-    @given(
-        items=st.lists(item, max_size=5),
+        items=st.lists(item, max_size=longest),
         md=world.call_metadata(),
     )
     def run(items: list[Message], md: fs.Metadata) -> None:
