@@ -365,6 +365,7 @@ class _Base:
         max_retry_delay: float = 30.0,
         timeout: float | None = 10.0,
         token_lifetime: int = LIFETIME,
+        interceptors: Sequence[Any] = (),
     ):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -375,8 +376,13 @@ class _Base:
         self.max_backoff = max_backoff
         self.max_retry_delay = max_retry_delay
         self.timeout = timeout
-        self._tls = tls
         self._tokens = TokenSource(agency_id, kid, private_key_pem, audience, token_lifetime)
+        self._open_channel(target, tls, interceptors)
+
+    def _open_channel(
+        self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
+    ) -> None:
+        raise NotImplementedError
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         md: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {self._tokens.token()}")]
@@ -429,39 +435,9 @@ class RegistryClient(_Base):
     Use it as a context manager, or call close().
     """
 
-    def __init__(
-        self,
-        target: str,
-        agency_id: str,
-        kid: str,
-        private_key_pem: str | bytes,
-        *,
-        tls: grpc.ChannelCredentials | None = None,
-        audience: str = "citizen-registry",
-        purpose: str | None = None,
-        max_attempts: int = 4,
-        initial_backoff: float = 0.2,
-        max_backoff: float = 5.0,
-        max_retry_delay: float = 30.0,
-        timeout: float | None = 10.0,
-        token_lifetime: int = LIFETIME,
-        interceptors: Sequence[Any] = (),
-    ):
-        super().__init__(
-            target,
-            agency_id,
-            kid,
-            private_key_pem,
-            tls=tls,
-            audience=audience,
-            purpose=purpose,
-            max_attempts=max_attempts,
-            initial_backoff=initial_backoff,
-            max_backoff=max_backoff,
-            max_retry_delay=max_retry_delay,
-            timeout=timeout,
-            token_lifetime=token_lifetime,
-        )
+    def _open_channel(
+        self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
+    ) -> None:
         raw = grpc.secure_channel(target, tls) if tls else grpc.insecure_channel(target)
         self._raw_channel = raw
         self._channel = grpc.intercept_channel(raw, *interceptors) if interceptors else raw
@@ -722,39 +698,9 @@ class AsyncRegistryClient(_Base):
     """The asyncio (grpc.aio) client; the same arguments and methods as RegistryClient,
     as coroutines and async iterators. Use ``async with`` or ``await close()``."""
 
-    def __init__(
-        self,
-        target: str,
-        agency_id: str,
-        kid: str,
-        private_key_pem: str | bytes,
-        *,
-        tls: grpc.ChannelCredentials | None = None,
-        audience: str = "citizen-registry",
-        purpose: str | None = None,
-        max_attempts: int = 4,
-        initial_backoff: float = 0.2,
-        max_backoff: float = 5.0,
-        max_retry_delay: float = 30.0,
-        timeout: float | None = 10.0,
-        token_lifetime: int = LIFETIME,
-        interceptors: Sequence[Any] = (),
-    ):
-        super().__init__(
-            target,
-            agency_id,
-            kid,
-            private_key_pem,
-            tls=tls,
-            audience=audience,
-            purpose=purpose,
-            max_attempts=max_attempts,
-            initial_backoff=initial_backoff,
-            max_backoff=max_backoff,
-            max_retry_delay=max_retry_delay,
-            timeout=timeout,
-            token_lifetime=token_lifetime,
-        )
+    def _open_channel(
+        self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
+    ) -> None:
         extra = list(interceptors) or None
         self._channel = (
             grpc.aio.secure_channel(target, tls, interceptors=extra)
