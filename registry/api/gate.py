@@ -308,7 +308,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # stolen token is useless without that agency's certificate and key.
         self._bind_certificates = bind_client_certificates
         self._limits = RateLimiter()
-        self._on_change = on_change
+        self._on_change = on_change or (lambda: None)
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -418,7 +418,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _unary(
         self, behavior: Callable[..., Any], method: str, scope: str | None, streamed_in: bool
     ) -> Callable[..., Any]:
-        changes = method in CHANGING_METHODS and self._on_change is not None
+        changes = method in CHANGING_METHODS
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -436,7 +436,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 if changes:
                     # Whatever the outcome: a call cancelled after its commit changed things.
-                    self._on_change()  # type: ignore[misc]
+                    self._on_change()
                 self._log(outcome, method, started)
 
         return call
