@@ -34,6 +34,8 @@ _STATE_FILE = "db.json"
 _PG_DIR = "pg"
 # Unprivileged accounts able to own the cluster when we are root, in order of preference.
 _RUN_USERS = ("postgres", "nobody")
+# util-linux's setpriv switches to that account inside the exec'd program (see _as_run_user).
+_SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 _SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",
@@ -197,22 +199,39 @@ class EmbeddedCluster:
             mode = self.data_dir.stat().st_mode
             self.data_dir.chmod(mode | 0o111)
 
+    def _as_run_user(self, argv: list[str]) -> list[str]:
+        """Return argv that runs as the cluster's account when we are root.
+
+        The account switch is done by setpriv(1) in the exec'd program, never by subprocess's
+        user=/group=/extra_groups=: those make CPython fork() and run Python-level code in the
+        child, which crashes (SIGSEGV, SIGBUS) at random when the parent has gRPC or asyncpg
+        threads — the server and the test process both do (issue 11). Without them, subprocess
+        uses vfork and the child only execs.
+        """
+        if self._user is None:
+            return argv
+        return [
+            _SETPRIV,
+            f"--reuid={self._user.pw_uid}",
+            f"--regid={self._user.pw_gid}",
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+
     def _pg(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bin_dir / argv[0]), *argv[1:]]
-        kwargs: dict[str, object] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C.UTF-8"
         if self._user is not None:
-            kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
             env["HOME"] = self._user.pw_dir
-        result: subprocess.CompletedProcess[str] = subprocess.run(
-            argv,
+        result = subprocess.run(
+            self._as_run_user(argv),
             capture_output=True,
             text=True,
             env=env,
             cwd="/",
             check=False,
-            **kwargs,  # type: ignore[call-overload]
         )
         if check and result.returncode != 0:
             raise EmbeddedError(
@@ -234,11 +253,7 @@ class EmbeddedCluster:
         if self._user is not None:
             probe = self._pg(["pg_ctl", "--version"], check=False)
             access = subprocess.run(
-                ["test", "-w", str(self.pgdata)],
-                user=self._user.pw_uid,
-                group=self._user.pw_gid,
-                extra_groups=[],
-                check=False,
+                self._as_run_user(["test", "-w", str(self.pgdata)]), cwd="/", check=False
             )
             if probe.returncode != 0 or access.returncode != 0:
                 raise EmbeddedError(
