@@ -26,6 +26,7 @@ from registry.cli import database_url
 from registry.config import Settings
 from registry.db import agencies
 from registry.db.migrate import migrate
+from registry.embedded import EmbeddedCluster
 from registry.tokens import SCOPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +39,22 @@ def bench_database() -> Iterator[str]:
     The embedded one is kept between runs under REGISTRY_BENCH_DIR (default under /var/tmp,
     which the unprivileged PostgreSQL account can reach when we run as root).
     """
-    data_dir = Path(os.environ.get("REGISTRY_BENCH_DIR", "/var/tmp/citizen-registry-bench"))
-    settings = replace(Settings.from_env(), data_dir=data_dir)
-    with database_url(settings) as dsn:
+    with database_url(_bench_settings()) as dsn:
         yield dsn
+
+
+def _bench_settings() -> Settings:
+    data_dir = Path(os.environ.get("REGISTRY_BENCH_DIR", "/var/tmp/citizen-registry-bench"))
+    return replace(Settings.from_env(), data_dir=data_dir)
+
+
+def runtime_dsn(owner_dsn: str) -> str:
+    """The DSN the server serves with for the bench database whose owner DSN is owner_dsn:
+    REGISTRY_DATABASE_URL when configured, else the embedded cluster's runtime role."""
+    settings = _bench_settings()
+    if settings.database_url is not None:
+        return settings.database_url
+    return EmbeddedCluster(settings.data_dir, settings.pg_bin_dir).runtime_dsn
 
 
 async def prepare(dsn: str) -> tuple[str, str, ec.EllipticCurvePrivateKey]:
@@ -100,11 +113,12 @@ class ServerProcess:
 
 @contextmanager
 def server_process(dsn: str, **env_overrides: str) -> Iterator[ServerProcess]:
-    """Run `python server.py` against dsn until the block ends."""
+    """Run `python server.py` on the bench database (owner DSN dsn) until the block ends."""
     port = free_port()
     env = {
         **os.environ,
-        "REGISTRY_DATABASE_URL": dsn,
+        "REGISTRY_DATABASE_URL": runtime_dsn(dsn),
+        "REGISTRY_OWNER_DATABASE_URL": dsn,
         "REGISTRY_LISTEN": f"127.0.0.1:{port}",
         "GRPC_VERBOSITY": "ERROR",
         **env_overrides,

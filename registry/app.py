@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from registry import pin_secret
 from registry.api.access_log import AccessLog
 from registry.api.audit_service import AuditServicer
 from registry.api.audit_writer import AuditWriter
@@ -175,6 +176,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     # UNIMPLEMENTED (after authentication, like every call).
     card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
     keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
+    await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(db, keys, audit, MissBudget()), server
     )

@@ -18,16 +18,19 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from registry import audit, clock, imports, logs
+from registry import audit, clock, imports, logs, pin_secret
 from registry.attestation import SigningKeys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
 from registry.db import audit as audit_db
 from registry.db.migrate import MigrationError, migrate
+from registry.db.pins import SecretMismatch
 from registry.db.pool import Database
+from registry.db.roles import RoleError, check_runtime_role
 from registry.embedded import EmbeddedCluster, EmbeddedError
 from registry.errors import RegistryError
 from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN
+from registry.pin_secret import PinSecretError
 from registry.tokens import SCOPES, KeyError_, load_public_key
 from registry.v1 import citizen_pb2
 
@@ -48,14 +51,35 @@ class CliError(Exception):
 
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
-    """Yield the DSN to use, starting the embedded cluster (and stopping it after) if needed."""
-    if settings.database_url is not None:
-        yield settings.database_url
+    """Yield the operator's DSN (the owner role): migrations and operator commands.
+
+    REGISTRY_OWNER_DATABASE_URL, else REGISTRY_DATABASE_URL, else the embedded cluster's owner
+    role (starting the cluster for the command if it is not running).
+    """
+    configured = settings.owner_database_url or settings.database_url
+    if configured is not None:
+        yield configured
         return
+    with _embedded(settings) as cluster:
+        yield cluster.owner_dsn
+
+
+@contextlib.contextmanager
+def server_database_urls(settings: Settings) -> Iterator[tuple[str, str | None]]:
+    """Yield (runtime DSN, owner DSN or None) for serving."""
+    if settings.database_url is not None:
+        yield settings.database_url, settings.owner_database_url
+        return
+    with _embedded(settings) as cluster:
+        yield cluster.runtime_dsn, cluster.owner_dsn
+
+
+@contextlib.contextmanager
+def _embedded(settings: Settings) -> Iterator[EmbeddedCluster]:
     cluster = EmbeddedCluster(settings.data_dir, settings.pg_bin_dir, install=True)
     started = cluster.ensure_running()
     try:
-        yield cluster.dsn
+        yield cluster
     finally:
         if started:
             cluster.stop()
@@ -74,11 +98,17 @@ async def _connect_and_migrate(dsn: str) -> asyncpg.Connection:
 # -- serve --------------------------------------------------------------------------------------
 
 
-async def _serve(settings: Settings, dsn: str) -> None:
+async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
     from registry.app import build_server  # grpc only where serving
 
-    conn = await _connect_and_migrate(dsn)
-    await conn.close()
+    if owner_dsn is not None:
+        conn = await _connect_and_migrate(owner_dsn)
+        await conn.close()
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await check_runtime_role(conn)
+    finally:
+        await conn.close()
     db = await Database.wait_and_connect(
         dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
     )
@@ -102,8 +132,11 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> None:
     # The server forks only to run PostgreSQL's own tools (pg_ctl), never to continue gRPC
     # work in a child: gRPC's fork handlers are not needed, and they log noise when skipped.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    with database_url(settings) as dsn, asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(_serve(settings, dsn))
+    with (
+        server_database_urls(settings) as (dsn, owner_dsn),
+        asyncio.Runner(loop_factory=new_event_loop) as runner,
+    ):
+        runner.run(_serve(settings, dsn, owner_dsn))
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
@@ -216,6 +249,7 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
         finally:
             await conn.close()
         db = await Database.connect(dsn, min_size=1, max_size=2)
+        await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
         audit_conn = await db.connect_one("registry-import")
         try:
             table = await prefixes_db.load(db.pool)
@@ -487,7 +521,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         logs.configure(settings.log_level)
         args.func(settings, args)
-    except (CliError, ConfigError, EmbeddedError, MigrationError) as exc:
+    except (
+        CliError,
+        ConfigError,
+        EmbeddedError,
+        MigrationError,
+        RoleError,
+        PinSecretError,
+        SecretMismatch,
+    ) as exc:
         print(f"registry: error: {exc}", file=sys.stderr)
         return 2
     except RegistryError as exc:

@@ -41,7 +41,13 @@ class Settings:
     """host:port the gRPC server binds (port 0 picks a free port)."""
 
     database_url: str | None = None
-    """PostgreSQL DSN; None runs on the embedded cluster under data_dir."""
+    """PostgreSQL DSN the server serves with: the runtime role (SPEC §7), never a superuser
+    or table owner; None runs on the embedded cluster under data_dir."""
+
+    owner_database_url: str | None = None
+    """PostgreSQL DSN of the role owning the tables: migrations and operator commands. None:
+    the server does not migrate (it refuses to start on a schema behind the code) and operator
+    commands use database_url."""
 
     replica_urls: tuple[str, ...] = ()
     """Read-replica DSNs, for read-only traffic (not used for writes)."""
@@ -141,6 +147,7 @@ class Settings:
         settings = cls(
             listen=env.get("REGISTRY_LISTEN", "").strip() or DEFAULT_LISTEN,
             database_url=env.get("REGISTRY_DATABASE_URL", "").strip() or None,
+            owner_database_url=env.get("REGISTRY_OWNER_DATABASE_URL", "").strip() or None,
             replica_urls=tuple(
                 url.strip()
                 for url in env.get("REGISTRY_REPLICA_URLS", "").split(",")

@@ -30,7 +30,14 @@ log = logging.getLogger(__name__)
 
 SUPERUSER = "registry"
 DATABASE = "registry"
+# The two roles of SPEC §7: the owner runs migrations and operator commands; the server serves
+# as the runtime role, which owns nothing and holds only the grants of migration 0014.
+OWNER_ROLE = "registry_owner"
+RUNTIME_ROLE = "registry_runtime"
 _STATE_FILE = "db.json"
+# Each role's password in its own file (mode 0600), so that a deployment can hand the server
+# only the runtime one. db.json keeps the port and the cluster superuser's password.
+_ROLE_FILES = {OWNER_ROLE: "db-owner.json", RUNTIME_ROLE: "db-runtime.json"}
 _PG_DIR = "pg"
 # Unprivileged accounts able to own the cluster when we are root, in order of preference.
 _RUN_USERS = ("postgres", "nobody")
@@ -133,12 +140,25 @@ class EmbeddedCluster:
 
     @property
     def dsn(self) -> str:
-        """Return the connection URL of the registry database (needs an initialised cluster)."""
+        """Return the cluster superuser's URL of the registry database (setup and tests only)."""
         state = self._read_state()
-        return (
-            f"postgresql://{SUPERUSER}:{quote(state.password, safe='')}"
-            f"@127.0.0.1:{state.port}/{DATABASE}"
+        return self._url(SUPERUSER, state.password, state.port)
+
+    @property
+    def owner_dsn(self) -> str:
+        """Return the owner role's URL: migrations and operator commands."""
+        return self._url(OWNER_ROLE, self._read_role_password(OWNER_ROLE), self._read_state().port)
+
+    @property
+    def runtime_dsn(self) -> str:
+        """Return the runtime role's URL: what the server serves as."""
+        return self._url(
+            RUNTIME_ROLE, self._read_role_password(RUNTIME_ROLE), self._read_state().port
         )
+
+    @staticmethod
+    def _url(user: str, password: str, port: int) -> str:
+        return f"postgresql://{user}:{quote(password, safe='')}@127.0.0.1:{port}/{DATABASE}"
 
     def ensure_running(self) -> bool:
         """Initialise and start the cluster if needed; return True if this call started it."""
@@ -152,6 +172,8 @@ class EmbeddedCluster:
             state = self._read_state()
             if not state.database_created:
                 self._createdb(state)
+            if not all((self.data_dir / f).exists() for f in _ROLE_FILES.values()):
+                self._create_roles(state)
             return started
 
     def is_running(self) -> bool:
@@ -339,6 +361,44 @@ class EmbeddedCluster:
         state.database_created = True
         self._write_state(state)
 
+    def _psql(self, state: _State, sql: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGPASSWORD=state.password, LC_ALL="C.UTF-8")
+        argv = [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"]
+        argv += ["127.0.0.1", "-p", str(state.port), "-U", SUPERUSER, "-d", DATABASE]
+        result = subprocess.run(
+            argv, input=sql, capture_output=True, text=True, env=env, check=False
+        )
+        if result.returncode != 0:
+            raise EmbeddedError(f"setting up the database roles failed: {result.stderr.strip()}")
+
+    def _create_roles(self, state: _State) -> None:
+        """Create (or re-password) the owner and runtime roles; hand every object to the owner.
+
+        Clusters made before the two roles existed had everything owned by the superuser: their
+        tables and functions move to the owner here, and `registry migrate` (migration 0014)
+        then grants the runtime role what it needs.
+        """
+        passwords = {role: secrets.token_urlsafe(32) for role in _ROLE_FILES}
+        sql = _ROLES_SQL.format(
+            owner=OWNER_ROLE,
+            runtime=RUNTIME_ROLE,
+            owner_password=passwords[OWNER_ROLE],
+            runtime_password=passwords[RUNTIME_ROLE],
+            database=DATABASE,
+        )
+        self._psql(state, sql)
+        for role, password in passwords.items():
+            _write_private(self.data_dir / _ROLE_FILES[role], {"user": role, "password": password})
+        log.info("database roles %s (owner) and %s (runtime) ready", OWNER_ROLE, RUNTIME_ROLE)
+
+    def _read_role_password(self, role: str) -> str:
+        path = self.data_dir / _ROLE_FILES[role]
+        try:
+            return str(json.loads(path.read_text())["password"])
+        except FileNotFoundError:
+            raise EmbeddedError(f"{path} is missing: the embedded cluster is not set up") from None
+
     def _read_state(self) -> _State:
         path = self.data_dir / _STATE_FILE
         try:
@@ -352,9 +412,49 @@ class EmbeddedCluster:
         )
 
     def _write_state(self, state: _State) -> None:
-        path = self.data_dir / _STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state.__dict__, handle)
-        os.replace(tmp, path)
+        _write_private(self.data_dir / _STATE_FILE, state.__dict__)
+
+
+def _write_private(path: Path, content: dict[str, object]) -> None:
+    """Write JSON readable by this account only (mode 0600), atomically."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(content, handle)
+    os.replace(tmp, path)
+
+
+# Run by the cluster superuser in the registry database. Idempotent: a re-run only changes the
+# passwords (their files are rewritten with them).
+_ROLES_SQL = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}') THEN
+        CREATE ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{runtime}') THEN
+        CREATE ROLE {runtime} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+    END IF;
+END $$;
+ALTER ROLE {owner} PASSWORD '{owner_password}';
+ALTER ROLE {runtime} PASSWORD '{runtime_password}';
+ALTER DATABASE {database} OWNER TO {owner};
+DO $$ DECLARE r record; BEGIN
+    FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
+               AND c.relowner <> '{owner}'::regrole LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO {owner}', r.name);
+    END LOOP;
+    FOR r IN SELECT c.oid::regclass AS name FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind = 'S'
+               AND c.relowner <> '{owner}'::regrole LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO {owner}', r.name);
+    END LOOP;
+    FOR r IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+             JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'public' AND p.proowner <> '{owner}'::regrole LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {owner}', r.name);
+    END LOOP;
+END $$;
+"""

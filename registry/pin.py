@@ -18,6 +18,7 @@ import csv
 import enum
 import functools
 import hashlib
+import hmac
 import io
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -541,3 +542,35 @@ def allocate(bucket: Bucket, key: bytes, counter: int) -> str:
     if counter >= BUCKET_SIZE:
         raise BucketExhausted(bucket)
     return bucket.pin(bucket_permutation(bucket, key).forward(counter))
+
+
+# Bucket key versions (pin_buckets.key_version). Version 0: the stored 32 bytes are the key
+# itself, so a copy of the database predicts a bucket's future PINs; buckets made before
+# migration 0015 keep it (their permutation cannot change without breaking the bijection).
+# Version 1: the stored bytes are a salt; the key is HMAC-SHA256(secret, salt) with the
+# registry's PIN secret, kept beside the signing keys and never in the database.
+KEY_VERSION_STORED = 0
+KEY_VERSION_SECRET = 1
+_SECRET_PERSON = b"registry.pin.key.v1\x00"
+_FINGERPRINT_PERSON = b"registry.pin.fingerprint.v1\x00"
+
+
+class PinSecretMissing(RuntimeError):
+    """A bucket keyed with the PIN secret was reached without the secret."""
+
+
+def bucket_key(stored: bytes, version: int, secret: bytes | None) -> bytes:
+    """Return the permutation key of a bucket from its stored bytes and key version."""
+    if version == KEY_VERSION_STORED:
+        return stored
+    if version != KEY_VERSION_SECRET:
+        raise ValueError(f"unknown PIN bucket key version {version}")
+    if secret is None:
+        raise PinSecretMissing("this bucket's key needs the registry's PIN secret")
+    return hmac.new(secret, _SECRET_PERSON + stored, hashlib.sha256).digest()
+
+
+def secret_fingerprint(secret: bytes) -> bytes:
+    """Return a value that identifies the PIN secret without revealing it (stored in the db,
+    so that a server with another secret refuses to issue instead of colliding)."""
+    return hmac.new(secret, _FINGERPRINT_PERSON, hashlib.sha256).digest()

@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from registry import pin_secret
 from registry.app import RegistryServer, build_server
 from registry.cli import new_event_loop
 from registry.config import Settings
@@ -78,17 +79,31 @@ def cluster() -> Iterator[EmbeddedCluster]:
         shutil.rmtree(c.data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def dsn(cluster: EmbeddedCluster) -> str:
+def migrate_cluster(cluster: EmbeddedCluster) -> None:
+    """Apply the migrations as the owner role, as `registry migrate` does."""
+
     async def go() -> None:
-        conn = await asyncpg.connect(cluster.dsn)
+        conn = await asyncpg.connect(cluster.owner_dsn)
         try:
             await migrate(conn)
         finally:
             await conn.close()
 
     run(go())
+
+
+@pytest.fixture(scope="session")
+def dsn(cluster: EmbeddedCluster) -> str:
+    """The cluster superuser's DSN of the migrated test database: for setting up and checking
+    state behind the server's back (the server itself serves as the runtime role)."""
+    migrate_cluster(cluster)
     return cluster.dsn
+
+
+@pytest.fixture(scope="session")
+def runtime_dsn(cluster: EmbeddedCluster, dsn: str) -> str:
+    """The runtime role's DSN: what the server serves as (SPEC §7)."""
+    return cluster.runtime_dsn
 
 
 class DB:
@@ -189,19 +204,28 @@ class ServerThread:
         self._thread.join(10)
 
 
+# One PIN secret for every test server of the session: they share the session database, which
+# refuses a server holding another secret (registry.db.pins.check_secret).
+SESSION_PIN_SECRET = os.urandom(32)
+
+
 def server_settings(**overrides: Any) -> Settings:
+    key_dir = Path(tempfile.mkdtemp(prefix="registry-keys-"))
+    secret = key_dir / pin_secret.FILE_NAME
+    secret.write_text(SESSION_PIN_SECRET.hex() + "\n")
+    secret.chmod(0o600)
     base = Settings(
         listen="127.0.0.1:0",
         agency_refresh_s=1.0,
         health_check_s=0.2,
-        signing_key_dir=Path(tempfile.mkdtemp(prefix="registry-keys-")),
+        signing_key_dir=key_dir,
     )
     return replace(base, **overrides)
 
 
 @pytest.fixture(scope="session")
-def server(dsn: str) -> Iterator[ServerThread]:
-    srv = ServerThread(server_settings(), dsn).start()
+def server(runtime_dsn: str) -> Iterator[ServerThread]:
+    srv = ServerThread(server_settings(), runtime_dsn).start()
     wait_serving(srv.target)
     try:
         yield srv

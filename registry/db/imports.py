@@ -201,7 +201,9 @@ async def _assign_pins(
     while waiting:
         async with db.counters.acquire() as counter_conn:
             reserved = await buckets.reserve_many(
-                counter_conn, {b: len(indexes) for b, indexes in waiting.items()}
+                counter_conn,
+                {b: len(indexes) for b, indexes in waiting.items()},
+                secret=db.pin_secret,
             )
         drawn: dict[int, str] = {}
         for bucket, indexes in waiting.items():

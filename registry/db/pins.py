@@ -16,20 +16,23 @@ import secrets
 
 import asyncpg
 
-from registry.pin import BUCKET_SIZE, Bucket
+from registry.pin import BUCKET_SIZE, KEY_VERSION_SECRET, Bucket, bucket_key, secret_fingerprint
 
+# New buckets are keyed with the PIN secret (key_version 1, the stored key is a salt); the
+# version is written explicitly, never left to the column default (0), so that a server of
+# an older release in a rolling upgrade keeps making buckets it can use itself.
 _RESERVE = """
-INSERT INTO pin_buckets (province_code, g, yy, key, issued)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO pin_buckets (province_code, g, yy, key, issued, key_version)
+VALUES ($1, $2, $3, $4, $5, $7)
 ON CONFLICT (province_code, g, yy) DO UPDATE
     SET issued = pin_buckets.issued + $5
     WHERE pin_buckets.issued + $5 <= $6
-RETURNING issued - $5 AS first, key
+RETURNING issued - $5 AS first, key, key_version
 """
 
 
 async def reserve(
-    conn: asyncpg.Connection, bucket: Bucket, count: int = 1
+    conn: asyncpg.Connection, bucket: Bucket, count: int = 1, *, secret: bytes | None
 ) -> tuple[int, bytes] | None:
     """Reserve `count` consecutive counter values; return (first, bucket key), None if full."""
     row = await conn.fetchrow(
@@ -40,27 +43,28 @@ async def reserve(
         secrets.token_bytes(32),
         count,
         BUCKET_SIZE,
+        KEY_VERSION_SECRET,
     )
     if row is None:
         return None
-    return int(row["first"]), bytes(row["key"])
+    return int(row["first"]), bucket_key(bytes(row["key"]), row["key_version"], secret)
 
 
 _RESERVE_MANY = """
-INSERT INTO pin_buckets (province_code, g, yy, key, issued)
-SELECT p, g, y, k, n
+INSERT INTO pin_buckets (province_code, g, yy, key, issued, key_version)
+SELECT p, g, y, k, n, $7
 FROM unnest($1::text[], $2::smallint[], $3::smallint[], $4::bytea[], $5::int[])
      AS u(p, g, y, k, n)
 ORDER BY p, g, y
 ON CONFLICT (province_code, g, yy) DO UPDATE
     SET issued = pin_buckets.issued + EXCLUDED.issued
     WHERE pin_buckets.issued + EXCLUDED.issued <= $6
-RETURNING province_code, g, yy, issued, key
+RETURNING province_code, g, yy, issued, key, key_version
 """
 
 
 async def reserve_many(
-    conn: asyncpg.Connection, wanted: dict[Bucket, int]
+    conn: asyncpg.Connection, wanted: dict[Bucket, int], *, secret: bytes | None
 ) -> dict[Bucket, tuple[int, bytes]]:
     """Reserve counter ranges in many buckets with one statement: {bucket: (first, key)}.
 
@@ -76,12 +80,33 @@ async def reserve_many(
         [secrets.token_bytes(32) for _ in order],
         [wanted[b] for b in order],
         BUCKET_SIZE,
+        KEY_VERSION_SECRET,
     )
     out: dict[Bucket, tuple[int, bytes]] = {}
     for row in rows:
         bucket = Bucket(row["province_code"], row["g"], row["yy"])
-        out[bucket] = (int(row["issued"]) - wanted[bucket], bytes(row["key"]))
+        key = bucket_key(bytes(row["key"]), row["key_version"], secret)
+        out[bucket] = (int(row["issued"]) - wanted[bucket], key)
     return out
+
+
+class SecretMismatch(RuntimeError):
+    """This server's PIN secret is not the one the register's buckets are keyed with."""
+
+
+async def check_secret(conn: asyncpg.Connection, secret: bytes) -> None:
+    """Record the PIN secret's fingerprint the first time; refuse another secret after that."""
+    fingerprint = secret_fingerprint(secret)
+    await conn.execute(
+        "INSERT INTO pin_key_secret (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING", fingerprint
+    )
+    stored = await conn.fetchval("SELECT fingerprint FROM pin_key_secret")
+    if bytes(stored) != fingerprint:
+        raise SecretMismatch(
+            "this server's PIN secret (pin-secret.key beside the signing keys) is not the one "
+            "the register's PIN buckets are keyed with: copy that file from the other servers "
+            '(docs/operations.md, "PIN secret")'
+        )
 
 
 # Counter values a server reserves ahead per bucket for births and PIN re-establishments: one
@@ -101,6 +126,8 @@ class CounterRanges:
     def __init__(self, pool: asyncpg.Pool, size: int = RANGE):
         self._pool = pool
         self._size = size
+        self.secret: bytes | None = None
+        """The registry's PIN secret (registry.pin_secret); set once the server has it."""
         self._ranges: dict[Bucket, tuple[int, int, bytes]] = {}  # next, end, key
         self._locks: dict[Bucket, asyncio.Lock] = {}
 
@@ -115,10 +142,10 @@ class CounterRanges:
             if taken is not None:
                 return taken
             async with self._pool.acquire() as conn:
-                reserved = await reserve(conn, bucket, self._size)
+                reserved = await reserve(conn, bucket, self._size, secret=self.secret)
                 count = self._size
                 if reserved is None:  # not a whole range left: take the last numbers singly
-                    reserved = await reserve(conn, bucket, 1)
+                    reserved = await reserve(conn, bucket, 1, secret=self.secret)
                     count = 1
             if reserved is None:
                 return None

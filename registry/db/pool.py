@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from registry.db.pins import CounterRanges
+from registry.db.pins import CounterRanges, check_secret
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,18 @@ class Database:
     ranges: CounterRanges = field(init=False)
     """PIN counter values reserved ahead for births (from `counters`)."""
 
+    pin_secret: bytes | None = field(default=None, init=False)
+    """The registry's PIN secret (registry.pin_secret), once use_pin_secret gave it."""
+
     def __post_init__(self) -> None:
         self.ranges = CounterRanges(self.counters)
+
+    async def use_pin_secret(self, secret: bytes) -> None:
+        """Check the PIN secret against the database's fingerprint and key new buckets with it."""
+        async with self.pool.acquire() as conn:
+            await check_secret(conn, secret)
+        self.pin_secret = secret
+        self.ranges.secret = secret
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 4, max_size: int = 16) -> Database:

@@ -28,7 +28,7 @@ async def _walk(dsn: str) -> audit.Walk:
 
 
 def test_two_servers_interleave_their_groups_into_one_whole_chain(server, dsn, db, make_agency):
-    other = ServerThread(server_settings(), dsn).start()
+    other = ServerThread(server_settings(), server.dsn).start()
     try:
         wait_serving(other.target)
         verifier = make_agency(miss_budget=10_000)

@@ -21,6 +21,7 @@ from registry import clock
 from registry import pin as pins
 from registry.db.pins import RANGE
 from registry.v1 import citizen_pb2
+from tests.conftest import SESSION_PIN_SECRET
 from tests.helpers import birth_request, call_error, date, death_request
 
 TABLE = pins.PrefixTable.load_default()
@@ -59,13 +60,19 @@ def rows_with_number(db: Any, number: str) -> int:
 
 
 def bucket_row(db: Any, province: str, g: int, yy: int) -> Any:
+    """The bucket's counter and its permutation key (derived as the test servers derive it)."""
     rows = db.fetch(
-        "SELECT key, issued FROM pin_buckets WHERE province_code = $1 AND g = $2 AND yy = $3",
+        "SELECT key, key_version, issued FROM pin_buckets "
+        "WHERE province_code = $1 AND g = $2 AND yy = $3",
         province,
         g,
         yy,
     )
-    return rows[0] if rows else None
+    if not rows:
+        return None
+    row = dict(rows[0])
+    row["key"] = pins.bucket_key(bytes(row["key"]), row["key_version"], SESSION_PIN_SECRET)
+    return row
 
 
 def snapshot(db: Any) -> tuple[dict[str, int], int]:
@@ -752,7 +759,7 @@ def test_two_servers_births_into_one_bucket_never_share_a_number(server, dsn, db
     province, year = "094", 1947
     g, yy = expected_g(MALE, year), year % 100
     assert bucket_row(db, province, g, yy) is None, "bucket used by another test"
-    other = ServerThread(server_settings(), dsn).start()
+    other = ServerThread(server_settings(), server.dsn).start()
     try:
         wait_serving(other.target)
         channels = [grpc.insecure_channel(t) for t in (server.target, other.target)]

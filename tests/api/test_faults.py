@@ -93,7 +93,7 @@ def private_database() -> tuple[EmbeddedCluster, str]:
     cluster = new_cluster("registry-faults-")
 
     async def prepare() -> None:
-        conn = await asyncpg.connect(cluster.dsn)
+        conn = await asyncpg.connect(cluster.owner_dsn)
         try:
             await migrate(conn)
         finally:
@@ -414,7 +414,7 @@ def test_database_crash_mid_load_loses_no_acknowledged_birth(work_dir: Path) -> 
     load: BirthLoad | None = None
     try:
         agency = make_agency_factory(dsn)()
-        server = ServerProcess(dsn, work_dir, "crash")
+        server = ServerProcess(cluster.runtime_dsn, work_dir, "crash")
         target = server.target
         wait_for(lambda: health(target) == SERVING, 20, "SERVING at start")
         load = BirthLoad(target, agency).start()
@@ -518,7 +518,7 @@ def test_sigterm_mid_load_drains_and_a_restart_completes_the_unanswered(work_dir
     loads: list[BirthLoad] = []
     try:
         agency = make_agency_factory(dsn)()
-        first = ServerProcess(dsn, work_dir, "first")
+        first = ServerProcess(cluster.runtime_dsn, work_dir, "first")
         servers.append(first)
         wait_for(lambda: health(first.target) == SERVING, 20, "SERVING at start")
         load = BirthLoad(first.target, agency)
@@ -575,7 +575,7 @@ def test_sigterm_mid_load_drains_and_a_restart_completes_the_unanswered(work_dir
             f"({len(committed)} of them committed); answers {summary(attempts)}; "
             f"exit after {took:.1f}s"
         )
-        second = ServerProcess(dsn, work_dir, "second")
+        second = ServerProcess(cluster.runtime_dsn, work_dir, "second")
         servers.append(second)
         wait_for(lambda: health(second.target) == SERVING, 20, "SERVING after the restart")
         retry = BirthLoad(second.target, agency, threads=0, give_up_s=20.0)

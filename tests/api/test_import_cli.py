@@ -6,6 +6,10 @@ import csv
 import uuid
 
 from tests.api.test_cli import ok, registry, user_error
+from tests.conftest import server_settings
+
+# The PIN secret of the session's servers: the CLI imports into the same database.
+SESSION_KEYS = {"REGISTRY_SIGNING_KEY_DIR": str(server_settings().signing_key_dir)}
 
 
 def _name(given: str) -> str:
@@ -30,7 +34,7 @@ def test_import_a_csv_then_re_run_it_harmlessly(tmp_path, dsn, db, make_agency):
         writer = csv.DictWriter(out, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
-    first = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn))
+    first = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn, env=SESSION_KEYS))
     assert "received 4: created 2 (2 with a new PIN" in first
     assert "duplicates 0, rejected 2" in first
     assert "rejected r3: date_of_birth.month" in first and "rejected r4: unreadable" in first
@@ -45,7 +49,7 @@ def test_import_a_csv_then_re_run_it_harmlessly(tmp_path, dsn, db, make_agency):
         (1971, 8, 2),
     ]
     assert list(stored[-2]["other_names"]) == ["Ba", "Tư"]
-    again = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn))
+    again = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn, env=SESSION_KEYS))
     assert "created 0" in again and "duplicates 2, rejected 2" in again
     audited = db.fetchval(
         "SELECT count(*) FROM audit_log WHERE agency_id = $1 AND method = 'registry import'",
@@ -57,4 +61,7 @@ def test_import_a_csv_then_re_run_it_harmlessly(tmp_path, dsn, db, make_agency):
 def test_import_names_an_unknown_agency(tmp_path, dsn):
     path = tmp_path / "empty.csv"
     path.write_text("source_id,full_name\n", encoding="utf-8")
-    user_error(registry("import", str(path), "--agency", "nobody-here", dsn=dsn), "nobody-here")
+    user_error(
+        registry("import", str(path), "--agency", "nobody-here", dsn=dsn, env=SESSION_KEYS),
+        "nobody-here",
+    )

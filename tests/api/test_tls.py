@@ -105,14 +105,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"ca": ca, "paths": paths, "foreign": CA("Someone else's CA")}
 
 
-def _server(dsn: str, pki: dict[str, object], *, mutual: bool) -> Iterator[ServerThread]:
+def _server(runtime_dsn: str, pki: dict[str, object], *, mutual: bool) -> Iterator[ServerThread]:
     paths: dict[str, Path] = pki["paths"]  # type: ignore[assignment]
     settings = server_settings(
         tls_cert=paths["server.pem"],
         tls_key=paths["server.key"],
         tls_client_ca=paths["ca.pem"] if mutual else None,
     )
-    srv = ServerThread(settings, dsn).start()
+    srv = ServerThread(settings, runtime_dsn).start()
     try:
         yield srv
     finally:
@@ -120,13 +120,13 @@ def _server(dsn: str, pki: dict[str, object], *, mutual: bool) -> Iterator[Serve
 
 
 @pytest.fixture(scope="module")
-def tls_server(dsn: str, pki: dict[str, object]) -> Iterator[ServerThread]:
-    yield from _server(dsn, pki, mutual=False)
+def tls_server(runtime_dsn: str, pki: dict[str, object]) -> Iterator[ServerThread]:
+    yield from _server(runtime_dsn, pki, mutual=False)
 
 
 @pytest.fixture(scope="module")
-def mtls_server(dsn: str, pki: dict[str, object]) -> Iterator[ServerThread]:
-    yield from _server(dsn, pki, mutual=True)
+def mtls_server(runtime_dsn: str, pki: dict[str, object]) -> Iterator[ServerThread]:
+    yield from _server(runtime_dsn, pki, mutual=True)
 
 
 def _channel(target: str, ca: CA, client: Issued | None = None) -> grpc.Channel:
