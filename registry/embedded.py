@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ DATABASE = "registry"
 OWNER_ROLE = "registry_owner"
 RUNTIME_ROLE = "registry_runtime"
 _STATE_FILE = "db.json"
+# Where the cluster is, when not <data_dir>/pg (see EmbeddedCluster._place_cluster).
+_LOCATION_FILE = "pg.location"
+_ELSEWHERE = Path("/var/lib/citizen-registry/clusters")
 # Each role's password in its own file (mode 0600), so that a deployment can hand the server
 # only the runtime one. db.json keeps the port and the cluster superuser's password.
 _ROLE_FILES = {OWNER_ROLE: "db-owner.json", RUNTIME_ROLE: "db-runtime.json"}
@@ -130,13 +134,28 @@ class EmbeddedCluster:
 
     def __init__(self, data_dir: Path, bin_dir: Path | None = None, *, install: bool = False):
         self.data_dir = data_dir.resolve()
-        self.pgdata = self.data_dir / _PG_DIR
         self._bin_dir_setting = bin_dir
         self._install = install
         self._bin: Path | None = None
         self._user = _run_user()
 
     # -- public API -------------------------------------------------------------------------
+
+    @property
+    def pgdata(self) -> Path:
+        """Return the cluster's directory: `<data_dir>/pg`, or where pg.location says."""
+        location = self.data_dir / _LOCATION_FILE
+        if location.exists():
+            return Path(location.read_text().strip())
+        return self.data_dir / _PG_DIR
+
+    def remove(self) -> None:
+        """Stop the cluster and delete it with the data directory (tests, scratch clusters)."""
+        self.stop("immediate")
+        pgdata = self.pgdata
+        if pgdata.parent != self.data_dir:
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @property
     def dsn(self) -> str:
@@ -266,7 +285,40 @@ class EmbeddedCluster:
         if self._user is not None:
             os.chown(path, self._user.pw_uid, self._user.pw_gid)
 
+    def _reachable(self, path: Path, test: str) -> bool:
+        """Tell whether the cluster's account passes `test` (-x, -w) on path."""
+        argv = self._as_run_user(["test", test, str(path)])
+        return subprocess.run(argv, cwd="/", check=False).returncode == 0
+
+    def _place_cluster(self) -> None:
+        """Put the cluster where its account can reach it; say where when that is elsewhere.
+
+        As root, PostgreSQL runs as an unprivileged account, which cannot enter a private
+        directory such as root's home (mode 0700): a checkout there would otherwise fail. We
+        neither widen the user's directories nor guess: the cluster then lives under
+        /var/lib/citizen-registry/clusters/<hash of the data directory>/pg, and
+        `<data_dir>/pg.location` remembers it (credentials and keys stay in data_dir).
+        """
+        (self.data_dir / _LOCATION_FILE).unlink(missing_ok=True)
+        if self._user is None or self._reachable(self.data_dir, "-x"):
+            return
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        home = _ELSEWHERE / digest
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for parent in (_ELSEWHERE.parent, _ELSEWHERE, home):
+            parent.chmod(0o755)
+        location = self.data_dir / _LOCATION_FILE
+        location.write_text(f"{home / _PG_DIR}\n")
+        log.warning(
+            "the account %r that runs PostgreSQL cannot enter %s (a parent directory is "
+            "private): the embedded cluster lives in %s",
+            self._user.pw_name,
+            self.data_dir,
+            home / _PG_DIR,
+        )
+
     def _initdb(self) -> None:
+        self._place_cluster()
         log.info("creating the embedded PostgreSQL cluster in %s", self.pgdata)
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
@@ -274,17 +326,15 @@ class EmbeddedCluster:
         self._chown(self.pgdata)
         if self._user is not None:
             probe = self._pg(["pg_ctl", "--version"], check=False)
-            access = subprocess.run(
-                self._as_run_user(["test", "-w", str(self.pgdata)]), cwd="/", check=False
-            )
-            if probe.returncode != 0 or access.returncode != 0:
+            if probe.returncode != 0 or not self._reachable(self.pgdata, "-w"):
                 raise EmbeddedError(
                     f"the unprivileged account {self._user.pw_name!r} that must run PostgreSQL "
                     f"cannot reach {self.pgdata}; set REGISTRY_DATA_DIR to a directory whose "
                     "parents it can traverse (for example under /var/tmp or /srv)"
                 )
         password = secrets.token_urlsafe(32)
-        pwfile = self.data_dir / ".initdb-pw"
+        # Beside the cluster, where its account can read it (data_dir may be private).
+        pwfile = self.pgdata.parent / ".initdb-pw"
         pwfile.write_text(password + "\n")
         pwfile.chmod(0o600)
         self._chown(pwfile)
