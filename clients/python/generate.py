@@ -15,8 +15,9 @@ for tools that read ``proto/`` directly). Only message modules are generated: th
 calls the RPCs through ``grpc.Channel.unary_unary`` & co. with the method paths, so no
 ``*_pb2_grpc`` module (and no grpcio-version pin) is needed.
 
-Run it before ``pip install clients/python`` or building a wheel; the build refuses to
-package a client without generated code. The output is not committed.
+Every build runs it (setup.py; grpcio-tools is a build requirement), so ``pip install
+clients/python`` works from a fresh checkout; run it by hand only to import the package from
+``src`` without installing it (the test suite does). The output is not committed.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -76,9 +75,12 @@ def test_pip_installed_package_runs_the_portal_example(rc, server, client, clien
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    # Install from a copy, so the build leaves nothing in the source tree.
-    source = tmp_path / "src"
-    shutil.copytree(PACKAGE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    # Exactly what a caller's engineer does: a fresh clone, nothing generated, `pip install`
+    # (the build generates the protobuf modules; grpcio-tools is a build requirement).
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    source = clone / "clients" / "python"
+    assert not (source / "src" / "registry_client" / "_gen").exists()
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
         capture_output=True,
