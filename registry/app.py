@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from registry import pin_secret
+from registry import metrics, pin_secret
 from registry.api.access_log import AccessLog
 from registry.api.audit_service import AuditServicer
 from registry.api.audit_writer import AuditWriter
@@ -22,9 +23,11 @@ from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.feed import ChangeFeed
 from registry.api.gate import CallGate
 from registry.api.identity import IdentityServicer
+from registry.api.metrics import MetricsInterceptor
 from registry.api.population import PopulationServicer
 from registry.attestation import SigningKeys
 from registry.config import Settings
+from registry.db import gauges as gauges_db
 from registry.db.pool import Database
 from registry.limits import MissBudget
 from registry.tokens import TokenVerifier
@@ -71,6 +74,9 @@ class RegistryServer:
     audit: AuditWriter
     feed: ChangeFeed
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics_server: Any = None
+    """The Prometheus endpoint's HTTP server (REGISTRY_METRICS_LISTEN), when this process
+    serves it (not in multiprocess mode, where the supervisor does)."""
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
@@ -80,7 +86,28 @@ class RegistryServer:
         self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="signing-keys"))
+        if self.settings.metrics_listen is not None:
+            self._tasks.append(asyncio.create_task(self._sample_gauges(), name="metrics"))
+            if metrics.multiprocess_dir() is None:
+                host, port = self.settings.metrics_listen.rsplit(":", 1)
+                self.metrics_server = metrics.serve(host.strip("[]"), int(port))
         log.info("registry serving on port %d", self.port)
+
+    async def _sample_gauges(self) -> None:
+        """Sample what no call reports: pool use, audit queue, feed lag, bucket fill."""
+        while True:
+            try:
+                pool = self.db.pool
+                metrics.DB_POOL_SIZE.set(pool.get_size())
+                metrics.DB_POOL_IN_USE.set(pool.get_size() - pool.get_idle_size())
+                metrics.AUDIT_QUEUE.set(self.audit.pending_entries)
+                lag, fullest = await gauges_db.sample(self.db.pool)
+                metrics.FEED_LAG.set(lag)
+                for bucket, ratio in fullest:
+                    metrics.BUCKET_FILL.labels(bucket).set(ratio)
+            except Exception as exc:  # a failed sample must not stop the next one
+                log.warning("metrics sample failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.metrics_sample_s)
 
     async def _watch_database(self) -> None:
         serving: bool | None = None
@@ -124,6 +151,9 @@ class RegistryServer:
         await self.directory.close()
         await self.prefixes.close()
         await self.access.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -152,17 +182,18 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     access = AccessLog()
     audit = AuditWriter(db)
     feed = ChangeFeed(db)
+    gate = CallGate(
+        directory,
+        verifier,
+        access,
+        audit,
+        bind_client_certificates=settings.tls_client_ca is not None,
+        on_change=feed.kick,
+    )
+    # Outermost, so it sees every call's final status; not installed without an endpoint.
+    counting = [MetricsInterceptor()] if settings.metrics_listen is not None else []
     server = grpc.aio.server(
-        interceptors=[
-            CallGate(
-                directory,
-                verifier,
-                access,
-                audit,
-                bind_client_certificates=settings.tls_client_ca is not None,
-                on_change=feed.kick,
-            )
-        ],
+        interceptors=[*counting, gate],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -103,6 +103,12 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    metrics_listen: str | None = None
+    """host:port of the Prometheus endpoint (/metrics); None: no endpoint and no counting."""
+
+    metrics_sample_s: float = 15.0
+    """How often the registry's gauges (pool, feed lag, bucket fill) are sampled."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unused settings kept for diagnostics (never secrets)."""
 
@@ -167,6 +173,7 @@ class Settings:
             pool_max_size=int(number("REGISTRY_POOL_MAX", 16)),
             agency_refresh_s=number("REGISTRY_AGENCY_REFRESH_S", 5.0),
             log_level=env.get("REGISTRY_LOG_LEVEL", "").strip().upper() or "INFO",
+            metrics_listen=env.get("REGISTRY_METRICS_LISTEN", "").strip() or None,
         )
         settings.check()
         return settings
@@ -186,5 +193,12 @@ class Settings:
                 "configure REGISTRY_TLS_CERT/REGISTRY_TLS_KEY, or set "
                 "REGISTRY_ALLOW_INSECURE_LISTEN=1 behind a TLS-terminating proxy"
             )
+        if self.metrics_listen is not None:
+            metrics_host, _ = _split_host_port(self.metrics_listen)
+            if not is_loopback(metrics_host) and not self.allow_insecure_listen:
+                raise ConfigError(
+                    "REGISTRY_METRICS_LISTEN serves plain HTTP: bind it to loopback, or set "
+                    "REGISTRY_ALLOW_INSECURE_LISTEN=1 on a network only Prometheus reaches"
+                )
         if self.pool_min_size < 1 or self.pool_max_size < self.pool_min_size:
             raise ConfigError("REGISTRY_POOL_MIN/MAX must satisfy 1 <= min <= max")

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import asyncpg
 
+from registry import metrics
 from registry.audit import Entry
 from registry.db import audit as audit_db
 from registry.db.pool import Database, is_unavailable
@@ -62,6 +64,11 @@ class AuditWriter:
         self._group_started = 0.0
         self.groups = 0
         self.entries = 0
+
+    @property
+    def pending_entries(self) -> int:
+        """Return how many entries wait for their group commit."""
+        return sum(len(entries) for entries, _ in self._pending)
 
     def start(self) -> None:
         """Start the writer task."""
@@ -108,12 +115,14 @@ class AuditWriter:
             taken += 1
         group, self._pending = self._pending[:taken], self._pending[taken:]
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await self._db.connect_one("citizen-registry-audit")
             self._last = await audit_db.append(self._conn, entries, self._last)
             self.groups += 1
             self.entries += len(entries)
+            metrics.AUDIT_COMMIT.observe(time.perf_counter() - started)
         except Exception as exc:
             error = exc
             self._last = None

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from registry import metrics
 from registry.api.access_log import AccessLog
 from registry.api.audit_writer import AuditUnavailable, AuditWriter
 from registry.api.caches import AgencyDirectory
@@ -358,7 +359,6 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             caller = self._verifier.verify(token, self._directory.snapshot, purpose)
         if self._bind_certificates:
             _check_certificate(context, caller.agency_id)
-        self._limits.check(caller.agency_id, caller.rate_limit)
         return caller
 
     @staticmethod
@@ -373,6 +373,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
     def _log(self, outcome: _Outcome, method: str, started: float) -> None:
+        if outcome.status == "RESOURCE_EXHAUSTED":
+            metrics.REFUSED.labels(outcome.agency, outcome.reason).inc()
         if self._access.enabled:
             latency_ms = (time.perf_counter() - started) * 1000
             self._access.record(outcome.agency, method, outcome.status, outcome.reason, latency_ms)
@@ -397,6 +399,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """
         caller = await self._authenticate(context)
         outcome.agency = caller.agency_id
+        self._limits.check(caller.agency_id, caller.rate_limit)
         ctx = outcome.ctx = CallContext(caller, method, request, time.time())
         _call.set(ctx)
         self._permit(caller, scope)

@@ -1,0 +1,27 @@
+"""Queries behind the registry's sampled gauges (registry.metrics)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from registry.pin import BUCKET_SIZE
+
+_FEED_LAG = """
+SELECT coalesce(extract(epoch FROM clock_timestamp() - min(time)), 0)::float8
+FROM change_events WHERE sequence IS NULL
+"""
+# The fullest buckets only: a label per bucket for all of them would be thousands of series.
+_FULLEST = """
+SELECT province_code, g, yy, issued FROM pin_buckets ORDER BY issued DESC LIMIT $1
+"""
+
+
+async def sample(pool: asyncpg.Pool, buckets: int = 10) -> tuple[float, list[tuple[str, float]]]:
+    """Return (change-feed lag in seconds, [(bucket PPP-G-YY, fill ratio)] of the fullest)."""
+    async with pool.acquire() as conn:
+        lag = float(await conn.fetchval(_FEED_LAG))
+        rows = await conn.fetch(_FULLEST, buckets)
+    fullest = [
+        (f"{r['province_code']}-{r['g']}-{r['yy']:02d}", r["issued"] / BUCKET_SIZE) for r in rows
+    ]
+    return lag, fullest
