@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import json
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from registry import audit, clock, imports, logs, pin_secret
+from registry import audit, clock, imports, logs, pin_secret, status
 from registry.attestation import SigningKeys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
@@ -193,6 +194,49 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
         f"hash {result.last_hash.hex()}\n"
         "  keep the head hash: a later verify must show this entry with this hash"
     )
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+class StatusFailed(Exception):
+    """`registry status` found a failing check: exit code 1."""
+
+
+async def _status_database(dsn: str) -> list[status.Finding]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return [status.Finding("database", "fail", f"unreachable ({type(exc).__name__})")]
+    try:
+        return [status.Finding("database", "ok", "answers"), *await status.database(conn)]
+    finally:
+        await conn.close()
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
+    findings = [status.server_health(settings)]
+    dsn = settings.owner_database_url or settings.database_url
+    if dsn is None:
+        # Never start the embedded cluster just to look at it.
+        cluster = EmbeddedCluster(settings.data_dir, settings.pg_bin_dir)
+        if cluster.is_running():
+            dsn = cluster.owner_dsn
+        else:
+            findings.append(
+                status.Finding("database", "fail", f"embedded cluster in {cluster.pgdata} stopped")
+            )
+    if dsn is not None:
+        findings.extend(asyncio.run(_status_database(dsn)))
+    if args.json:
+        print(json.dumps([f.__dict__ for f in findings], indent=2, default=str))
+    else:
+        width = max(len(f.name) for f in findings)
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        for f in findings:
+            print(f"{marks[f.verdict]}  {f.name:<{width}}  {f.summary}")
+    if any(f.verdict == "fail" for f in findings):
+        raise StatusFailed()
 
 
 # -- import -------------------------------------------------------------------------------------
@@ -459,6 +503,11 @@ def _parser() -> argparse.ArgumentParser:
     keys_actions.add_parser("list", help="list published keys; the newest signs")
     keys_actions.add_parser("rotate", help="create a new signing key (older ones stay published)")
     keys_actions.add_parser("prune", help="delete retired keys whose attestations expired")
+    stat = sub.add_parser(
+        "status", help="health, schema, audit head, change feed, buckets: exit 1 if any check fails"
+    )
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(func=cmd_status)
     imp = sub.add_parser(
         "import", help="bulk-load existing population records from a CSV file (re-runnable)"
     )
@@ -538,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         print(f"registry: error: database unreachable: {exc}", file=sys.stderr)
         return 3
-    except AuditBroken:
+    except (AuditBroken, StatusFailed):
         return 1
     except KeyboardInterrupt:
         return 130
