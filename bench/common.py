@@ -76,7 +76,8 @@ async def prepare(dsn: str) -> tuple[str, str, ec.EllipticCurvePrivateKey]:
             kind="OTHER",
             scopes=list(SCOPES),
             fields=[],
-            rate_limit=None,
+            # A load generator: the default rate limit (100 calls/s) would be what is measured.
+            rate_limit=1_000_000,
             # A data-cleaning campaign: many NO_MATCH answers are its point, not an attack.
             miss_budget=10_000_000,
             kid="k1",

@@ -56,6 +56,12 @@ SERVICE_NAMES = (
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Request metadata, all of it: above gRPC's default (8 KiB, refused at random up to 16 KiB)
+# an oversized token was refused by the transport with a detail-less RESOURCE_EXHAUSTED.
+# With one fixed limit a token of a few kilobytes too many reaches the gate and is answered
+# UNAUTHENTICATED with its reason (registry.tokens.MAX_TOKEN_CHARS), and beyond 16 KiB the
+# transport refuses every time, never at random.
+MAX_METADATA_BYTES = 16 * 1024
 
 
 @dataclass
@@ -197,6 +203,8 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -30,9 +30,9 @@ from registry.db.pool import Database
 from registry.db.roles import RoleError, check_runtime_role
 from registry.embedded import EmbeddedCluster, EmbeddedError
 from registry.errors import RegistryError
-from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN
+from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
 from registry.pin_secret import PinSecretError
-from registry.tokens import SCOPES, KeyError_, load_public_key
+from registry.tokens import MAX_KID_CHARS, SCOPES, KeyError_, load_public_key, valid_kid
 from registry.v1 import citizen_pb2
 
 log = logging.getLogger("registry")
@@ -389,6 +389,28 @@ def _read_key(path: str) -> tuple[str, str]:
     return algorithm, pem
 
 
+def _check_kid(kid: str) -> None:
+    # Tokens name the key in their header; the server refuses kids outside these bounds
+    # before any lookup, so a key registered with one could never be used.
+    if not valid_kid(kid):
+        raise CliError(f"--kid must be 1 to {MAX_KID_CHARS} printable characters")
+
+
+def _limits(agency: agencies.Agency | argparse.Namespace) -> str:
+    """The agency's rate limit and miss budget as the server applies them."""
+    rate = (
+        f"{agency.rate_limit} calls/s"
+        if agency.rate_limit
+        else f"{DEFAULT_RATE_LIMIT_PER_S} calls/s (default)"
+    )
+    budget = (
+        f"{agency.miss_budget} per minute"
+        if agency.miss_budget
+        else f"{DEFAULT_MISS_BUDGET_PER_MIN} per minute (default)"
+    )
+    return f"  rate limit: {rate}\n  miss budget: {budget}"
+
+
 async def _agency(settings: Settings, args: argparse.Namespace) -> None:
     with database_url(settings) as dsn:
         conn = await _connect_and_migrate(dsn)
@@ -417,6 +439,7 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
             raise CliError("--rate-limit must be a positive number of calls per second")
         if args.miss_budget is not None and args.miss_budget <= 0:
             raise CliError("--miss-budget must be a positive number of answers per minute")
+        _check_kid(args.kid)
         algorithm, pem = _read_key(args.public_key)
         try:
             await agencies.add(
@@ -435,7 +458,7 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
             )
         except asyncpg.CheckViolationError as exc:
             raise CliError(f"invalid agency: {exc.constraint_name}") from None
-        print(f"agency {args.id} added with key {args.kid} ({algorithm})")
+        print(f"agency {args.id} added with key {args.kid} ({algorithm})\n{_limits(args)}")
     elif action == "list":
         for agency in await agencies.list_all(conn):
             state = "enabled" if agency.enabled else "DISABLED"
@@ -443,17 +466,22 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 f"{agency.id}\t{agency.kind}\t{state}\t{agency.name}\n"
                 f"  scopes: {','.join(agency.scopes) or '-'}\n"
                 f"  fields: {','.join(agency.fields) or '-'}\n"
-                f"  rate limit: {agency.rate_limit or 'default'}\n"
-                f"  miss budget: {agency.miss_budget or 'default'}\n"
+                f"{_limits(agency)}\n"
                 f"  name matching: {agency.name_matching.lower().replace('_', '-')}"
             )
+            if agency.enabled_at is not None:
+                print(f"  enabled again: {agency.enabled_at:%Y-%m-%d %H:%M:%S%z}")
             for key in agency.keys:
                 status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
                 print(f"  key {key.kid}\t{key.algorithm}\t{status}")
     elif action in ("disable", "enable"):
         await agencies.set_enabled(conn, args.id, action == "enable")
-        print(f"agency {args.id} {action}d")
+        if action == "enable":
+            print(f"agency {args.id} enabled; tokens it signed before now stay refused")
+        else:
+            print(f"agency {args.id} disabled")
     elif action == "add-key":
+        _check_kid(args.kid)
         algorithm, pem = _read_key(args.public_key)
         await agencies.add_key(
             conn, agency_id=args.id, kid=args.kid, algorithm=algorithm, public_key_pem=pem
@@ -535,7 +563,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--fields", help="comma-separated citizen fields it may read")
     add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")
     add.add_argument("--kid", required=True, help="key id that tokens name in their header")
-    add.add_argument("--rate-limit", type=int, help="calls per second")
+    add.add_argument(
+        "--rate-limit",
+        type=int,
+        help=f"calls per second (default {DEFAULT_RATE_LIMIT_PER_S}; a stream counts as one call)",
+    )
     add.add_argument(
         "--miss-budget",
         type=int,

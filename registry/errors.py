@@ -112,9 +112,9 @@ def unavailable(message: str, retry_after_s: float = 1.0) -> RegistryError:
     )
 
 
-def unauthenticated(reason: str, message: str) -> RegistryError:
+def unauthenticated(reason: str, message: str, **metadata: str) -> RegistryError:
     """Build an UNAUTHENTICATED error (the token is missing or not acceptable)."""
-    return RegistryError(Code.UNAUTHENTICATED, reason, message)
+    return RegistryError(Code.UNAUTHENTICATED, reason, message, metadata=metadata)
 
 
 def permission_denied(reason: str, message: str, **metadata: str) -> RegistryError:

@@ -1,10 +1,11 @@
 """Per-agency rate limits (SPEC §6): a token bucket per agency, refilled at its registered rate.
 
 An agency registered with `--rate-limit N` may make N calls a second on average, in bursts of
-up to N. Beyond that a call is refused at once with RESOURCE_EXHAUSTED, QuotaFailure and a
-RetryInfo saying when the next call will be accepted, so one misbehaving agency cannot crowd
-out the others. The buckets live in each server process: with several servers behind a load
-balancer an agency's effective limit is N per server.
+up to N; one registered without it gets DEFAULT_RATE_LIMIT_PER_S. Beyond that a call is
+refused at once with RESOURCE_EXHAUSTED, QuotaFailure and a RetryInfo saying when the next
+call will be accepted, so one misbehaving agency cannot crowd out the others. The buckets
+live in each server process: with several servers behind a load balancer an agency's
+effective limit is N per server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.errors import Code, QuotaViolation, RegistryError
+
+# Calls per second of an agency registered without `--rate-limit`. One server process on the
+# 2-core reference machine commits ~450-570 births/s and answers a few thousand verifications/s
+# (docs/benchmarks.md): at 100/s no single default agency can take more than about a fifth of
+# the write capacity, while a civil-status office or a portal's front end rarely needs more
+# than a few calls a second. Bulk work goes through one streaming call (BatchVerify,
+# ImportCitizens), which counts once. Agencies that need more are registered with a limit.
+DEFAULT_RATE_LIMIT_PER_S = 100
 
 
 @dataclass
@@ -31,9 +40,11 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
 
     def check(self, agency_id: str, rate_per_s: int | None) -> None:
-        """Take one call from the agency's bucket, or raise RESOURCE_EXHAUSTED."""
-        if rate_per_s is None:
-            return
+        """Take one call from the agency's bucket, or raise RESOURCE_EXHAUSTED.
+
+        rate_per_s None: the agency was registered without a limit; it gets the default.
+        """
+        rate_per_s = rate_per_s or DEFAULT_RATE_LIMIT_PER_S
         now = self._clock()
         capacity = float(rate_per_s)
         bucket = self._buckets.get(agency_id)

@@ -3,21 +3,30 @@
 The verifier never trusts the token's header to choose the algorithm: the algorithm is the one
 of the registered key named by (iss, kid), and only asymmetric algorithms exist there, so
 `alg: none` and HMAC tokens (including ones "signed" with a public key as the secret) fail.
+
+Everything in a token is the caller's, signed or not: before any value is looked up (iss, kid)
+or computed with (iat, exp, nbf), its type, range and characters are checked here, so that no
+header or claim an unauthenticated caller sends can reach the database or raise anything but
+UNAUTHENTICATED with a reason.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.db.agencies import Agency
-from registry.errors import unauthenticated
+from registry.errors import RegistryError, unauthenticated
 from registry.model import Caller
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,20 @@ SCOPES = (
     "audit:read",
 )
 _MIN_RSA_BITS = 2048
+
+# A real token is well under 2 KiB (an RS256 signature is 342 characters); gRPC's metadata
+# limit (8 KiB by default) stops longer ones earlier anyway.
+MAX_TOKEN_CHARS = 8192
+MAX_KID_CHARS = 128
+# What an iss must look like to name any agency (agencies_id_check, migration 0001).
+AGENCY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# NumericDate claims (iat, exp, nbf): seconds since 1970, before the year 5138.
+_MAX_NUMERIC_DATE = 10**11
+_MAX_AUDIENCE_CHARS = 256
+# Header parameters that change how a token is read (RFC 7515 §4.1.11, RFC 7797): agencies
+# have no use for them, and a verifier that ignored them would read another token than signed.
+_REFUSED_HEADER_PARAMETERS = ("crit", "b64")
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
@@ -77,6 +100,8 @@ class AgencyEntry:
     enabled: bool
     diacritic_insensitive: bool = False
     miss_budget: int | None = None
+    enabled_at: datetime | None = None
+    """When an operator last enabled the agency again; tokens issued before are refused."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,7 @@ class DirectorySnapshot:
                 enabled=agency.enabled,
                 diacritic_insensitive=agency.name_matching == "DIACRITIC_INSENSITIVE",
                 miss_budget=agency.miss_budget,
+                enabled_at=agency.enabled_at,
             )
             for key in agency.keys:
                 try:
@@ -134,19 +160,124 @@ class _Verified:
     agency_id: str
     kid: str
     token_scopes: frozenset[str] | None
+    issued_at: float
     expires_at: float
 
 
-def unverified_key_id(token: str) -> tuple[str, str] | None:
-    """Return the (iss, kid) a token claims, unverified; None if it names none."""
+def valid_kid(value: object) -> bool:
+    """Tell whether value can name a registered key: 1 to 128 printable characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_KID_CHARS and value.isprintable()
+
+
+def valid_agency_id(value: object) -> bool:
+    """Tell whether value can name an agency (the agencies_id_check of the database)."""
+    return isinstance(value, str) and AGENCY_ID.fullmatch(value) is not None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_segment(segment: str) -> object:
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
-        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
-    except jwt.PyJWTError:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeError are ValueErrors
         return None
-    if isinstance(kid, str) and kid and isinstance(issuer, str) and issuer:
-        return issuer, kid
-    return None
+
+
+def _numeric_date(value: object) -> bool:
+    # type(), not isinstance(): True and False are ints to Python, not times to anyone.
+    return type(value) in (int, float) and 0 <= value <= _MAX_NUMERIC_DATE  # type: ignore[operator]
+
+
+def _audience(value: object) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return bool(values) and all(
+        isinstance(v, str) and 0 < len(v) <= _MAX_AUDIENCE_CHARS for v in values
+    )
+
+
+def _shown(value: object) -> str:
+    """Quote a short printable string the caller sent; describe anything else by its type."""
+    if isinstance(value, str) and len(value) <= 32 and value.isprintable():
+        return repr(value)
+    return f"(a {type(value).__name__})"
+
+
+def read_unverified(token: str) -> tuple[str, str, str]:
+    """Check a token's shape, header and claim types; return its (alg, kid, iss), unverified.
+
+    Raises UNAUTHENTICATED naming what is wrong: the token's own values are never trusted to
+    be of the type, range or characters a lookup or a comparison needs.
+    """
+    if len(token) > MAX_TOKEN_CHARS:
+        raise unauthenticated(
+            "TOKEN_MALFORMED", f"the bearer token is longer than {MAX_TOKEN_CHARS} characters"
+        )
+    if _COMPACT_JWS.fullmatch(token) is None:
+        raise unauthenticated(
+            "TOKEN_MALFORMED", "the bearer token is not a JWT (three base64url parts)"
+        )
+    head, body, signature = token.split(".")
+    header, claims = _json_segment(head), _json_segment(body)
+    if not isinstance(header, dict) or not isinstance(claims, dict) or len(signature) % 4 == 1:
+        raise unauthenticated(
+            "TOKEN_MALFORMED", "the bearer token is not a JWT (header and payload: JSON objects)"
+        )
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
+        raise unauthenticated(
+            "TOKEN_ALGORITHM_NOT_ALLOWED",
+            f"alg {_shown(alg)} is not accepted; sign with ES256, EdDSA or RS256",
+        )
+    for name in _REFUSED_HEADER_PARAMETERS:
+        if name in header:
+            raise unauthenticated(
+                "TOKEN_HEADER_INVALID",
+                f"the header parameter {name!r} is not accepted",
+                parameter=name,
+            )
+    kid = header.get("kid")
+    if kid is None or kid == "":
+        raise unauthenticated("TOKEN_KID_MISSING", "the token header must name its key (kid)")
+    if not valid_kid(kid):
+        raise unauthenticated(
+            "TOKEN_HEADER_INVALID",
+            f"kid must be a string of 1 to {MAX_KID_CHARS} printable characters",
+            parameter="kid",
+        )
+    issuer = claims.get("iss")
+    if issuer is None or issuer == "":
+        raise unauthenticated("TOKEN_ISSUER_MISSING", "the token must carry iss = agency id")
+    if not valid_agency_id(issuer):
+        raise unauthenticated(
+            "TOKEN_CLAIM_INVALID",
+            "iss must be an agency id (1 to 64 letters, digits, '.', '_' or '-')",
+            claim="iss",
+        )
+    for name in ("iat", "exp", "nbf"):
+        if name in claims and not _numeric_date(claims[name]):
+            raise unauthenticated(
+                "TOKEN_CLAIM_INVALID",
+                f"{name} must be a number of seconds since 1970 (a JSON number)",
+                claim=name,
+            )
+    if "aud" in claims and not _audience(claims["aud"]):
+        raise unauthenticated(
+            "TOKEN_CLAIM_INVALID", "aud must be a string or a list of strings", claim="aud"
+        )
+    _parse_scope(claims.get("scope"))
+    return alg, kid, issuer
+
+
+def unverified_key_id(token: str) -> tuple[str, str] | None:
+    """Return the (iss, kid) a well-formed token claims, unverified; None if it names none."""
+    try:
+        _, kid, issuer = read_unverified(token)
+    except RegistryError:
+        return None
+    return issuer, kid
 
 
 def _parse_scope(claim: object) -> frozenset[str] | None:
@@ -156,7 +287,10 @@ def _parse_scope(claim: object) -> frozenset[str] | None:
         return frozenset(claim.split())
     if isinstance(claim, list) and all(isinstance(s, str) for s in claim):
         return frozenset(claim)
-    raise unauthenticated("TOKEN_SCOPE_INVALID", "the scope claim must be a space-separated string")
+    raise unauthenticated(
+        "TOKEN_SCOPE_INVALID",
+        "the scope claim must be a space-separated string (or a list of strings)",
+    )
 
 
 class TokenVerifier:
@@ -195,6 +329,15 @@ class TokenVerifier:
         agency = directory.agencies.get(verified.agency_id)
         if agency is None or not agency.enabled:
             raise unauthenticated("AGENCY_DISABLED", f"agency {verified.agency_id!r} is disabled")
+        if agency.enabled_at is not None and verified.issued_at < agency.enabled_at.timestamp():
+            # Disabling an agency ends its tokens for good: enabling it again must not revive
+            # those minted before (perhaps the very tokens it was disabled for).
+            raise unauthenticated(
+                "TOKEN_ISSUED_BEFORE_ENABLE",
+                f"the token was issued (iat) before agency {agency.id!r} was last enabled; "
+                "sign a new token",
+                enabled_at=agency.enabled_at.isoformat(),
+            )
         scopes = agency.scopes
         if verified.token_scopes is not None:
             scopes = scopes & verified.token_scopes  # a token narrows, never widens
@@ -217,23 +360,7 @@ class TokenVerifier:
         self._cache[token] = verified
 
     def _verify_signature(self, token: str, directory: DirectorySnapshot, now: float) -> _Verified:
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise unauthenticated("TOKEN_MALFORMED", "the bearer token is not a JWT") from None
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise unauthenticated(
-                "TOKEN_ALGORITHM_NOT_ALLOWED",
-                f"alg {alg!r} is not accepted; sign with ES256, EdDSA or RS256",
-            )
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise unauthenticated("TOKEN_KID_MISSING", "the token header must name its key (kid)")
-        issuer = unverified.get("iss")
-        if not isinstance(issuer, str) or not issuer:
-            raise unauthenticated("TOKEN_ISSUER_MISSING", "the token must carry iss = agency id")
+        alg, kid, issuer = read_unverified(token)
         key = directory.keys.get((issuer, kid))
         if key is None:
             raise unauthenticated(
@@ -269,6 +396,8 @@ class TokenVerifier:
             raise unauthenticated(
                 "TOKEN_CLAIM_MISSING", f"the token lacks the {exc.claim} claim"
             ) from None
+        except jwt.DecodeError:
+            raise unauthenticated("TOKEN_MALFORMED", "the bearer token is not a JWT") from None
         except jwt.PyJWTError as exc:
             raise unauthenticated("TOKEN_INVALID", f"the token is invalid: {exc}") from None
         iat, exp = claims["iat"], claims["exp"]
@@ -279,4 +408,4 @@ class TokenVerifier:
                 "TOKEN_LIFETIME_TOO_LONG",
                 f"exp - iat must be at most {self.max_lifetime_s} seconds",
             )
-        return _Verified(issuer, kid, _parse_scope(claims.get("scope")), float(exp))
+        return _Verified(issuer, kid, _parse_scope(claims.get("scope")), float(iat), float(exp))

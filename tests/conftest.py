@@ -343,9 +343,11 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
         fields: tuple[str, ...] = (),
         algorithm: str = "ES256",
         kind: str = "JUSTICE",
-        rate_limit: int | None = None,
+        rate_limit: int | None = 1_000_000,
         miss_budget: int | None = None,
     ) -> TestAgency:
+        """Register an agency. Tests call as fast as they can: their agencies are registered
+        with a limit no test reaches, unless a test asks for another (None: the default)."""
         agency_id = f"test-{uuid.uuid4().hex[:12]}"
         private_key = new_private_key(algorithm)
 

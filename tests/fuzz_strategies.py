@@ -4,13 +4,15 @@ Everything here is generic over a message descriptor: a strategy per field type 
 control characters, NUL, combining marks, right-to-left text, emoji and 64 KiB monsters;
 integers at their extremes; every enum value plus unknown numbers; absurd `google.type.Date`s;
 `FieldMask`s full of garbage), random raw bodies that are not valid protobuf or carry invalid
-UTF-8 inside string fields, and odd call metadata. No knowledge of the registry's rules lives
-here beyond a few realistic values that let random requests get past the first checks.
+UTF-8 inside string fields, odd call metadata, and token headers and claims of any JSON
+value. No knowledge of the registry's rules lives here beyond a few realistic values that let
+random requests get past the first checks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -679,3 +681,76 @@ def call_metadata(tokens: Callable[[], Tokens]) -> st.SearchStrategy[Metadata]:
         return Metadata(tuple(extras[:position] + pairs + extras[position:]), kind)
 
     return build()
+
+
+# -- token contents ------------------------------------------------------------------------------
+
+# JSON-encoded, a "huge" token value stays near this size: with the rest of a token it must
+# reach the server under its 16 KiB metadata limit (beyond it the transport refuses the call).
+HUGE_JSON_VALUE = 10_000
+_HEADER_NAMES = ("alg", "kid", "typ", "crit", "b64", "jku", "x5u", "cty")
+_CLAIM_NAMES = ("iss", "aud", "iat", "exp", "nbf", "scope", "sub", "jti")
+
+
+@st.composite
+def huge_token_text(draw: st.DrawFn) -> str:
+    """A string whose JSON form is about HUGE_JSON_VALUE bytes (NUL and emoji escape long)."""
+    chunk = draw(st.sampled_from(["a", "k1", "0", " ", "\x00", "\x1b", "😀", "ắ", "\ud800"]))
+    encoded = len(json.dumps(chunk)) - 2
+    return chunk * (HUGE_JSON_VALUE // encoded)
+
+
+def json_scalars() -> st.SearchStrategy[Any]:
+    """Every kind of JSON scalar, at its extremes: NaN, ±Infinity, 300-digit integers."""
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.sampled_from([0, -1, 2**31, 2**53 + 1, 2**63, 2**64, 10**30, -(10**300), 10**300]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        small_weird_text(),
+        st.text(alphabet=control_characters(), max_size=4),
+    )
+
+
+def json_values() -> st.SearchStrategy[Any]:
+    """Any JSON value: scalars, and lists and objects nesting them."""
+    return st.recursive(
+        json_scalars(),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(small_weird_text(), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+def token_value(realistic: Sequence[Any], huge: bool = True) -> st.SearchStrategy[Any]:
+    """What a header parameter or claim may be set to: anything, or near-valid values."""
+    near = st.sampled_from(list(realistic)) if realistic else st.nothing()
+    return st.one_of(json_values(), near, *([huge_token_text()] if huge else []))
+
+
+@st.composite
+def token_contents(
+    draw: st.DrawFn, header: dict[str, Any], claims: dict[str, Any]
+) -> tuple[Any, Any]:
+    """A valid token's (header, claims) with a few parameters or claims set to any JSON value,
+    added or removed; now and then a header or payload that is not an object at all. At most
+    one value is huge: two would take the token past the server's metadata limit."""
+    hints = [*header.values(), *claims.values(), "none", "HS256", "ES256 ", str(claims["iat"])]
+
+    def changed(base: dict[str, Any], names: Sequence[str]) -> Any:
+        if draw(st.integers(0, 19)) == 0:
+            return draw(json_values())
+        result = dict(base)
+        for index in range(draw(st.integers(1, 3))):
+            name = draw(st.sampled_from(list(names)) | small_weird_text())
+            if draw(st.integers(0, 5)) == 0:
+                result.pop(name, None)
+            else:
+                result[name] = draw(token_value(hints, huge=index == 0))
+        return result
+
+    if draw(st.booleans()):
+        return changed(header, _HEADER_NAMES), claims
+    return header, changed(claims, _CLAIM_NAMES)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import jwt
+import jwt.algorithms
 import pytest
 from google.rpc import error_details_pb2
 from google.type import date_pb2
@@ -122,3 +126,24 @@ def call_error(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ErrorDetail
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, **kwargs)
     return decode(info.value)
+
+
+def signed_jwt(header: dict[str, Any], payload: object, private_key: Any = None) -> str:
+    """A compact JWS of exactly this header and payload (any JSON values, unlike jwt.encode,
+    which refuses a non-string kid), signed with private_key by the header's alg when it is an
+    algorithm the key has; otherwise with an empty signature (an unsigned token)."""
+
+    def part(value: object) -> str:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=True)
+        return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).rstrip(b"=").decode()
+
+    signing_input = f"{part(header)}.{part(payload)}"
+    alg = header.get("alg")
+    algorithms = jwt.algorithms.get_default_algorithms()
+    if private_key is None or not isinstance(alg, str) or alg not in algorithms:
+        return f"{signing_input}."
+    try:
+        signature = algorithms[alg].sign(signing_input.encode(), private_key)
+    except (TypeError, ValueError, AttributeError):
+        return f"{signing_input}."  # the key is of another kind than alg
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"

@@ -17,7 +17,7 @@ import asyncpg
 from registry.db import agencies, prefixes
 from registry.db.pool import Database
 from registry.pin import PrefixTable
-from registry.tokens import DirectorySnapshot
+from registry.tokens import DirectorySnapshot, valid_agency_id, valid_kid
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,11 @@ class AgencyDirectory:
         Called when a token names a key the snapshot lacks, so an agency registered a moment
         ago works at once, before its NOTIFY is processed. Bounded: a (agency, kid) found
         missing is not looked up again for a second, and at most _LOOKUPS_PER_S lookups run
-        per second, so a flood of invented key ids cannot load the database.
+        per second, so a flood of invented key ids cannot load the database. Ids that no
+        agency or key can have (NUL, control characters, overlong) are never looked up.
         """
+        if not (valid_agency_id(agency_id) and valid_kid(kid)):
+            return False
         now = time.monotonic()
         if self._missing.get((agency_id, kid), 0.0) > now:
             return False

@@ -31,6 +31,7 @@ import grpc
 from registry import metrics
 from registry.api.access_log import AccessLog
 from registry.api.audit_writer import AuditUnavailable, AuditWriter
+from registry.api.bounds import MAX_UNARY_REQUEST_BYTES, Oversized, oversized_fields
 from registry.api.caches import AgencyDirectory
 from registry.api.errors import to_grpc_status
 from registry.audit import Entry, clean_text
@@ -225,12 +226,17 @@ class Undecodable:
         )
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """Wrap a request deserializer so that a corrupt message becomes an `Undecodable`.
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, max_bytes: int | None
+) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so that a corrupt message becomes an `Undecodable`, and one
+    longer than max_bytes an `Oversized`, not parsed at all.
 
     gRPC parses requests before any handler code runs and answers a parse failure with a
     detail-less UNKNOWN (logging a traceback): instead the gate answers it, after
-    authentication, with INVALID_ARGUMENT like any other bad request.
+    authentication, with INVALID_ARGUMENT like any other bad request. Parsing runs on the
+    event loop, in proportion to the message: a size beyond max_bytes is answered from the
+    length alone (registry.api.bounds).
     """
     if deserializer is None:
         return None
@@ -239,6 +245,8 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     name = descriptor.full_name if descriptor is not None else "request"
 
     def deserialize(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return Oversized(name, len(data))
         try:
             return deserializer(data)
         except Exception as exc:
@@ -335,9 +343,13 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for kind, (wrapper, make) in wrap.items():
             behavior = getattr(handler, kind)
             if behavior is not None:
+                streamed_in = kind.startswith("stream_")
                 wrapped = make(
-                    wrapper(behavior, method, scope, kind.startswith("stream_")),
-                    request_deserializer=_tolerant(handler.request_deserializer),
+                    wrapper(behavior, method, scope, streamed_in),
+                    request_deserializer=_tolerant(
+                        handler.request_deserializer,
+                        None if streamed_in else MAX_UNARY_REQUEST_BYTES,
+                    ),
                     response_serializer=handler.response_serializer,
                 )
                 self._wrapped[method] = wrapped
@@ -394,8 +406,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Admit a call: authenticate, open its context, check scope and deadline.
 
         Returns the request to hand to the servicer (a request stream checked message by
-        message). The context is set in the call's own task and not reset: a response stream
-        the client cancels is closed from another context, and the task ends with the call.
+        message; a unary request within its size, every list within its count). The context
+        is set in the call's own task and not reset: a response stream the client cancels is
+        closed from another context, and the task ends with the call.
         """
         caller = await self._authenticate(context)
         outcome.agency = caller.agency_id
@@ -406,8 +419,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         _check_deadline(context)
         if streamed_in:
             return _CheckedStream(request)
-        if type(request) is Undecodable:
+        if type(request) is Undecodable or type(request) is Oversized:
             raise request.error()
+        # Every list of the request within its maximum count before any servicer walks it.
+        violations = oversized_fields(request)
+        if violations:
+            raise invalid_argument(violations)
         return request
 
     async def _audit_answer(self, outcome: _Outcome) -> None:

@@ -10,6 +10,7 @@ import grpc
 from registry import clock, corrections, imports, updates
 from registry.api import convert
 from registry.api.audit_writer import AuditWriter
+from registry.api.bounds import oversized_fields
 from registry.api.caches import PrefixCache
 from registry.api.feed import ChangeFeed
 from registry.api.gate import current_call, current_caller, touch
@@ -109,6 +110,13 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             table = self._prefixes.table
             async for request in request_iterator:
                 summary.received += 1
+                # One record's lists within their counts before any item is looked at; a
+                # record beyond them is rejected on its own, like any bad record.
+                too_many = oversized_fields(request)
+                if too_many:
+                    reason = "; ".join(f"{v.field}: {v.description}" for v in too_many)
+                    summary.reject(imports.reported_source_id(request.source_id), reason)
+                    continue
                 record = imports.validate_record(
                     request.source_id,
                     _set_values(request.citizen),

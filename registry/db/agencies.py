@@ -37,6 +37,8 @@ class Agency:
     keys: tuple[AgencyKey, ...]
     name_matching: str = "STRICT"
     miss_budget: int | None = None
+    enabled_at: datetime | None = None
+    """When the agency was last enabled again after being disabled (migration 0012)."""
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
@@ -51,8 +53,8 @@ async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agen
 
 async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
-        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget "
-        "FROM agencies ORDER BY id"
+        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget, "
+        "enabled_at FROM agencies ORDER BY id"
     )
     key_rows = await conn.fetch(
         "SELECT agency_id, kid, algorithm, public_key_pem, created_at, revoked_at "
@@ -77,6 +79,7 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
             keys=tuple(keys.get(r["id"], ())),
             name_matching=r["name_matching"],
             miss_budget=r["miss_budget"],
+            enabled_at=r["enabled_at"],
         )
         for r in rows
     ]
@@ -160,7 +163,11 @@ async def revoke_key(conn: asyncpg.Connection, agency_id: str, kid: str) -> None
 
 
 async def set_enabled(conn: asyncpg.Connection, agency_id: str, enabled: bool) -> None:
-    """Enable or disable an agency: a disabled agency's tokens are refused within seconds."""
+    """Enable or disable an agency: a disabled agency's tokens are refused within seconds.
+
+    Enabling a disabled agency records the time (a trigger of migration 0012): tokens issued
+    before it stay refused.
+    """
     status = await conn.execute(
         "UPDATE agencies SET enabled = $2, updated_at = now() WHERE id = $1", agency_id, enabled
     )

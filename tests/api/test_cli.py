@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.embedded import EmbeddedCluster
+from registry.v1.identity_service_pb2 import GetSigningKeysRequest
 from tests.conftest import AUDIENCE, public_pem
-from tests.helpers import ErrorDetails, birth_request, call_error
+from tests.helpers import ErrorDetails, birth_request, call_error, decode
 
 REGISTRY = Path(sys.executable).parent / "registry"
 PROPAGATION_S = 5.0
@@ -164,10 +165,10 @@ def test_add_es256_agency_then_list_it_and_call_with_its_key(tmp_path, dsn, db, 
     assert "JUSTICE\tenabled" in block
     assert "scopes: birth:register,death:register" in block
     assert "fields: full_name,date_of_birth" in block
-    assert "rate limit: 50" in block
+    assert "rate limit: 50 calls/s\n" in block
     assert "key k1\tES256\tactive" in block
 
-    assert "miss budget: default" in block
+    assert "miss budget: 600 per minute (default)" in block
     row = db.fetch(
         "SELECT scopes, fields, rate_limit, enabled FROM agencies WHERE id = $1", agency_id
     )[0]
@@ -178,6 +179,48 @@ def test_add_es256_agency_then_list_it_and_call_with_its_key(tmp_path, dsn, db, 
         True,
     )
     registers(civil, db, token(agency_id, key, "ES256"))
+
+
+def test_an_agency_added_without_a_rate_limit_gets_the_default_and_is_held_to_it(
+    tmp_path, dsn, db, identity, server
+):
+    key = ec.generate_private_key(ec.SECP256R1())
+    agency_id = new_id()
+    out = ok(add(dsn, agency_id, write_key(tmp_path, key), scopes="identity:verify"))
+    assert "rate limit: 100 calls/s (default)" in out, out
+    assert "miss budget: 600 per minute (default)" in out, out
+    block = listing_of(ok(registry("agency", "list", dsn=dsn)), agency_id)
+    assert "rate limit: 100 calls/s (default)" in block
+    assert "default" not in block.replace("calls/s (default)", "").replace(
+        "per minute (default)", ""
+    )
+
+    # What it prints is what the server applies: a burst of 100 calls, then refusals.
+    bearer = token(agency_id, key, "ES256")
+    refused: list[ErrorDetails] = []
+    for _ in range(400):
+        try:
+            identity.GetSigningKeys(GetSigningKeysRequest(), metadata=md(bearer), timeout=10)
+        except grpc.RpcError as error:
+            details = decode(error)
+            if details.reason == "TOKEN_KEY_UNKNOWN":
+                time.sleep(0.05)  # the server has not heard of the agency yet
+                continue
+            refused.append(details)
+            break
+    assert refused, "400 calls in a row and no rate limit"
+    assert refused[0].code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused[0]
+    assert refused[0].reason == "RATE_LIMITED"
+    assert refused[0].metadata["rate_limit_per_s"] == "100"
+    assert refused[0].quota_subjects == [f"agency:{agency_id}"]
+
+
+@pytest.mark.parametrize("kid", ["k" * 129, "k\x01", "k\u200b"], ids=["long", "control", "zwsp"])
+def test_a_kid_no_token_could_name_is_refused(tmp_path, dsn, db, kid):
+    key = write_key(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+    agency_id = new_id()
+    user_error(add(dsn, agency_id, key, "--kid", kid), "--kid")
+    assert _agency_count(db, agency_id) == 0
 
 
 def test_miss_budget_is_registered_and_must_be_positive(tmp_path, dsn, db):
@@ -374,11 +417,20 @@ def test_disable_locks_the_agency_out_within_seconds(tmp_path, dsn, db, civil, s
         "DISABLED" in listing_of(ok(registry("agency", "list", dsn=dsn)), agency_id).splitlines()[0]
     )
 
-    ok(registry("agency", "enable", "--id", agency_id, dsn=dsn))
+    out = ok(registry("agency", "enable", "--id", agency_id, dsn=dsn))
+    assert "tokens it signed before now stay refused" in out
+    # The token signed before the disable stays refused; a new one is admitted.
     deadline = time.monotonic() + PROPAGATION_S
-    while probe(civil, bearer).code == grpc.StatusCode.UNAUTHENTICATED:
-        assert time.monotonic() < deadline, "re-enabled agency still refused"
-        time.sleep(0.2)
+    while (err := probe(civil, bearer)).reason != "TOKEN_ISSUED_BEFORE_ENABLE":
+        assert err.reason == "AGENCY_DISABLED", err  # until the server hears of the enable
+        assert time.monotonic() < deadline, "the enable never reached the server"
+        time.sleep(0.1)
+    block = listing_of(ok(registry("agency", "list", dsn=dsn)), agency_id)
+    assert "enabled again: " in block and "enabled" in block.splitlines()[0]
+    enabled_at = db.fetchval("SELECT enabled_at FROM agencies WHERE id = $1", agency_id)
+    while int(time.time()) < enabled_at.timestamp():
+        time.sleep(0.05)
+    registers(civil, db, token(agency_id, key, "ES256"))
 
 
 def test_revoke_key_refuses_its_tokens_within_seconds(tmp_path, dsn, db, civil, server):

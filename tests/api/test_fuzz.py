@@ -48,7 +48,7 @@ from registry.v1 import (
 from tests import fuzz_strategies as fs
 from tests.conftest import DB, AgencyFactory, ServerThread, new_private_key
 from tests.conftest import TestAgency as Agency
-from tests.helpers import birth_request, date, death_request
+from tests.helpers import birth_request, date, death_request, signed_jwt
 
 C = grpc.StatusCode
 DOMAIN = "citizen-registry"
@@ -913,6 +913,66 @@ def test_malformed_bodies_are_refused_cleanly(
 
     run()
     assert_still_serving(channel, world.agency)
+
+
+def test_tokens_with_any_header_or_claim_value_are_refused_cleanly(
+    channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
+) -> None:
+    """Header parameters and claims set to any JSON value (NUL, control characters, 10 kB
+    strings, floats, NaN, booleans, huge integers, nested lists and objects), signed with the
+    agency's registered key or not signed at all: never a server error, never a traceback.
+
+    The probe is a RegisterBirth without a name: a token that is refused gets UNAUTHENTICATED
+    with an ErrorInfo reason; one that happens to be valid after all is admitted and answered
+    INVALID_ARGUMENT (or PERMISSION_DENIED, its scope claim narrowed), so nothing is written.
+    """
+    agency = world.agency
+    rpc = "CivilRegistrationService/RegisterBirth"
+    body = birth_request(full_name="").SerializeToString()
+    before = tables.snapshot()
+    server_log.setLevel(logging.WARNING)  # a traceback logged as a warning counts too
+
+    def base() -> tuple[dict[str, Any], dict[str, Any]]:
+        now = int(time.time())
+        header = {"alg": agency.algorithm, "typ": "JWT", "kid": agency.kid}
+        claims = {"iss": agency.id, "aud": "citizen-registry", "iat": now, "exp": now + 300}
+        return header, claims
+
+    @fuzz(150)
+    @given(contents=st.deferred(lambda: fs.token_contents(*base())), signed=st.booleans())
+    @example(contents=({"alg": "ES256", "kid": "k1\x00"}, base()[1]), signed=True)
+    @example(contents=(base()[0], {**base()[1], "iss": f"{agency.id}\x00"}), signed=True)
+    @example(contents=(base()[0], {**base()[1], "iat": str(int(time.time()))}), signed=True)
+    @example(contents=(base()[0], {**base()[1], "exp": "soon"}), signed=False)
+    @example(contents=(base()[0], {**base()[1], "kid": "x" * 10_000}), signed=True)
+    def run(contents: tuple[Any, Any], signed: bool) -> None:
+        header, claims = contents
+        key = agency.private_key if signed else None
+        token = signed_jwt(header if isinstance(header, dict) else {}, claims, key)
+        if not isinstance(header, dict):  # a header that is not an object at all
+            token = f"{_b64_any(header)}.{token.split('.', 1)[1]}"
+        outcome = invoke(channel, rpc, [body], (("authorization", f"Bearer {token}"),))
+        context = (
+            f"\nheader: {short(header)}\nclaims: {short(claims)}\nsigned: {signed}"
+            f"\n{outcome.code.name} {outcome.details!r}\nserver log:\n{server_log.text()}"
+        )
+        event(f"{outcome.code.name} {error_reason(outcome.trailing)}")
+        assert outcome.code not in (C.INTERNAL, C.UNKNOWN), f"server error{context}"
+        admitted = {C.INVALID_ARGUMENT, C.PERMISSION_DENIED}
+        assert outcome.code == C.UNAUTHENTICATED or (signed and outcome.code in admitted), (
+            f"unexpected answer{context}"
+        )
+        check_status_details(outcome.code, outcome.trailing, context)
+        assert not server_log.records, f"the server logged{context}"
+
+    run()
+    assert changed(before, tables.snapshot()) == []
+    assert_still_serving(channel, agency)
+
+
+def _b64_any(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(text).rstrip(b"=").decode()
 
 
 @pytest.mark.parametrize("size", [9 * 1024, 20 * 1024])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry.errors import Code, RegistryError
-from registry.limits import RateLimiter
+from registry.limits import DEFAULT_RATE_LIMIT_PER_S, RateLimiter
 
 
 class Clock:
@@ -46,12 +46,18 @@ def test_tokens_refill_at_the_rate_and_never_beyond_the_burst():
         limiter.check("a", 10)
 
 
-def test_agencies_do_not_share_buckets_and_unlimited_agencies_are_never_refused():
+def test_agencies_do_not_share_buckets_and_one_without_a_limit_gets_the_default():
     clock = Clock()
     limiter = RateLimiter(clock)
     limiter.check("slow", 1)
     with pytest.raises(RegistryError):
         limiter.check("slow", 1)
     limiter.check("other", 1)
-    for _ in range(10_000):
+    for _ in range(DEFAULT_RATE_LIMIT_PER_S):
+        limiter.check("portal", None)
+    with pytest.raises(RegistryError) as info:
+        limiter.check("portal", None)
+    assert info.value.metadata == {"rate_limit_per_s": str(DEFAULT_RATE_LIMIT_PER_S)}
+    clock.now += 1.0
+    for _ in range(DEFAULT_RATE_LIMIT_PER_S):
         limiter.check("portal", None)
