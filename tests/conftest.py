@@ -189,12 +189,20 @@ class ServerThread:
         self._thread.join(10)
 
 
+# One key ring for every test server, as servers sharing a database share their signing keys in
+# production: each signs audit checkpoints into the same table, and `registry audit verify`
+# checks them all with these keys.
+SIGNING_KEY_DIR = Path(tempfile.mkdtemp(prefix="registry-keys-"))
+
+
 def server_settings(**overrides: Any) -> Settings:
     base = Settings(
         listen="127.0.0.1:0",
         agency_refresh_s=1.0,
         health_check_s=0.2,
-        signing_key_dir=Path(tempfile.mkdtemp(prefix="registry-keys-")),
+        signing_key_dir=SIGNING_KEY_DIR,
+        # The audit checkpoint file goes here, not into the working directory's var/.
+        data_dir=Path(tempfile.mkdtemp(prefix="registry-data-")),
     )
     return replace(base, **overrides)
 
