@@ -135,7 +135,11 @@ def _checkpoint_arguments(values: Sequence[str]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for value in values:
         path = Path(value)
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a JWS is longer than a file name may be
+            is_file = False
+        if is_file:
             try:
                 lines = checkpoints.read_file(path)
             except OSError as exc:
