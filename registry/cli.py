@@ -190,7 +190,10 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
     given = _checkpoint_arguments(args.checkpoint or [])
     in_file: list[tuple[int, str]] = []
     if settings.checkpoint_file.is_file():
-        in_file = checkpoints.read_file(settings.checkpoint_file)
+        try:
+            in_file = checkpoints.read_file(settings.checkpoint_file)
+        except OSError as exc:
+            raise CliError(f"cannot read {settings.checkpoint_file}: {exc.strerror}") from None
     for number, token in in_file:
         check.add(token, f"in {settings.checkpoint_file} line {number}")
     for token, source in given:
