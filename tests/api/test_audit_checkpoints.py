@@ -582,3 +582,17 @@ def test_two_servers_sharing_the_database_sign_each_head_once(dsn):
         code, out, result = verify(private, settings[0], *file_lines(settings[1]))
         assert code == 0, result.stdout
         assert out[2].startswith(f"  {len(rows)} signed checkpoint(s) hold"), out
+
+
+def test_a_server_refuses_to_sign_a_history_rewritten_below_its_latest_checkpoint(signed):
+    latest = signed.checkpoints[-1]
+    with copy_of(signed) as (private, _):
+        rewrite_and_rehash(private, signed.rows, 3)
+        with running(private, audit_checkpoint_s=INTERVAL_S) as server:
+            seq = server.births(1)
+            time.sleep(6 * INTERVAL_S)
+            assert [r["seq"] for r in checkpoint_rows(private)][-1] == latest["seq"] < seq
+            # It keeps serving the last checkpoint it signed honestly.
+            assert server.checkpoint().checkpoint == latest["jws"]
+            log_lines = file_lines(server.settings)
+        assert log_lines == []  # nothing signed, at shutdown either
