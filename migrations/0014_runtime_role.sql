@@ -38,5 +38,5 @@ GRANT SELECT, INSERT ON citizen_history TO registry_runtime;
 GRANT SELECT, INSERT, UPDATE ON change_events TO registry_runtime;
 
 -- The audit log: append and read, nothing else.
-GRANT SELECT, INSERT ON audit_log TO registry_runtime;
+GRANT SELECT, INSERT ON audit_log, audit_checkpoints TO registry_runtime;
 GRANT SELECT, UPDATE ON audit_head TO registry_runtime;

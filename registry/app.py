@@ -19,6 +19,7 @@ from registry.api.audit_service import AuditServicer
 from registry.api.audit_writer import AuditWriter
 from registry.api.caches import AgencyDirectory, PrefixCache
 from registry.api.cards import CardServicer
+from registry.api.checkpointer import Checkpointer
 from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.feed import ChangeFeed
 from registry.api.gate import CallGate
@@ -79,6 +80,7 @@ class RegistryServer:
     access: AccessLog
     audit: AuditWriter
     feed: ChangeFeed
+    checkpointer: Checkpointer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     metrics_server: Any = None
     """The Prometheus endpoint's HTTP server (REGISTRY_METRICS_LISTEN), when this process
@@ -87,6 +89,7 @@ class RegistryServer:
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
         self.audit.start()
+        self.checkpointer.start()
         self.feed.start()
         await self.server.start()
         self.access.start()
@@ -147,8 +150,10 @@ class RegistryServer:
         """Drain: report NOT_SERVING, finish in-flight calls within grace, then close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
-        # After the drain: calls still finishing were waiting for their audit entries.
+        # After the drain: calls still finishing were waiting for their audit entries; the
+        # last checkpoint covers every entry written.
         await self.audit.close()
+        await self.checkpointer.close()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,13 +221,17 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
     keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
     await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    checkpointer = Checkpointer(db, keys, settings.checkpoint_file, settings.audit_checkpoint_s)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(db, keys, audit, MissBudget()), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         PopulationServicer(db, feed, prefixes, audit), server
     )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(db), server)
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(db, checkpointer), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
@@ -243,5 +252,16 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     if port == 0:
         raise RuntimeError(f"could not bind {settings.listen}")
     return RegistryServer(
-        server, port, health, db, directory, prefixes, settings, keys, access, audit, feed
+        server,
+        port,
+        health,
+        db,
+        directory,
+        prefixes,
+        settings,
+        keys,
+        access,
+        audit,
+        feed,
+        checkpointer,
     )

@@ -8,7 +8,10 @@ public keys published by IdentityService.GetSigningKeys (a JWKS).
 Keys live as `<kid>.pem` files (PKCS#8, mode 0600) in one directory: created on first start,
 rotated with `registry keys rotate` (the newest key signs). Every key in the directory is
 published, so attestations signed by an older key stay verifiable; an operator prunes a retired
-key only after its last attestation expired (`registry keys prune`).
+key only after its last attestation expired (`registry keys prune`). The same keys sign the
+audit log's checkpoints (registry.checkpoints), which never expire: pruning deletes a retired
+key's private half but keeps its public half in `retired/<kid>.pem`, so `registry audit verify`
+still checks the checkpoints it signed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class SigningKeys:
         self.directory = directory
         self.lifetime_s = lifetime_s
         self._keys: list[SigningKey] = []
+        self._public: dict[str, ec.EllipticCurvePublicKey] = {}
         self._jwks = '{"keys": []}'
 
     @classmethod
@@ -110,6 +114,7 @@ class SigningKeys:
             raise ValueError(f"no signing keys in {self.directory}")
         keys.sort(key=lambda k: (k.created, k.kid))
         self._keys = keys
+        self._public = public_keys(self.directory)
         self._jwks = json.dumps({"keys": [_jwk(k) for k in keys]}, sort_keys=True)
 
     @property
@@ -121,6 +126,10 @@ class SigningKeys:
     def kids(self) -> list[str]:
         """Return the ids of all published keys, oldest first."""
         return [k.kid for k in self._keys]
+
+    def public_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        """Return every key the registry signed with, published and retired, by kid."""
+        return self._public
 
     def jwks_json(self) -> str:
         """Return the public keys as a JWKS document."""
@@ -136,10 +145,18 @@ class SigningKeys:
             "exp": now + self.lifetime_s,
             "jti": uuid.uuid4().hex,
         }
+        return self.sign_payload(payload, "JWT")[0]
+
+    def sign_payload(self, payload: Mapping[str, Any], typ: str) -> tuple[str, str]:
+        """Sign a payload as it is with the current key; return (compact JWS, kid)."""
         key = self.current
-        return jwt.encode(
-            payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"}
+        token = jwt.encode(
+            dict(payload),
+            key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": key.kid, "typ": typ},
         )
+        return token, key.kid
 
     def prune(self, now: float | None = None) -> list[str]:
         """Delete retired keys whose last attestation has expired; return their kids.
@@ -152,6 +169,7 @@ class SigningKeys:
         with self._lock():
             for key, successor in zip(self._keys, self._keys[1:], strict=False):
                 if now > successor.created + self.lifetime_s:
+                    _keep_public_half(self.directory, key)
                     (self.directory / f"{key.kid}.pem").unlink(missing_ok=True)
                     removed.append(key.kid)
         self.reload()
@@ -159,6 +177,35 @@ class SigningKeys:
 
 
 _KID_TIME = "%Y%m%dT%H%M%S.%fZ"
+RETIRED = "retired"
+
+
+def _keep_public_half(directory: Path, key: SigningKey) -> None:
+    # Checkpoints this key signed stay verifiable after its private half is gone.
+    retired = directory / RETIRED
+    retired.mkdir(mode=0o700, exist_ok=True)
+    pem = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (retired / f"{key.kid}.pem").write_bytes(pem)
+
+
+def public_keys(directory: Path) -> dict[str, ec.EllipticCurvePublicKey]:
+    """Return every public key the registry has signed with, by kid, without creating any.
+
+    The published keys (`<kid>.pem`) and the public halves of pruned ones
+    (`retired/<kid>.pem`); an empty mapping when the directory does not exist.
+    """
+    found: dict[str, ec.EllipticCurvePublicKey] = {}
+    for path in sorted(directory.glob(f"{RETIRED}/*.pem")):
+        public = serialization.load_pem_public_key(path.read_bytes())
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            found[path.stem] = public
+    for path in sorted(directory.glob("*.pem")):
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if isinstance(private, ec.EllipticCurvePrivateKey):
+            found[path.stem] = private.public_key()
+    return found
 
 
 def _created(kid: str, path: Path) -> float:

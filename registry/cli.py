@@ -13,14 +13,15 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import uvloop
 
-from registry import audit, clock, imports, logs, pin_secret, status
-from registry.attestation import SigningKeys
+from registry import audit, checkpoints, clock, imports, logs, pin_secret, status
+from registry.attestation import SigningKeys, public_keys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
 from registry.db import audit as audit_db
@@ -160,40 +161,122 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
 
 
 class AuditBroken(Exception):
-    """`registry audit verify` found a broken link: exit code 1."""
+    """`registry audit verify` found a broken link or a checkpoint that does not hold: exit 1."""
 
 
-async def _verify_audit(dsn: str) -> audit.Walk:
+def _checkpoint_arguments(values: Sequence[str]) -> list[tuple[str, str]]:
+    """Return (JWS, where it came from) for each --checkpoint: a JWS, or a file of them."""
+    found: list[tuple[str, str]] = []
+    for value in values:
+        path = Path(value)
+        try:
+            is_file = path.is_file()
+        except OSError:  # a JWS is longer than a file name may be
+            is_file = False
+        if is_file:
+            try:
+                lines = checkpoints.read_file(path)
+            except OSError as exc:
+                raise CliError(f"cannot read checkpoint file {value}: {exc.strerror}") from None
+            found.extend((line, f"in {value} line {number}") for number, line in lines)
+        elif value.count(".") == 2 and "/" not in value:
+            found.append((value, "given with --checkpoint"))
+        else:
+            raise CliError(f"--checkpoint {value[:80]}: neither a file nor a compact JWS")
+    return found
+
+
+@dataclass(frozen=True)
+class _Verified:
+    walk: audit.Walk
+    checkpoints: checkpoints.CheckpointReport
+    from_table: int
+
+
+async def _verify_audit(dsn: str, check: checkpoints.CheckpointCheck) -> _Verified:
     conn = await _connect_and_migrate(dsn)
     try:
         # One snapshot: servers may append while we walk; we check the chain up to the head
-        # as it was when the walk began.
-        check = audit.ChainCheck()
+        # as it was when the walk began. The checkpoint file and the command line were read
+        # before it: every checkpoint there was signed from a head this snapshot has.
+        chain = audit.ChainCheck()
+        hashes: dict[int, bytes] = {}
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             head = await audit_db.head(conn)
-            async for seq, entry, stored in audit_db.entries(conn):
-                if not check.feed(seq, entry, stored):
+            stored = await audit_db.checkpoint_tokens(conn)
+            for token in stored:
+                check.add(token, "in the table")
+            wanted = check.wanted
+            async for seq, entry, stored_hash in audit_db.entries(conn):
+                if not chain.feed(seq, entry, stored_hash):
                     break
+                if seq in wanted:
+                    hashes[seq] = stored_hash
     finally:
         await conn.close()
-    return check.finish(head)
+    walk = chain.finish(head)
+    return _Verified(walk, check.finish(walk, hashes), len(stored))
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
+    keys = public_keys(settings.signing_keys_path)
+    check = checkpoints.CheckpointCheck(keys)
+    given = _checkpoint_arguments(args.checkpoint or [])
+    in_file: list[tuple[int, str]] = []
+    if settings.checkpoint_file.is_file():
+        try:
+            in_file = checkpoints.read_file(settings.checkpoint_file)
+        except OSError as exc:
+            raise CliError(f"cannot read {settings.checkpoint_file}: {exc.strerror}") from None
+    for number, token in in_file:
+        check.add(token, f"in {settings.checkpoint_file} line {number}")
+    for token, source in given:
+        check.add(token, source)
     with database_url(settings) as dsn:
-        result = asyncio.run(_verify_audit(dsn))
+        found = asyncio.run(_verify_audit(dsn, check))
+    result, report = found.walk, found.checkpoints
+    known = found.from_table + len(in_file) + len(given)
     if not result.intact:
         print(
             f"audit log BROKEN at entry {result.broken_at}: {result.problem}\n"
             f"  {result.entries} entries before it are intact "
             f"(last good entry {result.last_seq}, hash {result.last_hash.hex()})"
         )
+        for failure in report.failures:
+            print(f"  also: {failure.message}")
+        raise AuditBroken()
+    if known and not keys:
+        raise CliError(
+            f"no registry signing keys in {settings.signing_keys_path} "
+            "(REGISTRY_SIGNING_KEY_DIR): the checkpoints cannot be checked"
+        )
+    if report.failures:
+        first, *others = report.failures
+        print(
+            f"audit log BROKEN: {first.message}\n"
+            f"  the chain is consistent up to its head (entry {result.last_seq}, hash "
+            f"{result.last_hash.hex()}), but not with what the registry signed"
+        )
+        for failure in others:
+            print(f"  also: {failure.message}")
         raise AuditBroken()
     print(
         f"audit log intact: {result.entries} entries, head entry {result.last_seq}, "
         f"hash {result.last_hash.hex()}\n"
         "  keep the head hash: a later verify must show this entry with this hash"
     )
+    sources = (
+        f"{found.from_table} in the table, {len(in_file)} in {settings.checkpoint_file}, "
+        f"{len(given)} given"
+    )
+    if report.held:
+        latest = report.held[-1]
+        print(
+            f"  {len(report.held)} signed checkpoint(s) hold ({sources}); the latest: "
+            f"{latest.describe()}"
+        )
+    else:
+        print(f"  no signed checkpoint to check against ({sources})")
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -549,8 +632,18 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the hash-chained audit log")
     audit.set_defaults(func=cmd_audit)
     audit_actions = audit.add_subparsers(dest="audit_command", required=True)
-    audit_actions.add_parser(
-        "verify", help="walk the whole chain; exit 1 and name the first broken link if any"
+    verify = audit_actions.add_parser(
+        "verify",
+        help="walk the whole chain and check it against every signed checkpoint known (the "
+        "table, the data directory's checkpoint file, --checkpoint); exit 1 naming the first "
+        "broken link or checkpoint that does not hold",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="JWS|FILE",
+        help="a checkpoint JWS (from GetAuditCheckpoint), or a file of them one per line; "
+        "repeatable",
     )
     agency = sub.add_parser("agency", help="manage calling agencies and their keys")
     agency.set_defaults(func=cmd_agency)

@@ -97,6 +97,10 @@ class Settings:
     health_check_s: float = 1.0
     """How often the database is probed for the health service."""
 
+    audit_checkpoint_s: float = 10.0
+    """How often the audit chain's head is signed while entries are written (SPEC §7: at
+    least every 10 s); also signed at shutdown."""
+
     shutdown_grace_s: float = 10.0
     """How long SIGTERM waits for in-flight calls before cancelling them."""
 
@@ -126,6 +130,11 @@ class Settings:
     def signing_keys_path(self) -> Path:
         """Return the directory of the registry's signing keys."""
         return self.signing_key_dir or self.data_dir / "signing-keys"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        """Return the file outside the database the signed audit checkpoints are appended to."""
+        return self.data_dir / "audit-checkpoints.jws"
 
     @property
     def tls_enabled(self) -> bool:
@@ -172,6 +181,7 @@ class Settings:
             pool_min_size=int(number("REGISTRY_POOL_MIN", 4)),
             pool_max_size=int(number("REGISTRY_POOL_MAX", 16)),
             agency_refresh_s=number("REGISTRY_AGENCY_REFRESH_S", 5.0),
+            audit_checkpoint_s=number("REGISTRY_AUDIT_CHECKPOINT_S", 10.0),
             log_level=env.get("REGISTRY_LOG_LEVEL", "").strip().upper() or "INFO",
             metrics_listen=env.get("REGISTRY_METRICS_LISTEN", "").strip() or None,
         )
@@ -200,5 +210,10 @@ class Settings:
                     "REGISTRY_METRICS_LISTEN serves plain HTTP: bind it to loopback, or set "
                     "REGISTRY_ALLOW_INSECURE_LISTEN=1 on a network only Prometheus reaches"
                 )
+        if not 0 < self.audit_checkpoint_s <= 10:
+            raise ConfigError(
+                "REGISTRY_AUDIT_CHECKPOINT_S must be more than 0 and at most 10 seconds "
+                f"(SPEC §7), got {self.audit_checkpoint_s}"
+            )
         if self.pool_min_size < 1 or self.pool_max_size < self.pool_min_size:
             raise ConfigError("REGISTRY_POOL_MIN/MAX must satisfy 1 <= min <= max")

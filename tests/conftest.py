@@ -204,21 +204,24 @@ class ServerThread:
         self._thread.join(10)
 
 
-# One PIN secret for every test server of the session: they share the session database, which
-# refuses a server holding another secret (registry.db.pins.check_secret).
+# One key ring for every test server, as servers sharing a database share their signing keys in
+# production: each signs audit checkpoints into the same table, and `registry audit verify`
+# checks them all with these keys. The PIN secret beside them is shared for the same reason:
+# the session database refuses a server holding another (registry.db.pins.check_secret).
+SIGNING_KEY_DIR = Path(tempfile.mkdtemp(prefix="registry-keys-"))
 SESSION_PIN_SECRET = os.urandom(32)
+(SIGNING_KEY_DIR / pin_secret.FILE_NAME).write_text(SESSION_PIN_SECRET.hex() + "\n")
+(SIGNING_KEY_DIR / pin_secret.FILE_NAME).chmod(0o600)
 
 
 def server_settings(**overrides: Any) -> Settings:
-    key_dir = Path(tempfile.mkdtemp(prefix="registry-keys-"))
-    secret = key_dir / pin_secret.FILE_NAME
-    secret.write_text(SESSION_PIN_SECRET.hex() + "\n")
-    secret.chmod(0o600)
     base = Settings(
         listen="127.0.0.1:0",
         agency_refresh_s=1.0,
         health_check_s=0.2,
-        signing_key_dir=key_dir,
+        signing_key_dir=SIGNING_KEY_DIR,
+        # The audit checkpoint file goes here, not into the working directory's var/.
+        data_dir=Path(tempfile.mkdtemp(prefix="registry-data-")),
     )
     return replace(base, **overrides)
 

@@ -1,4 +1,5 @@
-"""AuditService: a citizen's access history, for citizens' portals and oversight bodies."""
+"""AuditService: a citizen's access history, for citizens' portals and oversight bodies, and the
+audit log's signed checkpoints, for anyone who wants to pin its history."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import binascii
 
 import grpc
 
+from registry.api.checkpointer import Checkpointer
 from registry.db import audit as audit_db
 from registry.db.pool import Database
+from registry.errors import not_found
 from registry.registration import Violations
 from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import audit_service_pb2_grpc as pb_grpc
@@ -44,8 +47,9 @@ def _read_page_token(v: Violations, token: str, pin: str) -> int | None:
 class AuditServicer(pb_grpc.AuditServiceServicer):
     """Read the audit log."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, checkpointer: Checkpointer):
         self._db = db
+        self._checkpointer = checkpointer
 
     async def ListAccessLog(
         self, request: pb.ListAccessLogRequest, context: grpc.aio.ServicerContext
@@ -71,4 +75,20 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             entry.time.FromDatetime(item.time)
         if len(found) > size:
             response.next_page_token = page_token(pin, found[size - 1].seq)
+        return response
+
+    async def GetAuditCheckpoint(
+        self, request: pb.GetAuditCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAuditCheckpointResponse:
+        checkpoint = await self._checkpointer.latest()
+        if checkpoint is None:
+            raise not_found(
+                "NO_AUDIT_CHECKPOINT",
+                "no audit checkpoint has been signed yet; one is signed within 10 seconds of "
+                "the first recorded access",
+            )
+        response = pb.GetAuditCheckpointResponse(
+            checkpoint=checkpoint.jws, sequence=checkpoint.seq, head_hash=checkpoint.head_hash
+        )
+        response.time.FromDatetime(checkpoint.time)
         return response

@@ -73,6 +73,7 @@ METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}PopulationService/UpdateCitizen": "citizen:update",
     f"{_V1}PopulationService/WatchChanges": "changes:watch",
     f"{_V1}AuditService/ListAccessLog": "audit:read",
+    f"{_V1}AuditService/GetAuditCheckpoint": None,
 }
 # The calls that can commit a change event (migration 0007's triggers): when one ends, the
 # change feed's sequencer is woken (`on_change`).

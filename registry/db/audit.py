@@ -125,3 +125,61 @@ async def entries(
             ),
             r["hash"],
         )
+
+
+# -- signed checkpoints (migrations/0013_audit_checkpoints.sql) ---------------------------------
+
+# Held for one checkpointing transaction: one signer at a time among the server processes
+# sharing the database (the primary key on seq would also refuse a second row for a head).
+_CHECKPOINT_LOCK = 7_217_420_250_013
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint row, as stored (its signature not yet checked)."""
+
+    seq: int
+    head_hash: bytes
+    time: datetime
+    jws: str
+
+
+async def lock_checkpointing(conn: asyncpg.Connection) -> bool:
+    """Take the checkpoint signer's lock for this transaction; False when another holds it."""
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _CHECKPOINT_LOCK)
+    return taken
+
+
+async def latest_checkpoints(conn: asyncpg.Connection, limit: int) -> list[StoredCheckpoint]:
+    """Return up to `limit` checkpoints, highest position first."""
+    rows = await conn.fetch(
+        "SELECT seq, head_hash, time, jws FROM audit_checkpoints ORDER BY seq DESC LIMIT $1",
+        limit,
+    )
+    return [StoredCheckpoint(**dict(r)) for r in rows]
+
+
+async def checkpoint_tokens(conn: asyncpg.Connection) -> list[str]:
+    """Return every stored checkpoint's JWS, by position."""
+    return [r["jws"] for r in await conn.fetch("SELECT jws FROM audit_checkpoints ORDER BY seq")]
+
+
+async def hash_at(conn: asyncpg.Connection, seq: int) -> bytes | None:
+    """Return the stored hash of entry `seq`, or None when there is no such entry."""
+    found: bytes | None = await conn.fetchval("SELECT hash FROM audit_log WHERE seq = $1", seq)
+    return found
+
+
+async def add_checkpoint(
+    conn: asyncpg.Connection, seq: int, head_hash: bytes, time: datetime, jws: str
+) -> bool:
+    """Store a signed checkpoint; False when one for this position exists already."""
+    status = await conn.execute(
+        "INSERT INTO audit_checkpoints (seq, head_hash, time, jws) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT ON CONSTRAINT audit_checkpoints_pkey DO NOTHING",
+        seq,
+        head_hash,
+        time,
+        jws,
+    )
+    return bool(status == "INSERT 0 1")

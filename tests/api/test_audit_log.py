@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from registry.audit import GENESIS, Entry, link
+from registry.config import Settings
 from registry.db.migrate import migrate
 from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import (
@@ -166,15 +168,24 @@ def history(audit: Any, agency: Agency, pin: str, **kw: Any) -> pb.ListAccessLog
     return audit.ListAccessLog(request, metadata=agency.metadata(purpose="citizen portal"))
 
 
-def registry_cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
+def registry_cli(
+    *args: str, dsn: str, settings: Settings | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `registry` command on dsn; with `settings`, with the signing keys and data
+    directory (audit checkpoint file) of the server that ran with them."""
     env = dict(os.environ, REGISTRY_DATABASE_URL=dsn)
+    if settings is not None:
+        env.update(
+            REGISTRY_DATA_DIR=str(settings.data_dir),
+            REGISTRY_SIGNING_KEY_DIR=str(settings.signing_keys_path),
+        )
     return subprocess.run(
         [str(REGISTRY), *args], capture_output=True, text=True, env=env, timeout=60
     )
 
 
-def verify_chain(dsn: str) -> subprocess.CompletedProcess[str]:
-    result = registry_cli("audit", "verify", dsn=dsn)
+def verify_chain(dsn: str, settings: Settings | None = None) -> subprocess.CompletedProcess[str]:
+    result = registry_cli("audit", "verify", dsn=dsn, settings=settings)
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -229,10 +240,10 @@ def private_database(dsn: str) -> Iterator[str]:
         execute(dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def seed_through_a_server(private: str) -> None:
+def seed_through_a_server(private: str, settings: Settings) -> None:
     """Make calls through a server on the private database so that it holds entries."""
     agency = make_agency_factory(private)(miss_budget=1_000_000)
-    server = ServerThread(server_settings(), private).start()
+    server = ServerThread(settings, private).start()
     try:
         wait_serving(server.target)
         with grpc.insecure_channel(server.target) as channel:
@@ -257,9 +268,11 @@ def seed_through_a_server(private: str) -> None:
 class Seeded:
     """The private database a server wrote a chain to."""
 
-    def __init__(self, name: str, dsn: str, rows: list[asyncpg.Record]):
+    def __init__(self, name: str, dsn: str, rows: list[asyncpg.Record], settings: Settings):
         self.name = name
         self.dsn = dsn
+        self.settings = settings
+        """The seeding server's settings: its signing keys and checkpoint file."""
         self.rows = rows
         self.hashes = [GENESIS] + [r["hash"] for r in rows]
         """hashes[k] is entry k's stored hash; hashes[0] the genesis hash."""
@@ -270,7 +283,8 @@ class Seeded:
 def seeded(dsn: str) -> Iterator[Seeded]:
     with private_database(dsn) as name:
         private = database_dsn(dsn, name)
-        seed_through_a_server(private)
+        settings = server_settings()
+        seed_through_a_server(private, settings)
 
         async def read() -> list[asyncpg.Record]:
             conn = await asyncpg.connect(private)
@@ -285,7 +299,7 @@ def seeded(dsn: str) -> Iterator[Seeded]:
 
         rows = run(read())
         assert len(rows) >= 8, "the seeding calls should have written 8 entries or more"
-        yield Seeded(name, private, rows)
+        yield Seeded(name, private, rows, settings)
 
 
 def forged_3(row: asyncpg.Record) -> Entry:
@@ -407,11 +421,11 @@ def verified(seeded) -> dict[str, tuple[int, str, str]]:
     for case, (how, _) in TAMPERING.items():
         run(tamper(how))
         try:
-            result = registry_cli("audit", "verify", dsn=seeded.dsn)
+            result = registry_cli("audit", "verify", dsn=seeded.dsn, settings=seeded.settings)
         finally:
             run(put_back())
         results[case] = (result.returncode, result.stdout, result.stderr)
-    result = registry_cli("audit", "verify", dsn=seeded.dsn)
+    result = registry_cli("audit", "verify", dsn=seeded.dsn, settings=seeded.settings)
     results["untouched"] = (result.returncode, result.stdout, result.stderr)
     return results
 
@@ -423,12 +437,19 @@ def test_the_triggers_are_back_after_the_tampering(seeded, verified):
 
 def test_verify_accepts_the_chain_a_server_wrote(seeded):
     n = seeded.n
-    result = verify_chain(seeded.dsn)
+    result = verify_chain(seeded.dsn, seeded.settings)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == [
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
         f"audit log intact: {n} entries, head entry {n}, hash {seeded.hashes[n].hex()}",
         "  keep the head hash: a later verify must show this entry with this hash",
     ]
+    # The server signed its head when it stopped (the table and its file hold that checkpoint).
+    assert lines[2].startswith("  1 signed checkpoint(s) hold (1 in the table, 1 in "), lines
+    assert re.search(
+        rf"the latest: checkpoint at sequence {n} \(signed \d{{4}}-\d\d-\d\dT[\d:]{{8}}Z\)$",
+        lines[2],
+    ), lines
 
 
 def test_verify_accepts_the_restored_chain(seeded, verified):
@@ -1120,7 +1141,7 @@ def busy_citizen(civil, identity, db, make_agency) -> tuple[str, Agency, int, tu
     return pin, bank, before, window
 
 
-def test_concurrent_calls_share_transactions(db, dsn, busy_citizen):
+def test_concurrent_calls_share_transactions(db, dsn, server, busy_citizen):
     pin, bank, before, _ = busy_citizen
     written = entries_by(db, bank, before)
     assert len(written) == CONCURRENT
@@ -1132,7 +1153,7 @@ def test_concurrent_calls_share_transactions(db, dsn, busy_citizen):
         bank.id,
     )
     assert 1 <= transactions < CONCURRENT
-    result = verify_chain(dsn)
+    result = verify_chain(dsn, server.settings)
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("audit log intact: ")
 

@@ -9,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+import jwt
 import pytest
 
 from registry.model import CITIZEN_FIELDS
@@ -56,11 +57,30 @@ def test_remaining_rpcs_through_the_client(rc, server, who):
         assert page.entries[0]["agency_id"] == who.id
         assert page.entries[0]["purpose"] == "kiểm tra"
 
-    async def go() -> str:
-        async with rc.AsyncRegistryClient(server.target, who.id, who.kid, pem) as client:
-            return await client.resolve_legacy_id(legacy)
+    # The session server signs every 10 s; sign its head now rather than wait.
+    signed = server.call(server.app.checkpointer.checkpoint()) or server.call(
+        server.app.checkpointer.latest()
+    )
+    with rc.RegistryClient(server.target, who.id, who.kid, pem) as client:
+        checkpoint = client.get_audit_checkpoint()
+    assert checkpoint.sequence >= signed.seq
+    assert (checkpoint.time.tzinfo, len(checkpoint.head_hash)) == (dt.UTC, 32)
+    claims = jwt.decode(checkpoint.checkpoint, options={"verify_signature": False})
+    assert (claims["seq"], claims["head_hash"]) == (
+        checkpoint.sequence,
+        checkpoint.head_hash.hex(),
+    )
 
-    assert asyncio.run(go()) == reestablished.pin  # follows the re-establishment
+    async def go() -> tuple[str, Any]:
+        async with rc.AsyncRegistryClient(server.target, who.id, who.kid, pem) as client:
+            return (
+                await client.resolve_legacy_id(legacy),
+                await client.get_audit_checkpoint(),
+            )
+
+    pin, latest = asyncio.run(go())
+    assert pin == reestablished.pin  # follows the re-establishment
+    assert latest.sequence >= checkpoint.sequence
 
 
 def test_import_citizens_through_the_client(rc, server, who):

@@ -30,6 +30,8 @@ ATTACKS = {
     "delete audit entries": "DELETE FROM audit_log",
     "truncate the audit log": "TRUNCATE audit_log",
     "truncate the audit head": "TRUNCATE audit_head",
+    "forge a checkpoint in place": "UPDATE audit_checkpoints SET jws = 'x'",
+    "delete checkpoints": "DELETE FROM audit_checkpoints",
     "delete the audit head": "DELETE FROM audit_head",
     "disable the append-only trigger": "ALTER TABLE audit_log DISABLE TRIGGER USER",
     "switch triggers off": "SET session_replication_role = replica",
@@ -137,6 +139,7 @@ def test_runtime_role_is_unprivileged_and_owns_nothing(runtime_dsn):
 EXPECTED_GRANTS = {
     "agencies": {"SELECT"},
     "agency_keys": {"SELECT"},
+    "audit_checkpoints": {"SELECT", "INSERT"},
     "audit_head": {"SELECT", "UPDATE"},
     "audit_log": {"SELECT", "INSERT"},
     "cards": {"SELECT", "INSERT", "UPDATE"},

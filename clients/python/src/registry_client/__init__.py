@@ -14,7 +14,13 @@ See clients/python/README.md.
 from __future__ import annotations
 
 from .auth import TokenSource, algorithm_for
-from .client import AccessLogPage, AsyncRegistryClient, ImportSummary, RegistryClient
+from .client import (
+    AccessLogPage,
+    AsyncRegistryClient,
+    AuditCheckpoint,
+    ImportSummary,
+    RegistryClient,
+)
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -61,6 +67,7 @@ __all__ = [
     "AccessLogPage",
     "AlreadyExists",
     "AsyncRegistryClient",
+    "AuditCheckpoint",
     "BloodType",
     "Cancelled",
     "Card",

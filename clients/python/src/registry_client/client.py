@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 import time
 import uuid
@@ -293,6 +294,35 @@ def _list_access_log(pin: str, page_size: int, page_token: str) -> _Call[AccessL
         audit_service_pb2.ListAccessLogRequest(pin=pin, page_size=page_size, page_token=page_token),
         audit_service_pb2.ListAccessLogResponse,
         convert,
+    )
+
+
+@dataclass(frozen=True)
+class AuditCheckpoint:
+    """The registry's signature over its audit log at a position; keep `checkpoint` (the JWS).
+
+    Verify it offline with the get_signing_keys() JWKS (ES256, aud
+    "citizen-registry/audit-checkpoint"); hand saved ones to the registry's operator for
+    `registry audit verify --checkpoint`.
+    """
+
+    checkpoint: str
+    sequence: int
+    head_hash: bytes
+    time: datetime.datetime
+
+
+def _get_audit_checkpoint() -> _Call[AuditCheckpoint]:
+    return _Call(
+        "/registry.v1.AuditService/GetAuditCheckpoint",
+        audit_service_pb2.GetAuditCheckpointRequest(),
+        audit_service_pb2.GetAuditCheckpointResponse,
+        lambda r: AuditCheckpoint(
+            r.checkpoint,
+            r.sequence,
+            bytes(r.head_hash),
+            r.time.ToDatetime(datetime.UTC),
+        ),
     )
 
 
@@ -620,6 +650,10 @@ class RegistryClient(_Base):
         """One page of who accessed the citizen's data, newest first."""
         return self._unary(_list_access_log(pin, page_size, page_token))
 
+    def get_audit_checkpoint(self) -> AuditCheckpoint:
+        """The latest signed checkpoint of the audit log (NotFound before the first)."""
+        return self._unary(_get_audit_checkpoint())
+
     def watch_changes(
         self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None
     ) -> Iterator[ChangeEvent]:
@@ -802,6 +836,10 @@ class AsyncRegistryClient(_Base):
     ) -> AccessLogPage:
         """See RegistryClient.list_access_log."""
         return await self._unary(_list_access_log(pin, page_size, page_token))
+
+    async def get_audit_checkpoint(self) -> AuditCheckpoint:
+        """See RegistryClient.get_audit_checkpoint."""
+        return await self._unary(_get_audit_checkpoint())
 
     async def watch_changes(
         self, after_sequence: int = 0, types: Sequence[ChangeType | str] | None = None
