@@ -110,8 +110,10 @@ class RegistryServer:
                 metrics.DB_POOL_SIZE.set(pool.get_size())
                 metrics.DB_POOL_IN_USE.set(pool.get_size() - pool.get_idle_size())
                 metrics.AUDIT_QUEUE.set(self.audit.pending_entries)
-                lag, fullest = await gauges_db.sample(self.db.pool)
+                lag, checkpoint_age, fullest = await gauges_db.sample(self.db.pool)
                 metrics.FEED_LAG.set(lag)
+                if checkpoint_age is not None:
+                    metrics.CHECKPOINT_AGE.set(checkpoint_age)
                 for bucket, ratio in fullest:
                     metrics.BUCKET_FILL.labels(bucket).set(ratio)
             except Exception as exc:  # a failed sample must not stop the next one

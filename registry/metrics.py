@@ -79,6 +79,11 @@ FEED_LAG = Gauge(
     "Age of the oldest change event not yet numbered for WatchChanges readers.",
     multiprocess_mode="max",
 )
+CHECKPOINT_AGE = Gauge(
+    "registry_audit_checkpoint_age_seconds",
+    "Age of the newest signed audit checkpoint (signed every <= 10 s while entries are written).",
+    multiprocess_mode="min",
+)
 BUCKET_FILL = Gauge(
     "registry_pin_bucket_fill_ratio",
     "Share of the 1,000,000 numbers issued in the fullest PIN buckets (PPP-G-YY).",

@@ -21,6 +21,7 @@ from registry.pin import BUCKET_SIZE
 # Thresholds of the verdicts, with why.
 FEED_LAG_WARN_S = 5.0  # the sequencer numbers events at least every second
 BUCKET_FILL_WARN = 0.9  # births into a full bucket are refused: plan a new prefix before then
+CHECKPOINT_STALE_S = 60.0  # servers sign every <= 10 s while entries are written
 
 
 @dataclass
@@ -97,6 +98,30 @@ async def database(conn: asyncpg.Connection) -> list[Finding]:
                 "head_seq": row["seq"],
                 "head_hash": bytes(row["hash"]).hex(),
                 "last_entry_age_s": age,
+            },
+        )
+    )
+    checkpoint = await conn.fetchrow(
+        "SELECT seq, extract(epoch FROM clock_timestamp() - time)::float8 AS age "
+        "FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+    )
+    behind = row["seq"] - (checkpoint["seq"] if checkpoint else 0)
+    if checkpoint is None:
+        verdict, text = ("warn" if behind else "ok"), "none signed yet"
+    else:
+        # Signed at least every 10 s while entries are written (SPEC §7).
+        stale = behind > 0 and checkpoint["age"] > CHECKPOINT_STALE_S
+        verdict = "warn" if stale else "ok"
+        text = f"at entry {checkpoint['seq']:,}, signed {checkpoint['age']:,.0f} s ago"
+    found.append(
+        Finding(
+            "checkpoint",
+            verdict,
+            text + (f", {behind:,} entries since" if behind else ""),
+            {
+                "seq": checkpoint["seq"] if checkpoint else None,
+                "age_s": checkpoint["age"] if checkpoint else None,
+                "entries_since": behind,
             },
         )
     )

@@ -16,12 +16,21 @@ SELECT province_code, g, yy, issued FROM pin_buckets ORDER BY issued DESC LIMIT 
 """
 
 
-async def sample(pool: asyncpg.Pool, buckets: int = 10) -> tuple[float, list[tuple[str, float]]]:
-    """Return (change-feed lag in seconds, [(bucket PPP-G-YY, fill ratio)] of the fullest)."""
+_CHECKPOINT_AGE = """
+SELECT extract(epoch FROM clock_timestamp() - max(time))::float8 FROM audit_checkpoints
+"""
+
+
+async def sample(
+    pool: asyncpg.Pool, buckets: int = 10
+) -> tuple[float, float | None, list[tuple[str, float]]]:
+    """Return (change-feed lag s, age of the last signed checkpoint s or None, and
+    [(bucket PPP-G-YY, fill ratio)] of the fullest buckets)."""
     async with pool.acquire() as conn:
         lag = float(await conn.fetchval(_FEED_LAG))
+        checkpoint_age = await conn.fetchval(_CHECKPOINT_AGE)
         rows = await conn.fetch(_FULLEST, buckets)
     fullest = [
         (f"{r['province_code']}-{r['g']}-{r['yy']:02d}", r["issued"] / BUCKET_SIZE) for r in rows
     ]
-    return lag, fullest
+    return lag, checkpoint_age, fullest

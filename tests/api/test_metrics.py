@@ -134,6 +134,7 @@ def test_gauges_are_sampled_and_no_label_carries_personal_data(metered, agency, 
         assert re.fullmatch(r"\d{3}-\d-\d{2}", bucket)
     assert ("registry_change_feed_lag_seconds", ()) in sampled
     assert ("registry_audit_queue_entries", ()) in sampled
+    assert ("registry_audit_checkpoint_age_seconds", ()) in sampled
     text = str(sampled[("__text__", ())])
     assert pin not in text and token not in text
     assert not re.search(r'"\d{12}"', text)  # no PIN-shaped label value

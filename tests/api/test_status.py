@@ -24,6 +24,7 @@ def test_status_of_a_healthy_registry(server, dsn, civil, agency):
     assert "version" in lines["schema"] and "pending" not in lines["schema"]
     assert "head entry" in lines["audit"]
     assert "fullest" in done.stdout
+    assert "checkpoint" in lines
     as_json = registry("status", "--json", dsn=dsn, env=_env(server))
     assert as_json.returncode == 0
     findings = {f["name"]: f for f in json.loads(as_json.stdout)}
