@@ -95,6 +95,10 @@ class RegistryServer:
         self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="signing-keys"))
+        prune = self.feed.prune_forever(
+            self.settings.change_retention_days, self.settings.change_prune_s
+        )
+        self._tasks.append(asyncio.create_task(prune, name="change-retention"))
         if self.settings.metrics_listen is not None:
             self._tasks.append(asyncio.create_task(self._sample_gauges(), name="metrics"))
             if metrics.multiprocess_dir() is None:

@@ -107,6 +107,13 @@ class Settings:
     log_level: str = "INFO"
     """Python logging level name."""
 
+    change_retention_days: float = 35.0
+    """Change events older than this are pruned (WatchChanges from an older cursor answers
+    OUT_OF_RANGE): a subscriber must catch up within it; a month and slack by default."""
+
+    change_prune_s: float = 3600.0
+    """How often the server prunes change events past their retention."""
+
     metrics_listen: str | None = None
     """host:port of the Prometheus endpoint (/metrics); None: no endpoint and no counting."""
 
@@ -184,6 +191,7 @@ class Settings:
             audit_checkpoint_s=number("REGISTRY_AUDIT_CHECKPOINT_S", 10.0),
             log_level=env.get("REGISTRY_LOG_LEVEL", "").strip().upper() or "INFO",
             metrics_listen=env.get("REGISTRY_METRICS_LISTEN", "").strip() or None,
+            change_retention_days=number("REGISTRY_CHANGE_RETENTION_DAYS", 35.0),
         )
         settings.check()
         return settings
@@ -215,5 +223,7 @@ class Settings:
                 "REGISTRY_AUDIT_CHECKPOINT_S must be more than 0 and at most 10 seconds "
                 f"(SPEC §7), got {self.audit_checkpoint_s}"
             )
+        if self.change_retention_days < 1:
+            raise ConfigError("REGISTRY_CHANGE_RETENTION_DAYS must be at least 1")
         if self.pool_min_size < 1 or self.pool_max_size < self.pool_min_size:
             raise ConfigError("REGISTRY_POOL_MIN/MAX must satisfy 1 <= min <= max")

@@ -32,6 +32,8 @@ SAFETY_NET_S = 1.0
 # Numbering runs start at most this often: under load one run numbers the events of many
 # calls (each run is a durable commit), and a lone event is still numbered at once.
 MIN_INTERVAL_S = 0.05
+# Events deleted per statement by the retention pruner: short transactions, small WAL bursts.
+PRUNE_BATCH = 10_000
 
 
 class ChangeFeed:
@@ -48,6 +50,24 @@ class ChangeFeed:
     def start(self) -> None:
         """Start listening and sequencing in the background."""
         self._task = asyncio.create_task(self._run(), name="change-feed")
+
+    async def prune_forever(self, keep_days: float, every_s: float) -> None:
+        """Prune events past their retention, in batches that never hold writers up."""
+        while True:
+            try:
+                total = 0
+                async with self._db.pool.acquire() as conn:
+                    while True:
+                        removed = await changes.prune(conn, keep_days, PRUNE_BATCH)
+                        total += removed
+                        if removed < PRUNE_BATCH:
+                            break
+                        await asyncio.sleep(0.05)  # let the calls have the connection slots
+                if total:
+                    log.info("change feed: %d events past retention pruned", total)
+            except Exception as exc:  # retried next period; the feed itself is unaffected
+                log.warning("change feed pruning failed: %s", type(exc).__name__)
+            await asyncio.sleep(every_s)
 
     def kick(self) -> None:
         """Number new events soon: a call that may have committed a change has ended."""

@@ -21,7 +21,12 @@ _NUMBER = f"""
 BEGIN;
 SET LOCAL enable_bitmapscan = off;
 SELECT pg_advisory_xact_lock({_SEQUENCER_LOCK});
-WITH base AS (SELECT coalesce(max(sequence), 0) AS top FROM change_events),
+WITH base AS (
+         -- After the highest position ever given, even if retention pruned it (0020).
+         SELECT greatest(coalesce(max(sequence), 0),
+                         (SELECT pruned_through FROM change_feed_horizon)) AS top
+         FROM change_events
+     ),
      pending AS (
          SELECT id, row_number() OVER (ORDER BY id) AS n
          FROM change_events WHERE sequence IS NULL
@@ -78,3 +83,18 @@ async def read(
         limit,
     )
     return [ChangeEvent(**dict(r)) for r in rows]
+
+
+async def prune(conn: asyncpg.Connection, keep_days: float, max_rows: int = 10_000) -> int:
+    """Delete up to max_rows of the oldest numbered events older than keep_days; return how
+    many (0 when another server is pruning). Runs as the owner (a SECURITY DEFINER function
+    that refuses to delete anything younger than a day)."""
+    removed = await conn.fetchval(
+        "SELECT prune_change_events(make_interval(secs => $1), $2)", keep_days * 86400, max_rows
+    )
+    return int(removed)
+
+
+async def horizon(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Return the highest position pruned (events at or below it are gone; 0: none)."""
+    return int(await conn.fetchval("SELECT pruned_through FROM change_feed_horizon"))

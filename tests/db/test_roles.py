@@ -54,6 +54,8 @@ ATTACKS = {
     ),
     "delete a citizen": "DELETE FROM citizens",
     "delete change events": "DELETE FROM change_events",
+    "prune recent change events": "SELECT prune_change_events(interval '1 hour', 1000)",
+    "move the feed horizon": "UPDATE change_feed_horizon SET pruned_through = 0",
     "rewrite history": "DELETE FROM citizen_history",
     "rewind the audit head": "UPDATE audit_head SET seq = 0, hash = '\\x00'::bytea",
     # GRANT without the grant option only warns ("no privileges were granted"): try the DELETE.
@@ -144,6 +146,7 @@ EXPECTED_GRANTS = {
     "audit_log": {"SELECT", "INSERT"},
     "cards": {"SELECT", "INSERT", "UPDATE"},
     "change_events": {"SELECT", "INSERT", "UPDATE"},
+    "change_feed_horizon": {"SELECT"},
     "citizen_history": {"SELECT", "INSERT"},
     "citizens": {"SELECT", "INSERT", "UPDATE"},
     "idempotency_keys": {"SELECT", "INSERT", "UPDATE"},

@@ -1,0 +1,145 @@
+"""Change-feed retention (issue 18 item 5): old events are pruned, positions never reused."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from registry.db import changes
+from registry.db.migrate import migrate
+from tests.conftest import ServerThread, run, server_settings
+
+
+@pytest.fixture
+def feed_db(cluster, dsn) -> Iterator[tuple[str, str]]:
+    """A migrated database of its own: (superuser DSN, runtime DSN)."""
+    name = f"feed_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER registry_owner')
+        finally:
+            await conn.close()
+        owner = await asyncpg.connect(cluster.owner_dsn.rsplit("/", 1)[0] + "/" + name)
+        try:
+            await migrate(owner)
+        finally:
+            await owner.close()
+
+    run(create())
+    base = dsn.rsplit("/", 1)[0] + "/" + name
+    yield base, cluster.runtime_dsn.rsplit("/", 1)[0] + "/" + name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run(drop())
+
+
+async def _seed(superuser: str, old: int, young: int, unnumbered_old: int = 0) -> None:
+    conn = await asyncpg.connect(superuser)
+    try:
+        await conn.execute(
+            "INSERT INTO change_events (sequence, type, pin, time) "
+            "SELECT n, 1, lpad(n::text, 12, '0'), now() - "
+            "  CASE WHEN n <= $1::int THEN interval '40 days' ELSE interval '1 minute' END "
+            "FROM generate_series(1, $1::int + $2::int) n",
+            old,
+            young,
+        )
+        await conn.execute(
+            "INSERT INTO change_events (type, pin, time) "
+            "SELECT 1, '000000000000', now() - interval '50 days' FROM generate_series(1, $1::int)",
+            unnumbered_old,
+        )
+    finally:
+        await conn.close()
+
+
+async def _sequences(dsn: str) -> list[int | None]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT sequence FROM change_events ORDER BY id")]
+    finally:
+        await conn.close()
+
+
+def test_runtime_role_prunes_old_numbered_events_in_order(feed_db):
+    superuser, runtime = feed_db
+    run(_seed(superuser, old=60, young=40, unnumbered_old=3))
+
+    async def prune_all() -> list[int]:
+        conn = await asyncpg.connect(runtime)
+        try:
+            removed = []
+            while (n := await changes.prune(conn, keep_days=35, max_rows=25)) > 0:
+                removed.append(n)
+            return [*removed, await changes.horizon(conn)]
+        finally:
+            await conn.close()
+
+    *batches, horizon = run(prune_all())
+    assert batches == [25, 25, 10] and horizon == 60
+    left = run(_sequences(superuser))
+    assert [s for s in left if s is not None] == list(range(61, 101))
+    assert left.count(None) == 3  # unnumbered events are never pruned
+
+
+def test_pruning_keeps_the_newest_and_positions_are_never_reused(feed_db):
+    superuser, runtime = feed_db
+    run(_seed(superuser, old=10, young=0))
+
+    async def go() -> tuple[int, int, list[int | None]]:
+        conn = await asyncpg.connect(runtime)
+        try:
+            removed = await changes.prune(conn, keep_days=35)
+            horizon = await changes.horizon(conn)
+            await conn.execute("INSERT INTO change_events (type, pin) VALUES (1, '000000000001')")
+            await changes.number_pending(conn)
+            return removed, horizon, await _sequences(superuser)
+        finally:
+            await conn.close()
+
+    removed, horizon, left = run(go())
+    assert removed == 9 and horizon == 9
+    assert left == [10, 11]  # the newest old event stays; the next position follows it
+
+
+def test_the_runtime_role_cannot_prune_recent_events(feed_db):
+    superuser, runtime = feed_db
+    run(_seed(superuser, old=0, young=5))
+
+    async def go() -> None:
+        conn = await asyncpg.connect(runtime)
+        try:
+            with pytest.raises(asyncpg.RaiseError, match="at least one day"):
+                await changes.prune(conn, keep_days=0.5)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM change_events")
+        finally:
+            await conn.close()
+
+    run(go())
+    assert run(_sequences(superuser)) == [1, 2, 3, 4, 5]
+
+
+def test_the_server_prunes_in_the_background(feed_db):
+    superuser, runtime = feed_db
+    run(_seed(superuser, old=30, young=5))
+    srv = ServerThread(server_settings(change_prune_s=0.2), runtime).start()
+    try:
+        deadline = time.monotonic() + 30
+        while run(_sequences(superuser))[0] != 31:
+            assert time.monotonic() < deadline, "the server never pruned"
+            time.sleep(0.1)
+    finally:
+        srv.stop()
