@@ -214,3 +214,13 @@ def test_a_replay_is_cut_down_by_the_registration_of_the_day(
     assert again.replayed is True
     assert shown(again.citizen) == ALWAYS | {"religion"}
     assert again.citizen.version == first.citizen.version
+
+
+def test_the_kept_birth_answer_is_the_record_as_stored(civil, identity, agency):
+    """A birth's answer is rendered before its single insert: it must be the stored record."""
+    mother = person(civil, agency)
+    request = birth_request(mother_pin=mother.pin, registration_number=uuid.uuid4().hex[:10])
+    born = civil.RegisterBirth(request, metadata=agency.metadata()).citizen
+    stored = identity.GetCitizen(id_pb.GetCitizenRequest(pin=born.pin), metadata=agency.metadata())
+    assert born == stored.citizen
+    assert born.HasField("create_time") and born.create_time == born.update_time
