@@ -84,12 +84,12 @@ async def issue_card(
                     "issue_date",
                     f"issue date {issue.issue_date} is after today ({today})",
                 )
+            # The rules' names, never the register's dates (SPEC §6: no stored data in errors).
             if issue.issue_date < citizen.date_of_birth.earliest():
                 raise _refuse(
                     "ISSUE_DATE_BEFORE_BIRTH",
                     "issue_date",
-                    f"issue date {issue.issue_date} is before the holder's birth "
-                    f"({citizen.date_of_birth})",
+                    "issue_date is before the holder's recorded date of birth",
                 )
             issued_before, latest = await store.history(conn, issue.pin)
             if issue.kind == CardKind.FIRST_ISSUE and issued_before:
@@ -102,8 +102,8 @@ async def issue_card(
                 raise _refuse(
                     "ISSUE_DATE_BEFORE_LATEST_CARD",
                     "issue_date",
-                    f"issue date {issue.issue_date} is before that of the citizen's latest card "
-                    f"({latest}): a card cannot replace one issued after it",
+                    "issue_date is before that of the citizen's latest card: a card cannot "
+                    "replace one issued after it",
                 )
             await store.supersede_current(conn, issue.pin)
             expiry = rules.card_expiry(citizen.date_of_birth, issue.issue_date)
@@ -213,9 +213,16 @@ async def list_cards(db: Database, pin: str, today: date) -> list[Card]:
 
 
 async def link_legacy_id(
-    db: Database, caller: Caller, request_id: str, link: LegacyLink
-) -> tuple[Citizen, bool]:
-    """Attach an old CMND number to a PIN (one owner per number); return (citizen, replayed)."""
+    db: Database,
+    caller: Caller,
+    request_id: str,
+    link: LegacyLink,
+    render: Callable[[Citizen], bytes],
+) -> tuple[idempotency.Answer, bool]:
+    """Attach an old CMND number to a PIN (one owner per number); return (answer, replayed).
+
+    `render` makes the answer kept with the idempotency key, which replays return.
+    """
     async with db.pool.acquire() as conn:
 
         async def work() -> Citizen:
@@ -240,7 +247,7 @@ async def link_legacy_id(
                 )
             return await citizens.get_existing(conn, link.pin)
 
-        return await idempotency.run_once(
+        return await idempotency.run_once_answered(
             conn,
             agency_id=caller.agency_id,
             request_id=request_id,
@@ -248,7 +255,7 @@ async def link_legacy_id(
             request_hash=request_hash(LINK_LEGACY_ID, link),
             result_key=link.pin,
             work=work,
-            replay=lambda pin: citizens.get_existing(conn, pin),
+            render=render,
         )
 
 

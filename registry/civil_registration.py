@@ -1,9 +1,17 @@
-"""Use cases of the civil-status systems: register a birth (issue a PIN), register a death."""
+"""Use cases of the civil-status systems: register a birth (issue a PIN), register a death,
+annul a death registered in error.
+
+Each takes `render`, the API layer's rendering of the resulting record as the caller may see
+it: it is kept with the idempotency key in the transaction that makes the change, and is what
+the call and every replay of it answer (`idempotency.Answer`).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 import asyncpg
 
@@ -19,32 +27,47 @@ from registry.errors import (
     failed_precondition,
     not_found,
 )
-from registry.model import BirthRegistration, Caller, Citizen, CitizenStatus, DeathRegistration
+from registry.model import (
+    BirthRegistration,
+    Caller,
+    Citizen,
+    CitizenStatus,
+    DeathAnnulment,
+    DeathRegistration,
+)
 from registry.registration import Checked, request_hash
 
 log = logging.getLogger(__name__)
 
 REGISTER_BIRTH = "RegisterBirth"
 REGISTER_DEATH = "RegisterDeath"
+ANNUL_DEATH_REGISTRATION = "AnnulDeathRegistration"
+Render = Callable[[Citizen], bytes]
 # A number already held by an imported record is skipped; the permutation makes such hits
 # independent, so even a bucket that is half taken needs more than 16 draws about once
 # in 65,000 births.
 _MAX_TAKEN_NUMBERS = 16
 
 
-async def _replay(
-    conn: asyncpg.Connection,
-    stored: idempotency.StoredRequest,
-    method: str,
-    digest: bytes,
-    request_id: str,
-) -> Citizen:
-    return await _replay_citizen(conn, idempotency.check_replay(stored, method, digest, request_id))
-
-
-async def _replay_citizen(conn: asyncpg.Connection, pin: str) -> Citizen:
-    """Return the record an original call produced, as it is now."""
-    return await citizens.get_existing(conn, pin)
+def born(pin: str, birth: BirthRegistration, at: datetime) -> Citizen:
+    """Return the record a birth registration creates (what `citizens.insert_birth` stores)."""
+    return Citizen(
+        pin=pin,
+        full_name=birth.full_name,
+        date_of_birth=birth.date_of_birth,
+        sex=birth.sex,
+        registration_province_code=birth.registration_province_code,
+        place_of_birth=birth.place_of_birth,
+        hometown=birth.hometown,
+        ethnicity=birth.ethnicity,
+        nationality=birth.nationality,
+        father_pin=birth.father_pin,
+        mother_pin=birth.mother_pin,
+        status=CitizenStatus.ALIVE,
+        version=1,
+        create_time=at,
+        update_time=at,
+    )
 
 
 async def _check_parents(conn: asyncpg.Connection, birth: BirthRegistration) -> None:
@@ -93,8 +116,9 @@ async def register_birth(
     caller: Caller,
     request_id: str,
     checked: Checked[BirthRegistration],
-) -> tuple[Citizen, bool]:
-    """Create the citizen and issue the PIN; return (citizen, replayed)."""
+    render: Render,
+) -> tuple[idempotency.Answer, bool]:
+    """Create the citizen and issue the PIN; return (answer, replayed)."""
     birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
     async with db.pool.acquire() as conn:
@@ -103,7 +127,7 @@ async def register_birth(
         # parent's PIN cancelled since), and a reused key is refused without drawing a number.
         stored = await idempotency.lookup(conn, caller.agency_id, request_id)
         if stored is not None:
-            return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+            return idempotency.replayed_answer(stored, REGISTER_BIRTH, digest, request_id), True
         checked.check()
         if birth.registered_on is None:
             birth = replace(birth, registered_on=clock.today())
@@ -117,22 +141,32 @@ async def register_birth(
                 raise _bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
+            # The answer is rendered before the insert so that it is kept by the same single
+            # statement (no transaction round trips per birth): the record is known in full
+            # once its PIN and time are chosen.
+            at = clock.now()
+            answer = render(born(pin, birth, at))
             try:
-                citizen = await citizens.insert_birth(
+                await citizens.insert_birth(
                     conn,
                     pin,
                     birth,
+                    at=at,
                     agency_id=caller.agency_id,
                     request_id=request_id,
                     method=REGISTER_BIRTH,
                     request_hash=digest,
+                    answer=answer,
                 )
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name == "idempotency_keys_pkey":
                     # The same key was carried out by a concurrent call: answer as a replay.
                     stored = await idempotency.lookup(conn, caller.agency_id, request_id)
                     assert stored is not None
-                    return await _replay(conn, stored, REGISTER_BIRTH, digest, request_id), True
+                    replayed = idempotency.replayed_answer(
+                        stored, REGISTER_BIRTH, digest, request_id
+                    )
+                    return replayed, True
                 if exc.constraint_name == "citizens_pkey":
                     log.warning("PIN number in bucket %s already held; drawing the next", bucket)
                     continue
@@ -142,7 +176,7 @@ async def register_birth(
                 # citizens are never deleted; re-check to answer precisely.
                 await _check_parents(conn, birth)
                 raise
-            return citizen, False
+            return idempotency.Answer(pin, answer), False
     raise RegistryError(
         Code.RESOURCE_EXHAUSTED,
         "PIN_BUCKET_CONGESTED",
@@ -166,9 +200,9 @@ def _bucket_full(bucket: pins.Bucket) -> RegistryError:
 
 
 async def register_death(
-    db: Database, caller: Caller, request_id: str, death: DeathRegistration
-) -> tuple[Citizen, bool]:
-    """Mark a living citizen deceased; return (citizen, replayed)."""
+    db: Database, caller: Caller, request_id: str, death: DeathRegistration, render: Render
+) -> tuple[idempotency.Answer, bool]:
+    """Mark a living citizen deceased; return (answer, replayed)."""
     async with db.pool.acquire() as conn:
 
         async def work() -> Citizen:
@@ -176,7 +210,7 @@ async def register_death(
             _check_can_die(citizen, death)
             return await citizens.mark_deceased(conn, death)
 
-        return await idempotency.run_once(
+        return await idempotency.run_once_answered(
             conn,
             agency_id=caller.agency_id,
             request_id=request_id,
@@ -184,7 +218,7 @@ async def register_death(
             request_hash=request_hash(REGISTER_DEATH, death),
             result_key=death.pin,
             work=work,
-            replay=lambda pin: _replay_citizen(conn, pin),
+            render=render,
         )
 
 
@@ -194,8 +228,7 @@ def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:
     if citizen.status == CitizenStatus.DECEASED:
         raise failed_precondition(
             "CITIZEN_DECEASED",
-            f"the death of the citizen with PIN {death.pin} is already registered "
-            f"(date of death {citizen.date_of_death})",
+            f"the death of the citizen with PIN {death.pin} is already registered",
             [
                 PreconditionViolation(
                     "CITIZEN_DECEASED", death.pin, "already registered as deceased"
@@ -211,9 +244,67 @@ def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:
             replaced_by_pin=citizen.replaced_by_pin or "",
         )
     if death.date_of_death.latest() < citizen.date_of_birth.earliest():
+        # The rule, never the register's date of birth (SPEC §6: errors repeat no stored data).
         raise failed_precondition(
             "DEATH_BEFORE_BIRTH",
-            f"date of death {death.date_of_death} is before the date of birth "
-            f"{citizen.date_of_birth}",
+            "date_of_death is before the citizen's recorded date of birth",
             [PreconditionViolation("DEATH_BEFORE_BIRTH", "date_of_death", "before the birth")],
+        )
+
+
+async def annul_death_registration(
+    db: Database, caller: Caller, request_id: str, annulment: DeathAnnulment, render: Render
+) -> tuple[idempotency.Answer, bool]:
+    """Reverse a death registered in error: ALIVE again, date of death cleared, the deceased
+    version kept in the history with the decision; return (answer, replayed).
+
+    The citizen's cards are left as they are: a card withheld or superseded stays so, and an
+    ACTIVE one verifies again because its holder is alive.
+    """
+    async with db.pool.acquire() as conn:
+
+        async def work() -> Citizen:
+            citizen = await citizens.get(conn, annulment.pin, for_update=True)
+            _check_can_annul(citizen, annulment)
+            await citizens.keep_history(
+                conn,
+                annulment.pin,
+                ("status", "date_of_death"),
+                agency_id=caller.agency_id,
+                request_id=request_id,
+                reason=annulment.reason,
+                decision_reference=annulment.decision_reference,
+            )
+            return await citizens.annul_death(conn, annulment.pin)
+
+        return await idempotency.run_once_answered(
+            conn,
+            agency_id=caller.agency_id,
+            request_id=request_id,
+            method=ANNUL_DEATH_REGISTRATION,
+            request_hash=request_hash(ANNUL_DEATH_REGISTRATION, annulment),
+            result_key=annulment.pin,
+            work=work,
+            render=render,
+        )
+
+
+def _check_can_annul(citizen: Citizen | None, annulment: DeathAnnulment) -> None:
+    pin = annulment.pin
+    if citizen is None:
+        raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
+    if citizen.status == CitizenStatus.PIN_CANCELLED:
+        raise failed_precondition(
+            "PIN_CANCELLED",
+            f"PIN {pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
+            "annul the death registration under the new PIN",
+            [PreconditionViolation("PIN_CANCELLED", pin, "this PIN is no longer in use")],
+            replaced_by_pin=citizen.replaced_by_pin or "",
+        )
+    if citizen.status != CitizenStatus.DECEASED:
+        raise failed_precondition(
+            "CITIZEN_NOT_DECEASED",
+            f"the citizen with PIN {pin} is not registered as deceased: there is no death "
+            "registration to annul",
+            [PreconditionViolation("CITIZEN_NOT_DECEASED", pin, "no death is registered")],
         )

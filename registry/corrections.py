@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -27,9 +28,17 @@ _MAX_TAKEN_NUMBERS = 16
 
 
 async def update_citizen(
-    db: Database, caller: Caller, request_id: str, update: Update
-) -> tuple[Citizen, bool]:
-    """Apply an update (re-establishing the PIN if needed); return (record, replayed)."""
+    db: Database,
+    caller: Caller,
+    request_id: str,
+    update: Update,
+    render: Callable[[Citizen], bytes],
+) -> tuple[idempotency.Answer, bool]:
+    """Apply an update (re-establishing the PIN if needed); return (answer, replayed).
+
+    `render` makes the answer kept with the idempotency key: a replay returns the record as
+    this call left it, never as it is by then.
+    """
     async with db.pool.acquire() as conn:
 
         async def work() -> Citizen:
@@ -47,6 +56,7 @@ async def update_citizen(
                     replaced_by_pin=current.replaced_by_pin or "",
                 )
             if current.version != update.expected_version:
+                # The version is all the record this tells (SPEC §6 allows it on every answer).
                 raise RegistryError(
                     Code.ABORTED,
                     "VERSION_MISMATCH",
@@ -68,13 +78,7 @@ async def update_citizen(
                 return await citizens.update_fields(conn, current.pin, update.changes)
             return await _reestablish(db, conn, caller, request_id, current, changed, update)
 
-        async def replay(pin: str) -> Citizen:
-            record, _ = await citizens.follow_replacements(
-                conn, await citizens.get_existing(conn, pin)
-            )
-            return record
-
-        return await idempotency.run_once(
+        return await idempotency.run_once_answered(
             conn,
             agency_id=caller.agency_id,
             request_id=request_id,
@@ -82,7 +86,7 @@ async def update_citizen(
             request_hash=request_hash(UPDATE_CITIZEN, update),
             result_key=update.pin,
             work=work,
-            replay=replay,
+            render=render,
         )
 
 

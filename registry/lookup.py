@@ -19,6 +19,21 @@ from registry.verification import Claim, Outcome, verify
 
 # The number itself is what was asked about: always returned.
 ALWAYS_RETURNED = ("pin",)
+# What any answer carrying a record may hold besides the agency's registered read fields and
+# the fields its own request supplied (SPEC §6): which record, in what state, at what version
+# (the version an update must name; the state a card check reports anyway).
+ALWAYS_DISCLOSED = ("pin", "status", "version")
+
+
+def disclosed_fields(entitled: Iterable[str], supplied: Iterable[str]) -> list[str]:
+    """Return the Citizen fields a response carrying a record may hold, in message order.
+
+    `entitled` are the agency's registered read fields, `supplied` the Citizen fields its own
+    request gave values for (a civil-status system gets back the child it registered, an
+    update the fields it set), whatever it is registered to read.
+    """
+    allowed = {*entitled, *supplied, *ALWAYS_DISCLOSED}
+    return [f for f in CITIZEN_FIELDS if f in allowed]
 
 
 def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[str]:

@@ -15,6 +15,7 @@ __all__ = [
     "Caller",
     "Citizen",
     "CitizenStatus",
+    "DeathAnnulment",
     "DeathRegistration",
     "MaritalStatus",
     "Sex",
@@ -129,6 +130,16 @@ class DeathRegistration:
     date_of_death: PartialDate
     registration_authority: str
     registration_number: str
+
+
+@dataclass(frozen=True)
+class DeathAnnulment:
+    """A validated AnnulDeathRegistration request (without its request_id)."""
+
+    pin: str
+    reason: str
+    decision_reference: str
+    """The deciding authority's reference (e.g. the number of its decision)."""
 
 
 # Free-text Citizen fields set by imports and corrections, with their maximum lengths.

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 from registry import names, pin
 from registry.dates import PartialDate, parse_parts
 from registry.errors import FieldViolation, invalid_argument
-from registry.model import BirthRegistration, DeathRegistration
+from registry.model import BirthRegistration, DeathAnnulment, DeathRegistration
 
 _REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
 _NATIONALITY_RE = re.compile(r"[A-Z]{2}")
@@ -64,6 +64,21 @@ class RawDeath:
     date_of_death: DateParts
     registration_authority: str
     registration_number: str
+
+
+@dataclass(frozen=True)
+class RawAnnulment:
+    """An AnnulDeathRegistration request as received, before validation."""
+
+    request_id: str
+    pin: str
+    reason: str
+    decision_reference: str
+
+
+# Bounds of an annulment's texts: a reason in words, a decision's reference (number and date).
+MAX_ANNULMENT_REASON = 500
+MAX_DECISION_REFERENCE = 200
 
 
 class Violations:
@@ -273,6 +288,19 @@ def validate_death(raw: RawDeath, today: date) -> DeathRegistration:
     return DeathRegistration(
         pin=value, date_of_death=dod, registration_authority=authority, registration_number=number
     )
+
+
+def validate_annulment(raw: RawAnnulment) -> DeathAnnulment:
+    """Validate a death annulment, or raise INVALID_ARGUMENT naming every bad field."""
+    v = Violations()
+    check_request_id(v, raw.request_id)
+    value = v.pin("pin", raw.pin)
+    reason = v.text("reason", raw.reason, max_length=MAX_ANNULMENT_REASON)
+    reference = v.text(
+        "decision_reference", raw.decision_reference, max_length=MAX_DECISION_REFERENCE
+    )
+    v.raise_if_any()
+    return DeathAnnulment(pin=value, reason=reason, decision_reference=reference)
 
 
 def request_hash(method: str, request: object) -> bytes:

@@ -21,7 +21,6 @@ from registry.model import (
     TEXT_FIELD_LIMITS,
     BloodType,
     Citizen,
-    CitizenStatus,
     MaritalStatus,
     Sex,
 )
@@ -37,10 +36,14 @@ from registry.registration import (
 OUTPUT_ONLY = frozenset(
     {"pin", "replaced_by_pin", "version", "create_time", "update_time", "pin_mismatch"}
 )
-# Fields with their own RPC: an update cannot set them.
+# Fields with their own RPC: an update cannot set them. Civil status changes only through the
+# civil-status paths, which keep their registration details and the decision behind them: an
+# update that set ALIVE would revive a registered death (the card verifying again, the date
+# of death left behind).
 ELSEWHERE = {
     "legacy_ids": "link old numbers with CardService.LinkLegacyId",
-    "date_of_death": "register deaths with CivilRegistrationService.RegisterDeath",
+    "status": "civil status changes only through CivilRegistrationService",
+    "date_of_death": "use CivilRegistrationService RegisterDeath or AnnulDeathRegistration",
 }
 
 
@@ -122,15 +125,6 @@ def _value(v: Violations, field: str, raw: Any, prefixes: pin.PrefixTable, today
     if field in ("blood_type", "marital_status"):
         kind = BloodType if field == "blood_type" else MaritalStatus
         return _enum(v, where, kind, raw, allow_zero=True)
-    if field == "status":
-        if raw not in (CitizenStatus.ALIVE, CitizenStatus.MISSING):
-            v.add(
-                where,
-                "can be set to CITIZEN_STATUS_ALIVE or CITIZEN_STATUS_MISSING only (deaths are "
-                "registered with RegisterDeath, PINs cancelled by re-establishment)",
-            )
-            return None
-        return CitizenStatus(raw)
     if field == "registration_province_code":
         code = trim(raw)
         if not _PROVINCE_RE.fullmatch(code):

@@ -34,6 +34,7 @@ from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.db.pool import Database
 from registry.embedded import EmbeddedCluster
+from registry.model import CITIZEN_FIELDS
 from registry.tokens import SCOPES
 from registry.v1 import (
     card_service_pb2_grpc,
@@ -386,8 +387,10 @@ def make_agency(dsn: str) -> AgencyFactory:
 
 @pytest.fixture(scope="session")
 def agency(make_agency: AgencyFactory) -> TestAgency:
-    """An agency holding every scope, with a miss budget for verification campaigns."""
-    return make_agency(miss_budget=1_000_000)
+    """An agency holding every scope and registered to read every field (so that answers
+    carry whole records), with a miss budget for verification campaigns. Tests of the field
+    policy (SPEC §6) register agencies that may read less."""
+    return make_agency(miss_budget=1_000_000, fields=CITIZEN_FIELDS)
 
 
 # -- channels and stubs -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import grpc
 
 from registry import card_issuance, cards, clock
 from registry.api import convert
+from registry.api.disclosure import CitizenAnswer
 from registry.api.gate import current_caller, touch
 from registry.db.pool import Database
 from registry.registration import require_pin
@@ -69,8 +70,12 @@ class CardServicer(pb_grpc.CardServiceServicer):
         self, request: pb.LinkLegacyIdRequest, context: grpc.aio.ServicerContext
     ) -> pb.LinkLegacyIdResponse:
         link = cards.validate_link(request.request_id, request.pin, request.legacy_id)
-        citizen, replayed = await card_issuance.link_legacy_id(
-            self._db, current_caller(), request.request_id, link
+        caller = current_caller()
+        # The number it links is what this request supplies of the record (legacy_ids).
+        answer = CitizenAnswer(caller, ("pin",), legacy_ids=(link.legacy_id,))
+        kept, replayed = await card_issuance.link_legacy_id(
+            self._db, caller, request.request_id, link, answer.render
         )
+        citizen = answer.message(kept)
         touch(citizen.pin)
-        return pb.LinkLegacyIdResponse(citizen=convert.citizen(citizen), replayed=replayed)
+        return pb.LinkLegacyIdResponse(citizen=citizen, replayed=replayed)

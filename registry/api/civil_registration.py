@@ -7,14 +7,20 @@ import grpc
 from registry import civil_registration, clock, registration
 from registry.api import convert
 from registry.api.caches import PrefixCache
+from registry.api.disclosure import CitizenAnswer, supplied_by
 from registry.api.gate import current_caller, touch
 from registry.db.pool import Database
 from registry.v1 import civil_registration_service_pb2 as pb
 from registry.v1 import civil_registration_service_pb2_grpc as pb_grpc
 
+# The Citizen fields each request supplies: its caller gets them back whatever it may read.
+_BIRTH_FIELDS = supplied_by(pb.RegisterBirthRequest.DESCRIPTOR)
+_DEATH_FIELDS = supplied_by(pb.RegisterDeathRequest.DESCRIPTOR)
+_ANNULMENT_FIELDS = supplied_by(pb.AnnulDeathRegistrationRequest.DESCRIPTOR)
+
 
 class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
-    """Register births (issuing PINs) and deaths."""
+    """Register births (issuing PINs) and deaths; annul deaths registered in error."""
 
     def __init__(self, db: Database, prefixes: PrefixCache):
         self._db = db
@@ -26,17 +32,33 @@ class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
         birth = registration.validate_birth(
             convert.raw_birth(request), self._prefixes.table, clock.today()
         )
-        citizen, replayed = await civil_registration.register_birth(
-            self._db, current_caller(), request.request_id, birth
+        caller = current_caller()
+        answer = CitizenAnswer(caller, _BIRTH_FIELDS)
+        kept, replayed = await civil_registration.register_birth(
+            self._db, caller, request.request_id, birth, answer.render
         )
+        citizen = answer.message(kept)
         touch(citizen.pin)
-        return pb.RegisterBirthResponse(citizen=convert.citizen(citizen), replayed=replayed)
+        return pb.RegisterBirthResponse(citizen=citizen, replayed=replayed)
 
     async def RegisterDeath(
         self, request: pb.RegisterDeathRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterDeathResponse:
         death = registration.validate_death(convert.raw_death(request), clock.today())
-        citizen, replayed = await civil_registration.register_death(
-            self._db, current_caller(), request.request_id, death
+        caller = current_caller()
+        answer = CitizenAnswer(caller, _DEATH_FIELDS)
+        kept, replayed = await civil_registration.register_death(
+            self._db, caller, request.request_id, death, answer.render
         )
-        return pb.RegisterDeathResponse(citizen=convert.citizen(citizen), replayed=replayed)
+        return pb.RegisterDeathResponse(citizen=answer.message(kept), replayed=replayed)
+
+    async def AnnulDeathRegistration(
+        self, request: pb.AnnulDeathRegistrationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AnnulDeathRegistrationResponse:
+        annulment = registration.validate_annulment(convert.raw_annulment(request))
+        caller = current_caller()
+        answer = CitizenAnswer(caller, _ANNULMENT_FIELDS)
+        kept, replayed = await civil_registration.annul_death_registration(
+            self._db, caller, request.request_id, annulment, answer.render
+        )
+        return pb.AnnulDeathRegistrationResponse(citizen=answer.message(kept), replayed=replayed)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import date_pb2
 
 from registry.cards import RawIssue, RawStateChange
 from registry.dates import PartialDate
 from registry.db.cards import Card
 from registry.model import Citizen
-from registry.registration import DateParts, RawBirth, RawDeath
+from registry.registration import DateParts, RawAnnulment, RawBirth, RawDeath
 from registry.v1 import (
     card_pb2,
     card_service_pb2,
@@ -63,6 +64,18 @@ def raw_death(request: civil_registration_service_pb2.RegisterDeathRequest) -> R
         date_of_death=date_parts(request.date_of_death),
         registration_authority=request.registration_authority,
         registration_number=request.registration_number,
+    )
+
+
+def raw_annulment(
+    request: civil_registration_service_pb2.AnnulDeathRegistrationRequest,
+) -> RawAnnulment:
+    """Take the fields of an AnnulDeathRegistrationRequest as given."""
+    return RawAnnulment(
+        request_id=request.request_id,
+        pin=request.pin,
+        reason=request.reason,
+        decision_reference=request.decision_reference,
     )
 
 
@@ -151,6 +164,13 @@ def citizen(value: Citizen) -> citizen_pb2.Citizen:
     if value.update_time is not None:
         message.update_time.CopyFrom(_timestamp(value.update_time))
     return message
+
+
+def disclosed(message: citizen_pb2.Citizen, fields: Sequence[str]) -> citizen_pb2.Citizen:
+    """Return a copy of a Citizen message holding only these fields."""
+    visible = citizen_pb2.Citizen()
+    field_mask_pb2.FieldMask(paths=fields).MergeMessage(message, visible)
+    return visible
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:

@@ -58,6 +58,7 @@ _V1 = "/registry.v1."
 METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}CivilRegistrationService/RegisterBirth": "birth:register",
     f"{_V1}CivilRegistrationService/RegisterDeath": "death:register",
+    f"{_V1}CivilRegistrationService/AnnulDeathRegistration": "death:register",
     f"{_V1}CardService/IssueCard": "card:issue",
     f"{_V1}CardService/RevokeCard": "card:revoke",
     f"{_V1}CardService/WithholdCard": "card:revoke",
@@ -82,6 +83,7 @@ CHANGING_METHODS = frozenset(
     for name in (
         "CivilRegistrationService/RegisterBirth",
         "CivilRegistrationService/RegisterDeath",
+        "CivilRegistrationService/AnnulDeathRegistration",
         "CardService/IssueCard",
         "CardService/RevokeCard",
         "CardService/WithholdCard",

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import date
 
 import grpc
-from google.protobuf import field_mask_pb2
 
 from registry import card_issuance, cards, clock, lookup
 from registry.api import convert
@@ -23,7 +22,6 @@ from registry.errors import RegistryError
 from registry.limits import MissBudget
 from registry.model import Caller
 from registry.registration import Violations, require_pin
-from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 from registry.verification import (
@@ -201,8 +199,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         fields = lookup.resolve_read_mask(request.read_mask.paths, caller.fields)
         citizen, replaced = await lookup.current_record(self._db, pin)
         touch(citizen.pin)
-        visible = citizen_pb2.Citizen()
-        field_mask_pb2.FieldMask(paths=fields).MergeMessage(convert.citizen(citizen), visible)
+        visible = convert.disclosed(convert.citizen(citizen), fields)
         return pb.GetCitizenResponse(citizen=visible, pin_replaced=replaced)
 
     async def ResolveLegacyId(

@@ -12,6 +12,7 @@ from registry.api import convert
 from registry.api.audit_writer import AuditWriter
 from registry.api.bounds import oversized_fields
 from registry.api.caches import PrefixCache
+from registry.api.disclosure import CitizenAnswer
 from registry.api.feed import ChangeFeed
 from registry.api.gate import current_call, current_caller, touch
 from registry.db import changes
@@ -158,11 +159,14 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             clock.today(),
             _KNOWN_FIELDS,
         )
-        citizen, replayed = await corrections.update_citizen(
-            self._db, current_caller(), request.request_id, update
+        caller = current_caller()
+        answer = CitizenAnswer(caller, update.fields)
+        kept, replayed = await corrections.update_citizen(
+            self._db, caller, request.request_id, update, answer.render
         )
+        citizen = answer.message(kept)
         touch(citizen.pin)
-        return pb.UpdateCitizenResponse(citizen=convert.citizen(citizen), replayed=replayed)
+        return pb.UpdateCitizenResponse(citizen=citizen, replayed=replayed)
 
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -89,17 +90,17 @@ async def get_many(conn: asyncpg.Connection, pins: Sequence[str]) -> dict[str, C
     return {row["pin"]: from_row(row) for row in rows}
 
 
-_INSERT_BIRTH = f"""
+_INSERT_BIRTH = """
 WITH claimed AS (
-    INSERT INTO idempotency_keys (agency_id, request_id, method, request_hash, result_key)
-    VALUES ($14, $15, $16, $17, $1)
+    INSERT INTO idempotency_keys (agency_id, request_id, method, request_hash, result_key, answer)
+    VALUES ($14, $15, $16, $17, $1, $22)
 )
 INSERT INTO citizens (
     pin, full_name, birth_year, birth_month, birth_day, sex, place_of_birth,
     registration_province_code, hometown, ethnicity, nationality, father_pin, mother_pin,
-    birth_registration_authority, birth_registration_number, birth_registered_on, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18, $19, $20, $14)
-RETURNING {COLUMNS}
+    birth_registration_authority, birth_registration_number, birth_registered_on, created_by,
+    create_time, update_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $18, $19, $20, $14, $21, $21)
 """
 
 
@@ -108,18 +109,21 @@ async def insert_birth(
     pin: str,
     birth: BirthRegistration,
     *,
+    at: datetime,
     agency_id: str,
     request_id: str,
     method: str,
     request_hash: bytes,
-) -> Citizen:
-    """Create the citizen and claim the idempotency key in one durable statement.
+    answer: bytes,
+) -> None:
+    """Create the citizen (created at `at`) and claim the idempotency key, keeping the call's
+    answer with it, in one durable statement.
 
     Raises asyncpg.UniqueViolationError naming `idempotency_keys_pkey` (the key is taken) or
     `citizens_pkey` (the number is already held, e.g. by an imported record).
     """
     dob = birth.date_of_birth
-    row = await conn.fetchrow(
+    await conn.execute(
         _INSERT_BIRTH,
         pin,
         birth.full_name,
@@ -141,8 +145,9 @@ async def insert_birth(
         birth.registration_authority,
         birth.registration_number,
         birth.registered_on,
+        at,
+        answer,
     )
-    return from_row(row)
 
 
 async def mark_deceased(conn: asyncpg.Connection, death: DeathRegistration) -> Citizen:
@@ -164,6 +169,26 @@ async def mark_deceased(conn: asyncpg.Connection, death: DeathRegistration) -> C
         dod.day,
         death.registration_authority,
         death.registration_number,
+    )
+    return from_row(row)
+
+
+async def annul_death(conn: asyncpg.Connection, pin: str) -> Citizen:
+    """Reverse the death recorded on a locked, deceased citizen row; bump the version.
+
+    The change feed's trigger records it as UPDATED (the status leaves DECEASED).
+    """
+    row = await conn.fetchrow(
+        f"""
+        UPDATE citizens
+           SET status = $2, death_year = NULL, death_month = NULL, death_day = NULL,
+               death_registration_authority = NULL, death_registration_number = NULL,
+               version = version + 1, update_time = now()
+         WHERE pin = $1
+        RETURNING {COLUMNS}
+        """,
+        pin,
+        int(CitizenStatus.ALIVE),
     )
     return from_row(row)
 
@@ -230,17 +255,22 @@ async def keep_history(
     agency_id: str,
     request_id: str,
     replaced_by_pin: str | None = None,
+    reason: str | None = None,
+    decision_reference: str | None = None,
 ) -> None:
-    """Store the record as it is now (before the change about to be made) in the history."""
+    """Store the record as it is now (before the change about to be made) in the history,
+    with the decision behind the change when it is a civil-status one."""
     await conn.execute(
         "INSERT INTO citizen_history (pin, version, record, fields, changed_by, request_id, "
-        "replaced_by_pin) "
-        "SELECT pin, version, to_jsonb(c), $2, $3, $4, $5 FROM citizens c WHERE pin = $1",
+        "replaced_by_pin, reason, decision_reference) "
+        "SELECT pin, version, to_jsonb(c), $2, $3, $4, $5, $6, $7 FROM citizens c WHERE pin = $1",
         pin,
         list(fields),
         agency_id,
         request_id,
         replaced_by_pin,
+        reason,
+        decision_reference,
     )
 
 

@@ -83,6 +83,45 @@ def test_remaining_rpcs_through_the_client(rc, server, who):
     assert latest.sequence >= checkpoint.sequence
 
 
+def test_annul_death_registration_through_the_client(rc, server, who, db):
+    pem = private_pem(who.private_key)
+    with rc.RegistryClient(server.target, who.id, who.kid, pem) as client:
+        citizen = client.register_birth(
+            "Đỗ Thị Hạnh", rc.Sex.FEMALE, dt.date(1979, 4, 30), "001",
+            place_of_birth="Hà Nội", hometown="Hà Nội", ethnicity="Kinh",
+            registration_authority="UBND", registration_number=uuid.uuid4().hex[:8],
+        )  # fmt: skip
+        dead = client.register_death(
+            citizen.pin, "2024-02-03", registration_authority="UBND", registration_number="9"
+        )
+        rid = str(uuid.uuid4())
+        alive = client.annul_death_registration(
+            citizen.pin, reason="wrong PIN", decision_reference="QĐ 5/2026", request_id=rid
+        )
+        assert (alive.status, alive.date_of_death) == (rc.CitizenStatus.ALIVE, None)
+        assert (alive.version, alive.replayed) == (dead.version + 1, False)
+        again = client.annul_death_registration(
+            citizen.pin, reason="wrong PIN", decision_reference="QĐ 5/2026", request_id=rid
+        )
+        assert again.replayed is True and again.version == alive.version
+        with pytest.raises(rc.FailedPrecondition) as info:
+            client.annul_death_registration(citizen.pin, reason="x", decision_reference="y")
+        assert info.value.reason == "CITIZEN_NOT_DECEASED"
+
+    async def go() -> Any:
+        async with rc.AsyncRegistryClient(server.target, who.id, who.kid, pem) as client:
+            await client.register_death(
+                citizen.pin, "2024-02-04", registration_authority="UBND", registration_number="10"
+            )
+            return await client.annul_death_registration(
+                citizen.pin, reason="again in error", decision_reference="QĐ 6/2026"
+            )
+
+    assert asyncio.run(go()).status == rc.CitizenStatus.ALIVE
+    row = db.fetch("SELECT status, death_year FROM citizens WHERE pin = $1", citizen.pin)[0]
+    assert (row["status"], row["death_year"]) == (1, None)
+
+
 def test_import_citizens_through_the_client(rc, server, who):
     pem = private_pem(who.private_key)
     family = "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:8]).capitalize()

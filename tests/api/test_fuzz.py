@@ -3,8 +3,9 @@
 Requests are generated from the protobuf descriptors (tests/fuzz_strategies.py): random
 messages, valid requests with a few fields broken, raw bodies that are not protobuf or carry
 invalid UTF-8, and odd metadata. Every call must end with a code the contract documents for
-that RPC (never INTERNAL or UNKNOWN), every error must carry its google.rpc.Status, a refused
-call must change no data, and the server must still serve afterwards.
+that RPC (never INTERNAL or UNKNOWN), every error must carry its google.rpc.Status and repeat
+nothing the register holds about the seeded citizens (SPEC §6) unless the request itself sent
+it, a refused call must change no data, and the server must still serve afterwards.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ DOCUMENTED: dict[str, frozenset[grpc.StatusCode]] = {
     "CivilRegistrationService/RegisterBirth": SERVICE_WIDE
     | {C.INVALID_ARGUMENT, C.ALREADY_EXISTS, C.FAILED_PRECONDITION},
     "CivilRegistrationService/RegisterDeath": SERVICE_WIDE | _MUTATION,
+    "CivilRegistrationService/AnnulDeathRegistration": SERVICE_WIDE | _MUTATION,
     "CardService/IssueCard": SERVICE_WIDE | _MUTATION,
     "CardService/RevokeCard": SERVICE_WIDE | _MUTATION,
     "CardService/WithholdCard": SERVICE_WIDE | _MUTATION,
@@ -255,6 +258,83 @@ def changed(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]
 # -- fixtures ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sentinel:
+    """A stored value, in the textual forms an error could show it in."""
+
+    forms: frozenset[str]
+    text: str = ""  # a stored string (name, address)
+    date: tuple[int, int, int] | None = None  # a stored date
+
+    @staticmethod
+    def of_text(text: str) -> Sentinel:
+        forms = {unicodedata.normalize(f, text) for f in ("NFC", "NFD")}
+        return Sentinel(frozenset(forms | {f.casefold() for f in forms}), text=text)
+
+    @staticmethod
+    def of_date(y: int, m: int, d: int) -> Sentinel:
+        forms = {f"{y:04d}-{m:02d}-{d:02d}", f"{d:02d}/{m:02d}/{y:04d}", f"{d}/{m}/{y}"}
+        return Sentinel(frozenset(forms), date=(y, m, d))
+
+
+def _sent_values(what: Any) -> tuple[str, set[tuple[int, int, int]] | None]:
+    """The strings (as raw text) and dates a call's input carried; dates None if unknown."""
+    messages: list[Message] = []
+    raw: list[bytes] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, Message):
+            messages.append(value)
+        elif isinstance(value, bytes | bytearray):
+            raw.append(bytes(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+        elif isinstance(value, str):
+            raw.append(value.encode("utf-8", "ignore"))
+
+    collect(what)
+    dates: set[tuple[int, int, int]] | None = set()
+
+    def walk(message: Message) -> None:
+        assert dates is not None
+        if message.DESCRIPTOR.full_name == "google.type.Date":
+            dates.add((message.year, message.month, message.day))  # type: ignore[attr-defined]
+        for fd, value in message.ListFields():
+            if fd.message_type is None:
+                continue
+            for item in value if fd.is_repeated else [value]:
+                if isinstance(item, Message):
+                    walk(item)
+
+    for message in messages:
+        raw.append(message.SerializeToString())
+        walk(message)
+    if raw and not messages:
+        dates = None  # raw bodies: which dates they carry is not known
+    text = b"\n".join(raw).decode("utf-8", "ignore")
+    return unicodedata.normalize("NFC", text), dates
+
+
+def check_no_stored_data(
+    sentinels: Sequence[Sentinel], error_text: str, what: Any, context: str
+) -> None:
+    """An error repeats no stored value the request did not itself send (SPEC §6)."""
+    sent_text, sent_dates = _sent_values(what)
+    for sentinel in sentinels:
+        shown = [f for f in sentinel.forms if f in error_text]
+        if not shown:
+            continue
+        if sentinel.text and unicodedata.normalize("NFC", sentinel.text) in sent_text:
+            continue
+        if sentinel.date is not None and (sent_dates is None or sentinel.date in sent_dates):
+            continue
+        raise AssertionError(f"the error repeats stored data {shown[0]!r}{context}")
+
+
 @dataclass
 class World:
     """Real records for seeds, so that mutated requests reach the database."""
@@ -266,6 +346,8 @@ class World:
     death_pin: str
     serial: str
     legacy_id: str
+    sentinels: tuple[Sentinel, ...] = ()
+    """What the register holds about the seeded citizens: no error may repeat it."""
     _tokens: fs.Tokens | None = None
     _minted: float = 0.0
 
@@ -326,17 +408,18 @@ def world(server: ServerThread, channel: grpc.Channel, make_agency: AgencyFactor
     limited = make_agency(fields=())
     md = agency.metadata()
     civil = civil_registration_service_pb2_grpc.CivilRegistrationServiceStub(channel)
+    people = (
+        (1990, citizen_pb2.SEX_FEMALE, "Trần Thị Bích Ngọc"),
+        (1985, citizen_pb2.SEX_MALE, "Lê Văn Hùng"),
+        (1950, citizen_pb2.SEX_MALE, "Phạm Văn Đồng"),
+    )
     pins = [
         civil.RegisterBirth(
             birth_request(date_of_birth=date(year, 5, 17), sex=sex, full_name=name),
             metadata=md,
             timeout=CALL_TIMEOUT_S,
         ).citizen.pin
-        for year, sex, name in (
-            (1990, citizen_pb2.SEX_FEMALE, "Trần Thị Bích Ngọc"),
-            (1985, citizen_pb2.SEX_MALE, "Lê Văn Hùng"),
-            (1950, citizen_pb2.SEX_MALE, "Phạm Văn Đồng"),
-        )
+        for year, sex, name in people
     ]
     serial = f"FZ{uuid.uuid4().hex[:10].upper()}"
     issue = card_service_pb2.IssueCardRequest(
@@ -357,7 +440,24 @@ def world(server: ServerThread, channel: grpc.Channel, make_agency: AgencyFactor
     unary(channel, "CardService/LinkLegacyId").with_call(
         link.SerializeToString(), metadata=md, timeout=CALL_TIMEOUT_S
     )
-    w = World(agency, limited, pins[0], pins[1], pins[2], serial, legacy_id)
+    # Stored data no error may repeat: names, dates of birth, an address, a card's date.
+    address = "Số 41 ngõ Thầm Kín, phường Yên Lặng"
+    update = population_service_pb2.UpdateCitizenRequest(
+        request_id=str(uuid.uuid4()),
+        citizen=citizen_pb2.Citizen(pin=pins[0], permanent_address=address),
+        update_mask=field_mask_pb2.FieldMask(paths=["permanent_address"]),
+        expected_version=1,
+    )
+    unary(channel, "PopulationService/UpdateCitizen").with_call(
+        update.SerializeToString(), metadata=md, timeout=CALL_TIMEOUT_S
+    )
+    sentinels = (
+        Sentinel.of_text(address),
+        Sentinel.of_date(2020, 1, 2),
+        *(Sentinel.of_text(name) for _, _, name in people),
+        *(Sentinel.of_date(year, 5, 17) for year, _, _ in people),
+    )
+    w = World(agency, limited, pins[0], pins[1], pins[2], serial, legacy_id, sentinels)
     w.tokens()
     return w
 
@@ -396,6 +496,12 @@ def seeds(w: World) -> dict[str, list[Message]]:
         "CivilRegistrationService/RegisterDeath": [
             death_request(w.death_pin, request_id=rid),
             death_request(w.adult_pin, date_of_death=date(1980, 1, 1)),
+        ],
+        "CivilRegistrationService/AnnulDeathRegistration": [
+            civil_registration_service_pb2.AnnulDeathRegistrationRequest(
+                request_id=rid, pin=pin, reason="registered in error", decision_reference="QĐ 1"
+            )
+            for pin in (w.death_pin, w.adult_pin)
         ],
         "CardService/IssueCard": [
             cardp.IssueCardRequest(
@@ -588,6 +694,7 @@ class Checker:
 
     tables: Tables
     log: ServerLog
+    sentinels: tuple[Sentinel, ...] = ()
     before: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -617,6 +724,9 @@ class Checker:
         assert code in allowed or own, f"undocumented code{context}"
         if code != C.OK and not own:
             check_status_details(code, outcome.trailing, context)
+            details = b"".join(v for k, v in outcome.trailing if k == DETAILS_KEY)
+            error = f"{outcome.details}\n{details.decode('utf-8', 'ignore')}"
+            check_no_stored_data(self.sentinels, error, what, context)
         if not raw:
             if auth == fs.INVALID:
                 assert code == C.UNAUTHENTICATED, f"a call without a usable token{context}"
@@ -776,7 +886,7 @@ def test_unary_rpc_answers_random_messages_by_the_contract(
     tables: Tables,
     server_log: ServerLog,
 ) -> None:
-    checker = Checker(tables, server_log)
+    checker = Checker(tables, server_log, world.sentinels)
     request_strategy = fs.requests(RPCS[rpc].request, seeds(world)[rpc], world.hints)
     metadata_strategy = world.call_metadata()
 
@@ -840,7 +950,7 @@ def test_streaming_rpc_answers_random_streams_by_the_contract(
     rpc: str, channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
 ) -> None:
     examples, longest = STREAMS[rpc]
-    checker = Checker(tables, server_log)
+    checker = Checker(tables, server_log, world.sentinels)
     item = fs.requests(RPCS[rpc].request, seeds(world)[rpc], world.hints)
 
     @fuzz(examples)
@@ -864,7 +974,7 @@ def test_watch_changes_answers_random_requests_by_the_contract(
     channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
 ) -> None:
     rpc = "PopulationService/WatchChanges"
-    checker = Checker(tables, server_log)
+    checker = Checker(tables, server_log, world.sentinels)
 
     @fuzz(20)
     @given(
@@ -890,7 +1000,7 @@ def test_malformed_bodies_are_refused_cleanly(
     rpc: str, channel: grpc.Channel, world: World, tables: Tables, server_log: ServerLog
 ) -> None:
     """Bodies that are not protobuf, or carry invalid UTF-8 in string fields."""
-    checker = Checker(tables, server_log)
+    checker = Checker(tables, server_log, world.sentinels)
     seed = (seeds(world)[rpc] or [message_factory.GetMessageClass(RPCS[rpc].request)()])[0]
     valid = seed.SerializeToString()
     info = RPCS[rpc]

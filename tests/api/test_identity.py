@@ -1014,8 +1014,9 @@ def test_get_citizen_empty_mask_is_everything_entitled(civil, identity, agency, 
     assert full.HasField("create_time")
     assert full.full_name == citizen.full_name
 
-    # Entitled to nothing (the `agency` fixture): only the PIN asked about.
-    assert set_fields(get_citizen(identity, agency, citizen.pin).citizen) == {"pin"}
+    # Entitled to nothing: only the PIN asked about.
+    nothing = make_agency(scopes=("citizen:read",), fields=())
+    assert set_fields(get_citizen(identity, nothing, citizen.pin).citizen) == {"pin"}
 
 
 def test_get_citizen_mask_naming_forbidden_fields_is_denied(civil, identity, agency, make_agency):

@@ -101,7 +101,12 @@ def test_a_retry_replays_and_a_reused_request_id_is_refused(population, civil, a
         (["date_of_death"], {}, 1, ["update_mask.paths[0]"]),
         (["religion"], {"religion": "x"}, 0, ["expected_version"]),
         (["sex"], {"sex": 9}, 1, ["citizen.sex"]),
-        (["status"], {"status": citizen_pb2.CITIZEN_STATUS_DECEASED}, 1, ["citizen.status"]),
+        # Civil status changes only through CivilRegistrationService (issue 13 item 6).
+        (["status"], {"status": citizen_pb2.CITIZEN_STATUS_DECEASED}, 1, ["update_mask.paths[0]"]),
+        (["status"], {"status": citizen_pb2.CITIZEN_STATUS_ALIVE}, 1, ["update_mask.paths[0]"]),
+        (["status"], {"status": citizen_pb2.CITIZEN_STATUS_MISSING}, 1, ["update_mask.paths[0]"]),
+        (["religion", "date_of_death"], {"religion": "x", "date_of_death": date(2020, 1, 1)}, 1,
+         ["update_mask.paths[1]"]),
         (["full_name"], {"full_name": ""}, 1, ["citizen.full_name"]),
         (["father_pin"], {"father_pin": "12ab"}, 1, ["citizen.father_pin"]),
         (["date_of_birth"], {"date_of_birth": date(2020, 2, 30)}, 1, ["citizen.date_of_birth.day"]),

@@ -130,6 +130,23 @@ def _register_death(
     )
 
 
+def _annul_death_registration(
+    pin: str, *, reason: str, decision_reference: str, request_id: str | None = None
+) -> _Call[Citizen]:
+    m = civil_registration_service_pb2.AnnulDeathRegistrationRequest(
+        request_id=_request_id(request_id),
+        pin=pin,
+        reason=reason,
+        decision_reference=decision_reference,
+    )
+    return _Call(
+        _CIVIL + "AnnulDeathRegistration",
+        m,
+        civil_registration_service_pb2.AnnulDeathRegistrationResponse,
+        lambda r: Citizen.from_proto(r.citizen, replayed=r.replayed),
+    )
+
+
 def _verify_identity(
     pin: str,
     full_name: str | None = None,
@@ -563,6 +580,25 @@ class RegistryClient(_Base):
             )
         )
 
+    def annul_death_registration(
+        self,
+        pin: str,
+        *,
+        reason: str,
+        decision_reference: str,
+        request_id: str | None = None,
+    ) -> Citizen:
+        """Annul a death registered in error (status ALIVE again, date of death cleared) on
+        the deciding authority's decision; returns the record. Idempotent on request_id."""
+        return self._unary(
+            _annul_death_registration(
+                pin,
+                reason=reason,
+                decision_reference=decision_reference,
+                request_id=request_id,
+            )
+        )
+
     def verify_identity(
         self,
         pin: str,
@@ -778,6 +814,10 @@ class AsyncRegistryClient(_Base):
     async def register_death(self, *args: Any, **kwargs: Any) -> Citizen:
         """See RegistryClient.register_death."""
         return await self._unary(_register_death(*args, **kwargs))
+
+    async def annul_death_registration(self, *args: Any, **kwargs: Any) -> Citizen:
+        """See RegistryClient.annul_death_registration."""
+        return await self._unary(_annul_death_registration(*args, **kwargs))
 
     async def verify_identity(self, *args: Any, **kwargs: Any) -> Verification:
         """See RegistryClient.verify_identity."""

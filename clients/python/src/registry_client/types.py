@@ -206,8 +206,12 @@ class Citizen:
     create_time: _dt.datetime | None = None
     update_time: _dt.datetime | None = None
     pin_mismatch: bool = False
-    #: Set on the result of a mutation (register_birth, register_death): True when the
-    #: registry replayed an earlier call with the same request_id and nothing new happened.
+    #: Set on the result of a mutation (register_birth, register_death,
+    #: annul_death_registration, update_citizen, link_legacy_id): True when the registry
+    #: replayed an earlier call with the same request_id and nothing new happened (the record
+    #: is then as that call left it). A mutation's result holds only pin, status, version,
+    #: the fields the request supplied and those the agency is registered to read; the
+    #: others keep their defaults.
     replayed: bool = False
 
     @classmethod
