@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import asyncpg
@@ -93,8 +94,13 @@ async def register_birth(
     caller: Caller,
     request_id: str,
     checked: Checked[BirthRegistration],
+    reached: Callable[[str], None] = lambda pin: None,
 ) -> tuple[Citizen, bool]:
-    """Create the citizen and issue the PIN; return (citizen, replayed)."""
+    """Create the citizen and issue the PIN; return (citizen, replayed).
+
+    `reached` hears each PIN before the statement that may commit it: a caller cancelled
+    while that statement runs may have created the citizen, and its audit entry must name it.
+    """
     birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
     async with db.pool.acquire() as conn:
@@ -117,6 +123,7 @@ async def register_birth(
                 raise _bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
+            reached(pin)
             try:
                 citizen = await citizens.insert_birth(
                     conn,

@@ -27,9 +27,9 @@ class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
             convert.raw_birth(request), self._prefixes.table, clock.today()
         )
         citizen, replayed = await civil_registration.register_birth(
-            self._db, current_caller(), request.request_id, birth
+            self._db, current_caller(), request.request_id, birth, touch
         )
-        touch(citizen.pin)
+        touch(citizen.pin)  # a replay's PIN
         return pb.RegisterBirthResponse(citizen=convert.citizen(citizen), replayed=replayed)
 
     async def RegisterDeath(
