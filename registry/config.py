@@ -94,6 +94,9 @@ class Settings:
     agency_refresh_s: float = 5.0
     """Full reload period of the agency/key cache (changes also arrive by NOTIFY)."""
 
+    signing_key_reload_s: float = 30.0
+    """How often the signing key directory is re-read (picks up `registry keys rotate`)."""
+
     health_check_s: float = 1.0
     """How often the database is probed for the health service."""
 
