@@ -11,6 +11,7 @@ max_retry_delay. Every attempt of one call carries the same request_id; max_atte
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from registry.model import CITIZEN_FIELDS
 from tests.conftest import private_pem
 
+GIVEN_ID = f"i14-{uuid.uuid4()}"
 U, R, A = "UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED"
 
 
@@ -72,7 +74,14 @@ def retry_agency(make_agency):
     return make_agency(fields=tuple(CITIZEN_FIELDS), miss_budget=1_000_000)
 
 
-def _register(registry_client: Any, server: Any, agency: Any, interceptor: Any, **options: Any):
+def _register(
+    registry_client: Any,
+    server: Any,
+    agency: Any,
+    interceptor: Any,
+    request_id: str | None = None,
+    **options: Any,
+):
     with registry_client.RegistryClient(
         server.target,
         agency.id,
@@ -93,6 +102,7 @@ def _register(registry_client: Any, server: Any, agency: Any, interceptor: Any, 
             ethnicity="Kinh",
             registration_authority="UBND phường Bến Nghé",
             registration_number="7/1992",
+            request_id=request_id,
         )
 
 
@@ -145,3 +155,13 @@ def test_max_attempts_bounds_the_retries(registry_client, server, retry_agency):
         _register(registry_client, server, retry_agency, failing, max_attempts=3)
     assert len(failing.request_ids) == 3
     assert len(set(failing.request_ids)) == 1
+
+
+def test_a_given_request_id_is_sent_on_every_attempt(registry_client, server, retry_agency):
+    failing = _FailFirst(_Failure(U, "UNAVAILABLE", None), times=1)
+    citizen = _register(registry_client, server, retry_agency, failing, request_id=GIVEN_ID)
+    assert failing.request_ids == [GIVEN_ID, GIVEN_ID]
+    again = _register(
+        registry_client, server, retry_agency, _FailFirst(failing.failure, 0), request_id=GIVEN_ID
+    )
+    assert (again.pin, again.replayed) == (citizen.pin, True)
