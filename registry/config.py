@@ -50,7 +50,7 @@ class Settings:
     commands use database_url."""
 
     replica_urls: tuple[str, ...] = ()
-    """Read-replica DSNs, for read-only traffic (not used for writes)."""
+    """Read-replica DSNs: reserved, not used yet (every query goes to database_url)."""
 
     data_dir: Path = Path("var")
     """Where the embedded cluster, its credentials and the registry's keys live."""
