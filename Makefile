@@ -6,7 +6,7 @@ PROTOS := $(sort $(wildcard proto/registry/v1/*.proto))
 INSTALLED := $(VENV)/.installed
 GENERATED := registry/v1/.generated
 
-.PHONY: run test lint fmt proto docs bench buf-lint clean
+.PHONY: run test lint fmt proto docs bench buf-lint clean mutate
 
 $(INSTALLED): pyproject.toml scripts/bootstrap-venv.sh
 	./scripts/bootstrap-venv.sh
@@ -45,6 +45,10 @@ lint: $(GENERATED) buf-lint
 fmt: $(INSTALLED)
 	$(BIN)/ruff format registry tests bench clients scripts server.py
 	$(BIN)/ruff check --fix registry tests bench clients server.py
+
+## mutate: mutation testing (mutmut) of the security-critical modules, a score per module; not part of test (docs/testing.md)
+mutate: $(GENERATED)
+	./scripts/mutate.sh
 
 ## bench: benchmarks that print figures (births/s, latency)
 bench: $(GENERATED)

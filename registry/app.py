@@ -146,7 +146,7 @@ class RegistryServer:
     async def _reload_keys(self) -> None:
         # Picks up `registry keys rotate` (or keys deployed by configuration management).
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(self.settings.signing_key_reload_s)
             try:
                 await asyncio.to_thread(self.keys.reload)
             except Exception as exc:

@@ -117,8 +117,13 @@ async def register_birth(
     request_id: str,
     checked: Checked[BirthRegistration],
     render: Render,
+    reached: Callable[[str], None] = lambda pin: None,
 ) -> tuple[idempotency.Answer, bool]:
-    """Create the citizen and issue the PIN; return (answer, replayed)."""
+    """Create the citizen and issue the PIN; return (answer, replayed).
+
+    `reached` hears each PIN before the statement that may commit it: a caller cancelled
+    while that statement runs may have created the citizen, and its audit entry must name it.
+    """
     birth = checked.value
     digest = request_hash(REGISTER_BIRTH, birth)
     async with db.pool.acquire() as conn:
@@ -141,6 +146,7 @@ async def register_birth(
                 raise _bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
+            reached(pin)
             # The answer is rendered before the insert so that it is kept by the same single
             # statement (no transaction round trips per birth): the record is known in full
             # once its PIN and time are chosen.

@@ -50,7 +50,7 @@ class Settings:
     commands use database_url."""
 
     replica_urls: tuple[str, ...] = ()
-    """Read-replica DSNs, for read-only traffic (not used for writes)."""
+    """Read-replica DSNs: reserved, not used yet (every query goes to database_url)."""
 
     data_dir: Path = Path("var")
     """Where the embedded cluster, its credentials and the registry's keys live."""
@@ -93,6 +93,9 @@ class Settings:
 
     agency_refresh_s: float = 5.0
     """Full reload period of the agency/key cache (changes also arrive by NOTIFY)."""
+
+    signing_key_reload_s: float = 30.0
+    """How often the signing key directory is re-read (picks up `registry keys rotate`)."""
 
     health_check_s: float = 1.0
     """How often the database is probed for the health service."""

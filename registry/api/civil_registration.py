@@ -35,10 +35,10 @@ class CivilRegistrationServicer(pb_grpc.CivilRegistrationServiceServicer):
         caller = current_caller()
         answer = CitizenAnswer(caller, _BIRTH_FIELDS)
         kept, replayed = await civil_registration.register_birth(
-            self._db, caller, request.request_id, birth, answer.render
+            self._db, caller, request.request_id, birth, answer.render, touch
         )
         citizen = answer.message(kept)
-        touch(citizen.pin)
+        touch(citizen.pin)  # a replay's PIN
         return pb.RegisterBirthResponse(citizen=citizen, replayed=replayed)
 
     async def RegisterDeath(

@@ -216,7 +216,19 @@ def is_error(result: Any) -> bool:
 # -- issuing and expiry ---------------------------------------------------------------------
 
 
-def test_first_issue_for_an_adult(civil, cards, agency, db):
+@pytest.fixture
+def frozen_today(monkeypatch: pytest.MonkeyPatch) -> Callable[[dt.date], None]:
+    """Freeze the registry's "today" (registry.clock, read by the in-process server and by
+    today() here), so that expected expiries and states do not drift with the calendar."""
+
+    def freeze(day: dt.date) -> None:
+        monkeypatch.setattr(clock, "today", lambda: day)
+
+    return freeze
+
+
+def test_first_issue_for_an_adult(civil, cards, agency, db, frozen_today):
+    frozen_today(dt.date(2026, 5, 20))
     citizen = person(civil, agency, dob=ADULT_DOB)
     serial = new_serial()
     day = today()
@@ -314,7 +326,10 @@ def test_expiry_follows_article_21(civil, cards, agency, db, dob, issued, expiry
         assert card.state == expected_state
 
 
-def test_a_stations_day_exchange_at_milestone_then_reissue_after_loss(civil, cards, agency, db):
+def test_a_stations_day_exchange_at_milestone_then_reissue_after_loss(
+    civil, cards, agency, db, frozen_today
+):
+    frozen_today(dt.date(2026, 6, 1))
     citizen = person(civil, agency, dob=(2001, 1, 15))
     pin = citizen.pin
 

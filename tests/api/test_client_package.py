@@ -357,12 +357,25 @@ class _TokenSpy(grpc.UnaryUnaryClientInterceptor):
         return continuation(client_call_details, request)
 
 
-def test_the_client_mints_a_new_token_before_the_old_one_expires(rc, server, client_agency):
+class _Clock:
+    """The client's clock (registry_client.auth reads time.time()), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_client_mints_a_new_token_before_the_old_one_expires(
+    rc, server, client_agency, monkeypatch
+):
     import jwt  # the claims are read without verification: the server verified them
 
     spy = _TokenSpy()
-    # 63 s tokens are replaced when under a minute is left: 3 s after their (whole-second)
-    # iat, so at least 2 s after they were minted.
+    clock = _Clock()
+    monkeypatch.setattr(rc.auth, "time", clock)
+    # 63 s tokens are replaced when under a minute is left: 3 s after their iat.
     with rc.RegistryClient(
         server.target,
         client_agency.id,
@@ -371,18 +384,17 @@ def test_the_client_mints_a_new_token_before_the_old_one_expires(rc, server, cli
         token_lifetime=63,
         interceptors=[spy],
     ) as short_lived:
-        minted = time.time()
         pin = _birth(rc, short_lived, "Đỗ Văn Hùng").pin
         match = rc.VerifyResult.MATCH
+        clock.now += 2.9  # still over a minute left: reused
         assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
-        assert time.time() - minted < 2, "too slow to see the token reused"
-        time.sleep(max(0.0, minted + 3.2 - time.time()))
+        clock.now += 0.1  # exactly a minute left: replaced (within the server's 30 s skew)
         assert short_lived.verify_identity(pin, full_name="Đỗ Văn Hùng").result is match
     first, same, refreshed = spy.tokens
     assert first == same != refreshed
     claims = [jwt.decode(t, options={"verify_signature": False}) for t in (first, refreshed)]
     assert all(c["exp"] - c["iat"] == 63 for c in claims)
-    assert claims[1]["iat"] > claims[0]["iat"]
+    assert claims[1]["iat"] == claims[0]["iat"] + 3
     assert jwt.get_unverified_header(refreshed)["kid"] == client_agency.kid
 
 

@@ -782,15 +782,12 @@ def check_answers(answers: list[Any], expected: dict[str, int], bad_id: str) -> 
 
 def test_batch_verify_2000_over_one_stream(identity, agency, population):
     requests, expected = campaign(population, 2000, bad=1000)
-    started = time.monotonic()
     answers = batch(identity, agency, requests)
-    elapsed = time.monotonic() - started
     check_answers(answers, expected, "row-01000")
     results = [a.result for a in answers]
     assert results.count(MATCH) > 600 and results.count(NOT_FOUND) > 300
-    # A loose bound for a shared test machine (the throughput target is for `make bench`);
-    # that the database work is batched is proven structurally below, not by timing.
-    assert elapsed < 5.0, f"2,000 verifications took {elapsed:.1f} s"
+    # No timing here (a loaded 2-core machine makes any bound flaky; the throughput target is
+    # for `make bench`): that the database work is batched is proven structurally below.
 
 
 def test_batch_verify_card_states_and_attestations(civil, cards, identity, agency, population):

@@ -211,3 +211,15 @@ def test_updates_need_the_citizen_update_scope(population, civil, agency, make_a
     reader = make_agency(scopes=("citizen:read",))
     err = call_error(update, population, reader, citizen.pin, 1, religion="x")
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
+
+
+def test_correcting_the_registration_province_re_establishes_the_pin(population, civil, agency, db):
+    citizen = person(civil, agency, dob=(1985, 3, 4), sex=MALE)  # registered in 001 (Hà Nội)
+    assert citizen.pin[:3] == "001"
+    new = update(population, agency, citizen.pin, 1, registration_province_code="079").citizen
+    # PPP G YY: the province part follows the corrected registration, the rest is kept.
+    assert new.pin != citizen.pin
+    assert (new.pin[:3], new.pin[3:6]) == ("079", citizen.pin[3:6])
+    assert new.registration_province_code == "079"
+    row = db.fetch("SELECT status, replaced_by_pin FROM citizens WHERE pin = $1", citizen.pin)[0]
+    assert (row["status"], row["replaced_by_pin"]) == (4, new.pin)  # PIN_CANCELLED

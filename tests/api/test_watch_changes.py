@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from registry.api import feed
 from registry.v1 import card_service_pb2 as card_pb
 from registry.v1 import change_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -115,27 +116,25 @@ def test_every_kind_of_change_appears_in_order_with_increasing_sequences(
     assert all(e.time.seconds > 0 for e in w.events)
 
 
-def test_a_new_event_reaches_an_open_stream_within_a_second(watch, civil, agency):
+def test_a_new_event_reaches_an_open_stream(watch, civil, agency):
     w = watch()
-    time.sleep(0.3)  # the stream has caught up and is waiting
-    started = time.monotonic()
     citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
-    w.wait_for({citizen.pin}, 1, timeout=1.0)
-    assert time.monotonic() - started < 1.0
+    # A margin for a loaded machine: how soon is pinned by the next test, without timing.
+    w.wait_for({citizen.pin}, 1, timeout=10.0)
 
 
 def test_changes_made_through_the_server_arrive_in_milliseconds_not_by_the_safety_net(
-    watch, civil, agency
+    watch, civil, agency, monkeypatch
 ):
-    # The once-a-second safety net alone would leave each of these waiting 0.5 s on average:
-    # five in a row within 0.35 s each happens by chance about once in 200 runs.
+    # With the safety net stretched to 30 s, only the gate's wake-up (on_change -> feed.kick)
+    # can number these events in time: no timing of the machine is involved.
+    monkeypatch.setattr(feed, "SAFETY_NET_S", 30.0)
     w = watch()
-    time.sleep(0.3)
-    for _ in range(5):
-        started = time.monotonic()
+    first = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
+    w.wait_for({first.pin}, 1, timeout=10.0)  # from now on the sequencer waits 30 s
+    for _ in range(5):  # each within 10 s: the 30 s safety net cannot have numbered it
         citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
-        w.wait_for({citizen.pin}, 1, timeout=1.0)
-        assert time.monotonic() - started < 0.35
+        w.wait_for({citizen.pin}, 1, timeout=10.0)
 
 
 def test_a_change_made_outside_the_server_arrives_within_the_safety_net(watch, civil, agency, db):
@@ -143,11 +142,10 @@ def test_a_change_made_outside_the_server_arrives_within_the_safety_net(watch, c
     citizen = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
     w = watch()
     w.wait_for({citizen.pin}, 1)
-    started = time.monotonic()
     db.execute("UPDATE citizens SET version = version + 1 WHERE pin = $1", citizen.pin)
-    got = w.wait_for({citizen.pin}, 2, timeout=2.5)
+    # Nothing wakes the sequencer but its safety net (1 s); the bound is a margin, not a timing.
+    got = w.wait_for({citizen.pin}, 2, timeout=10.0)
     assert got == [(BORN, citizen.pin), (UPDATED, citizen.pin)]
-    assert time.monotonic() - started < 2.0
 
 
 def test_a_refused_change_records_no_event(watch, civil, agency):

@@ -14,12 +14,13 @@ Pure: no server, no database. Every expected expiry below was worked out by hand
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry.cards import (
@@ -568,3 +569,72 @@ def test_control_characters_around_identifiers_are_refused_not_trimmed(control):
         validate_issue(raw)
     assert {v.field for v in info.value.field_violations} == {"pin", "serial"}
     assert validate_issue(replace(raw, pin=" 001090000123 ", serial="\tAB12 ")).serial == "AB12"
+
+
+# -- an independent oracle: SPEC §4 brute-forced day by day ---------------------------------------
+#
+# Written from the rule's words, not from registry/cards.py: "cards are exchanged at ages 14, 25,
+# 40 and 60. A card is valid until the day before the next milestone birthday; a card issued
+# within the two years before a milestone is valid until the milestone after it; a card issued
+# at 58 or later never expires." Ages are completed years, a birthday that does not exist in a
+# year (29 February) being reached the day after 28 February. A partial date of birth gives
+# the earliest expiry over every day the holder may have been born on, up to the issue date.
+
+
+def _age_on(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def _oracle_expiry(born: date, issued: date) -> date | None:
+    age = _age_on(born, issued)
+    ahead = [m for m in (14, 25, 40, 60) if m > age]
+    if age >= 58 or not ahead:
+        return None
+    target = ahead[1] if age >= ahead[0] - 2 else ahead[0]
+    # Day by day to the milestone birthday, from the 1 January of its year (never later).
+    day = max(issued, date(born.year + target, 1, 1))
+    while _age_on(born, day) < target:
+        day += timedelta(days=1)
+    return day - timedelta(days=1)
+
+
+def _oracle_partial_expiry(year: int, month: int | None, issued: date) -> date | None:
+    first = date(year, month or 1, 1)
+    last = date(year, month or 12, calendar.monthrange(year, month or 12)[1])
+    candidates = []
+    day = first
+    while day <= min(last, issued):
+        candidates.append(_oracle_expiry(day, issued))
+        day += timedelta(days=1)
+    finite = [e for e in candidates if e is not None]
+    return min(finite) if finite else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(born=st.dates(date(1900, 1, 1), date(2030, 12, 31)), after_days=st.integers(0, 75 * 366))
+def test_card_expiry_equals_the_rule_brute_forced_day_by_day(born: date, after_days: int):
+    issued = born + timedelta(days=after_days)
+    assert card_expiry(born, issued) == _oracle_expiry(born, issued), (born, issued)
+
+
+@pytest.mark.parametrize("born", [date(2004, 2, 29), date(1990, 1, 1), date(1990, 12, 31)])
+def test_card_expiry_equals_the_rule_on_every_day_around_each_milestone(born: date):
+    for years in (12, 14, 23, 25, 38, 40, 58, 60):
+        pivot = date(born.year + years, born.month, min(born.day, 28))
+        for offset in range(-3, 4):
+            issued = pivot + timedelta(days=offset)
+            assert card_expiry(born, issued) == _oracle_expiry(born, issued), (born, issued)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    year=st.integers(1900, 2030),
+    month=st.one_of(st.none(), st.integers(1, 12)),
+    issued_after_days=st.integers(0, 75 * 366),
+)
+def test_partial_date_expiry_equals_the_earliest_over_the_possible_birth_days(
+    year: int, month: int | None, issued_after_days: int
+):
+    issued = date(year, month or 1, 1) + timedelta(days=issued_after_days)
+    expected = _oracle_partial_expiry(year, month, issued)
+    assert card_expiry(PartialDate(year, month), issued) == expected, (year, month, issued)

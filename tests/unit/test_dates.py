@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import date
 
 import pytest
@@ -198,20 +199,51 @@ def test_parse_parts_without_year_still_checks_day_against_month() -> None:
     assert [s for s, _ in parse_parts(0, 2, 30)[1]] == ["year", "day"]
 
 
-@given(st.integers(-10, 10_010), st.integers(-2, 14), st.integers(-2, 33))
-def test_parse_parts_agrees_with_constructor(year: int, month: int, day: int) -> None:
-    pd, problems = parse_parts(year, month, day)
+def _oracle_parts(year: int, month: int, day: int) -> tuple[PartialDate | None, list[str]]:
+    """parse_parts as docs/api.md and google.type.Date describe it, written without the module.
+
+    0 means "not given"; nothing given is no date. A year is 1-9999 and must be given when a
+    month or day is; a month is 1-12 and must be given when a day is; a day is 1-31 and must
+    exist in its month (in its year when the year is valid, else in some year: 29 February
+    passes). Every part is judged, so one request names every bad part.
+    """
     if (year, month, day) == (0, 0, 0):
-        assert (pd, problems) == (None, [])
-        return
-    try:
-        expected: PartialDate | None = PartialDate(year, month or None, day or None)
-    except ValueError:
-        expected = None
-    if month == 0 and day != 0:
-        expected = None
-    assert pd == expected
-    assert (pd is None) == bool(problems)
+        return None, []
+    bad = []
+    year_ok = 1 <= year <= 9999
+    if not year_ok:
+        bad.append("year")
+    if (month == 0 and day != 0) or not 0 <= month <= 12:
+        bad.append("month")
+    if day != 0:
+        if 1 <= month <= 12:
+            try:
+                date(year if year_ok else 2000, month, day)  # 2000: a leap year
+            except ValueError:
+                bad.append("day")
+        elif not 1 <= day <= 31:
+            bad.append("day")
+    if bad:
+        return None, bad
+    return PartialDate(year, month or None, day or None), []
+
+
+@given(st.integers(-10, 10_010), st.integers(-2, 14), st.integers(-2, 33))
+def test_parse_parts_agrees_with_an_oracle_written_from_the_spec(
+    year: int, month: int, day: int
+) -> None:
+    pd, problems = parse_parts(year, month, day)
+    expected, subfields = _oracle_parts(year, month, day)
+    assert (pd, [s for s, _ in problems]) == (expected, subfields)
+    if pd is not None:
+        assert (pd.year, pd.month or 0, pd.day or 0) == (year, month, day)
+
+
+@pytest.mark.parametrize("year", [1900, 2000, 2023, 2024, 2100])
+def test_parse_parts_accepts_exactly_the_days_of_each_month(year: int) -> None:
+    for month in range(1, 13):
+        days = {d for d in range(1, 33) if parse_parts(year, month, d)[0] is not None}
+        assert days == set(range(1, calendar.monthrange(year, month)[1] + 1)), (year, month)
 
 
 # --- time checks -----------------------------------------------------------------------------

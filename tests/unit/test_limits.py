@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry.errors import Code, RegistryError
-from registry.limits import DEFAULT_RATE_LIMIT_PER_S, RateLimiter
+from registry.limits import DEFAULT_RATE_LIMIT_PER_S, MissBudget, RateLimiter
 
 
 class Clock:
@@ -61,3 +61,43 @@ def test_agencies_do_not_share_buckets_and_one_without_a_limit_gets_the_default(
     clock.now += 1.0
     for _ in range(DEFAULT_RATE_LIMIT_PER_S):
         limiter.check("portal", None)
+
+
+# -- the verification miss budget ---------------------------------------------------------------
+
+
+def test_the_default_miss_budget_is_600_a_minute_refilled_at_10_a_second():
+    """docs/operations.md: agencies registered without --miss-budget get 600 per minute."""
+    clock = Clock()
+    budget = MissBudget(clock)
+    budget.check("portal", None)
+    budget.spend("portal", 599, None)
+    budget.check("portal", None)  # one miss left
+    budget.spend("portal", 1, None)
+    with pytest.raises(RegistryError) as info:
+        budget.check("portal", None)
+    error = info.value
+    assert (error.code, error.reason) == (
+        Code.RESOURCE_EXHAUSTED,
+        "VERIFICATION_MISS_BUDGET_EXHAUSTED",
+    )
+    assert error.metadata == {"miss_budget_per_min": "600"}
+    assert error.retry_after_s == pytest.approx(0.1)  # one miss refills in 60/600 s
+    clock.now += 0.1
+    budget.check("portal", None)
+    clock.now += 3600  # an idle hour banks no more than the budget
+    budget.spend("portal", 600, None)
+    with pytest.raises(RegistryError):
+        budget.check("portal", None)
+
+
+def test_a_registered_miss_budget_replaces_the_default():
+    clock = Clock()
+    budget = MissBudget(clock)
+    budget.spend("bank", 5, 5)
+    with pytest.raises(RegistryError) as info:
+        budget.check("bank", 5)
+    assert info.value.metadata == {"miss_budget_per_min": "5"}
+    assert info.value.retry_after_s == pytest.approx(12.0)
+    budget.spend("other", 5, None)
+    budget.check("other", None)  # 595 of the default left

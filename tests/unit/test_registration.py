@@ -240,10 +240,21 @@ def test_request_id_with_trailing_newline_is_refused() -> None:
     assert death_fields(request_id="abc\n") == ["request_id"]
 
 
-def test_request_id_limits() -> None:
-    validate_birth(raw_birth(request_id="x" * 128), TABLE, TODAY)
-    validate_birth(raw_birth(request_id="!~"), TABLE, TODAY)
-    validate_birth(raw_birth(request_id="0f0c8f1e-9d4b-4a47-a3b4-3a1c2a0e0b11"), TABLE, TODAY)
+@pytest.mark.parametrize(
+    "request_id", ["x" * 128, "!~", "a", "0f0c8f1e-9d4b-4a47-a3b4-3a1c2a0e0b11"]
+)
+def test_request_id_limits(request_id: str) -> None:
+    valid = validate_birth(raw_birth(request_id=request_id), TABLE, TODAY)
+    assert valid.date_of_birth == validate_birth(raw_birth(), TABLE, TODAY).date_of_birth
+    assert validate_death(raw_death(request_id=request_id), TODAY) == validate_death(
+        raw_death(), TODAY
+    )
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, "", "a b", "é", "\x7f", "tab\there"])
+def test_request_id_beyond_the_limits_is_refused(request_id: str) -> None:
+    assert birth_fields(request_id=request_id) == ["request_id"]
+    assert death_fields(request_id=request_id) == ["request_id"]
 
 
 # -- dates that must be accepted ----------------------------------------------------------------
@@ -272,8 +283,13 @@ def test_current_year_or_month_only_is_not_in_the_future() -> None:
 
 
 def test_born_today_and_in_1900_are_accepted() -> None:
-    validate_birth(raw_birth(date_of_birth=(2026, 6, 15)), TABLE, TODAY)
-    validate_birth(raw_birth(date_of_birth=(1900, 1, 1)), TABLE, TODAY)
+    today = validate_birth(raw_birth(date_of_birth=(2026, 6, 15)), TABLE, TODAY)
+    assert today.date_of_birth == PartialDate(2026, 6, 15)
+    oldest = validate_birth(raw_birth(date_of_birth=(1900, 1, 1)), TABLE, TODAY)
+    assert oldest.date_of_birth == PartialDate(1900, 1, 1)
+    # ... and the days just beyond are refused: tomorrow, and before PINs exist (1900).
+    assert birth_fields(date_of_birth=(2026, 6, 16)) == ["date_of_birth"]
+    assert birth_fields(date_of_birth=(1899, 12, 31)) == ["date_of_birth.year"]
 
 
 def test_leap_day_is_accepted_in_a_leap_year() -> None:

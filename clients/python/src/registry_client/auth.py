@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 #: Token lifetime in seconds (the registry accepts at most 900).
 LIFETIME = 300
-#: The longest token lifetime the registry accepts (its default --token-max-lifetime).
+#: The longest token lifetime the registry accepts (SPEC §6: 15 minutes; not configurable).
 MAX_LIFETIME = 900
 #: A cached token is replaced when it has less than this many seconds left.
 REFRESH_MARGIN = 60
