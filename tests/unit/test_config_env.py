@@ -56,6 +56,7 @@ def test_defaults_when_nothing_is_set():
     )
     assert (s.pg_bin_dir, s.pool_min_size, s.pool_max_size) == (None, 4, 16)
     assert (s.agency_refresh_s, s.log_level) == (5.0, "INFO")
+    assert (s.audit_checkpoint_s, s.metrics_listen, s.change_retention_days) == (10, None, 35)
     assert (s.clock_skew_s, s.token_max_lifetime_s, s.shutdown_grace_s) == (30, 900, 10.0)
 
 
@@ -78,6 +79,9 @@ def test_every_variable_reaches_its_setting(tmp_path):
         "REGISTRY_POOL_MAX": "3",
         "REGISTRY_AGENCY_REFRESH_S": "0.5",
         "REGISTRY_LOG_LEVEL": "debug",
+        "REGISTRY_AUDIT_CHECKPOINT_S": "2.5",
+        "REGISTRY_METRICS_LISTEN": "127.0.0.1:9464",
+        "REGISTRY_CHANGE_RETENTION_DAYS": "7",
     }
     assert set(env) == _readme_variables()
     s = Settings.from_env(env)
@@ -97,6 +101,9 @@ def test_every_variable_reaches_its_setting(tmp_path):
     assert (s.pool_min_size, s.pool_max_size) == (2, 3)
     assert s.agency_refresh_s == 0.5
     assert s.log_level == "DEBUG"
+    assert s.audit_checkpoint_s == 2.5
+    assert s.metrics_listen == "127.0.0.1:9464"
+    assert s.change_retention_days == 7
 
 
 def test_the_signing_key_dir_defaults_under_the_data_dir(tmp_path):
@@ -116,6 +123,9 @@ def test_the_signing_key_dir_defaults_under_the_data_dir(tmp_path):
         ({"REGISTRY_POOL_MIN": "four"}, "must be a number"),
         ({"REGISTRY_ATTESTATION_LIFETIME_S": "soon"}, "must be a number"),
         ({"REGISTRY_AGENCY_REFRESH_S": "x"}, "must be a number"),
+        ({"REGISTRY_METRICS_LISTEN": "0.0.0.0:9464"}, "REGISTRY_METRICS_LISTEN"),
+        ({"REGISTRY_CHANGE_RETENTION_DAYS": "0.5"}, "at least 1"),
+        ({"REGISTRY_AUDIT_CHECKPOINT_S": "60"}, "at most 10"),
         ({"REGISTRY_LISTEN": "0.0.0.0:6000", "REGISTRY_ALLOW_INSECURE_LISTEN": "no"}, "plaintext"),
     ],
 )
