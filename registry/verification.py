@@ -11,12 +11,12 @@ Matching:
   that lost the marks; fuzzy matching lets impostors through, so strict is the default.
 - date of birth: compared at the register's precision. Every part the register holds must be
   claimed and equal: a claim of year and month (or of the year only) against a full date is
-  NO_MATCH, or a full birthday would come out one part at a time (the PIN already gives the
-  year: 12 year-month guesses, then at most 31 full ones, instead of up to 366). Parts the register does not
-  hold are not compared: a full claim against a date known only to the year (or year and
-  month) matches on the parts it holds, because a document's full date of birth is right for
-  a person the register knows less precisely, and the answer reveals nothing the register
-  holds beyond what the claim agreed with.
+  NO_MATCH, or a full birthday would come out one part at a time (the PIN gives the year:
+  12 year-month guesses, then at most 31 full ones, instead of up to 366). Parts the
+  register does not hold are not compared: a full claim against a date known only to the
+  year (or year and month) matches on the parts it holds, because a document's full date of
+  birth is right for a person the register knows less precisely, and the answer reveals
+  nothing the register holds beyond what the claim agreed with.
 - sex: equal.
 - card serial: the card must belong to this PIN, be ACTIVE and not expired, and its holder must
   be alive. A revoked, withheld, superseded or expired card never matches.
