@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.db.agencies import Agency
 from registry.errors import unauthenticated
-from registry.model import Caller
+from registry.model import CHANGE_TYPES, Caller
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ SCOPES = (
     "citizen:update",
     "changes:watch",
     "audit:read",
+    # With audit:read: confidential agencies' access-log entries in full (oversight bodies).
+    "audit:read-confidential",
 )
 _MIN_RSA_BITS = 2048
 
@@ -77,6 +79,7 @@ class AgencyEntry:
     enabled: bool
     diacritic_insensitive: bool = False
     miss_budget: int | None = None
+    watch_types: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class DirectorySnapshot:
                 enabled=agency.enabled,
                 diacritic_insensitive=agency.name_matching == "DIACRITIC_INSENSITIVE",
                 miss_budget=agency.miss_budget,
+                watch_types=frozenset(CHANGE_TYPES[t] for t in agency.watch_types),
             )
             for key in agency.keys:
                 try:
@@ -207,6 +211,7 @@ class TokenVerifier:
             diacritic_insensitive=agency.diacritic_insensitive,
             rate_limit=agency.rate_limit,
             miss_budget=agency.miss_budget,
+            watch_types=agency.watch_types,
         )
 
     def _remember(self, token: str, verified: _Verified, now: float) -> None:

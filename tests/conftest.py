@@ -34,6 +34,7 @@ from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.db.pool import Database
 from registry.embedded import EmbeddedCluster
+from registry.model import CHANGE_TYPES
 from registry.tokens import SCOPES
 from registry.v1 import (
     card_service_pb2_grpc,
@@ -335,7 +336,10 @@ AgencyFactory = Callable[..., TestAgency]
 
 
 def make_agency_factory(dsn: str) -> AgencyFactory:
-    """Return a function that registers agencies (with fresh keys) in the database at dsn."""
+    """Return a function that registers agencies (with fresh keys) in the database at dsn.
+
+    For convenience they may watch every change type unless told otherwise (a registration
+    without --watch-types may watch none)."""
 
     def factory(
         *,
@@ -345,6 +349,9 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
         kind: str = "JUSTICE",
         rate_limit: int | None = None,
         miss_budget: int | None = None,
+        watch_types: tuple[str, ...] = tuple(CHANGE_TYPES),
+        confidential: bool = False,
+        name: str | None = None,
     ) -> TestAgency:
         agency_id = f"test-{uuid.uuid4().hex[:12]}"
         private_key = new_private_key(algorithm)
@@ -355,12 +362,14 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
                 await agencies.add(
                     conn,
                     agency_id=agency_id,
-                    name=f"Test agency {agency_id}",
+                    name=name or f"Test agency {agency_id}",
                     kind=kind,
                     scopes=list(scopes),
                     fields=list(fields),
                     rate_limit=rate_limit,
                     miss_budget=miss_budget,
+                    watch_types=list(watch_types),
+                    confidential=confidential,
                     kid="k1",
                     algorithm=algorithm,
                     public_key_pem=public_pem(private_key),

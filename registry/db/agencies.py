@@ -37,6 +37,8 @@ class Agency:
     keys: tuple[AgencyKey, ...]
     name_matching: str = "STRICT"
     miss_budget: int | None = None
+    watch_types: tuple[str, ...] = ()
+    confidential: bool = False
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
@@ -51,8 +53,8 @@ async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agen
 
 async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
-        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget "
-        "FROM agencies ORDER BY id"
+        "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget, "
+        "watch_types, confidential FROM agencies ORDER BY id"
     )
     key_rows = await conn.fetch(
         "SELECT agency_id, kid, algorithm, public_key_pem, created_at, revoked_at "
@@ -77,6 +79,8 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
             keys=tuple(keys.get(r["id"], ())),
             name_matching=r["name_matching"],
             miss_budget=r["miss_budget"],
+            watch_types=tuple(r["watch_types"]),
+            confidential=r["confidential"],
         )
         for r in rows
     ]
@@ -96,14 +100,16 @@ async def add(
     public_key_pem: str,
     name_matching: str = "STRICT",
     miss_budget: int | None = None,
+    watch_types: list[str] | None = None,
+    confidential: bool = False,
 ) -> None:
     """Register an agency with its first key, atomically."""
     async with conn.transaction():
         try:
             await conn.execute(
                 "INSERT INTO agencies "
-                "(id, name, kind, scopes, fields, rate_limit, name_matching, miss_budget) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "(id, name, kind, scopes, fields, rate_limit, name_matching, miss_budget, "
+                "watch_types, confidential) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 agency_id,
                 name,
                 kind,
@@ -112,6 +118,8 @@ async def add(
                 rate_limit,
                 name_matching,
                 miss_budget,
+                watch_types or [],
+                confidential,
             )
         except asyncpg.UniqueViolationError:
             raise RegistryError(
