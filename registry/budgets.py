@@ -17,6 +17,12 @@ verification read it with one primary-key SELECT before they look. Misses cost o
 call or per batch of a stream, NO_MATCH answers one upsert more. Measured in
 docs/benchmarks.md ("Verification with the oracle budgets").
 
+The writes go through the `counters` pool, whose connections commit asynchronously: the row
+lock lasts microseconds instead of an fsync, so one agency's charges from several processes do
+not queue behind each other's flushes. That is safe because an answer leaves only after its
+audit entry commits synchronously, and that flush covers every earlier WAL record, the charge
+included: a crash can lose a charge only for an answer that was never given.
+
 Alerts: one log line on `registry.alerts` per episode, naming the agency and never the
 citizen; the episode flag lives beside the budget, so one process reports it, not every one.
 A process that saw a refusal remembers until when the agency is throttled and refuses its
@@ -31,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from registry import limits
 from registry.db import budgets as store
@@ -81,7 +87,7 @@ class Budgets:
         """Remember the throttle, report a new episode once, and return the refusal."""
         self._throttled_until[caller.agency_id] = self._clock() + wait_s
         if alert is None:
-            alert = await store.mark_miss_alert(self._db.pool, caller.agency_id)
+            alert = await store.mark_miss_alert(self._db.counters, caller.agency_id)
         if alert:
             budget = caller.miss_budget or limits.DEFAULT_MISS_BUDGET_PER_MIN
             alerts.warning(
@@ -120,7 +126,7 @@ class Budgets:
         if misses <= 0:
             return 0, None
         charge = await store.charge_misses(
-            self._db.pool,
+            self._db.counters,
             caller.agency_id,
             misses,
             limits.miss_interval_s(caller.miss_budget),
@@ -172,6 +178,8 @@ class Budgets:
         if found.miss_wait_s > 0:
             refusal = await self._refuse(caller, found.miss_wait_s, alert=None)
             return [Answer(None, refusal)] * len(claims)
+        # The database's clock; without a found record (None) no failure needs it.
+        now = found.now or datetime.now(UTC)
         answers: list[Answer] = []
         failures = {c.pin: list(f) for c, f in zip(claims, found.failures, strict=True)}
         misses: list[int] = []  # the items whose answer spends the miss budget, in order
@@ -184,10 +192,10 @@ class Budgets:
                 until = limits.citizen_blocked_until(failures[claim.pin])
                 if until is not None:
                     blocked.add(claim.pin)
-                    answers.append(Answer(None, _citizen_refusal(caller, until, found.now)))
+                    answers.append(Answer(None, _citizen_refusal(caller, until, now)))
                     continue
                 if outcome.result is VerifyResult.NO_MATCH:
-                    failures[claim.pin].append(found.now)
+                    failures[claim.pin].append(now)
             if outcome.result is not VerifyResult.MATCH:
                 misses.append(len(answers))
             answers.append(Answer(outcome, None))
@@ -195,7 +203,7 @@ class Budgets:
         if spent is not None:
             cutoff = misses[granted]
             answers[cutoff:] = [Answer(None, spent)] * (len(answers) - cutoff)
-        await self._record_failures(caller, claims, answers, found.now)
+        await self._record_failures(caller, claims, answers, now)
         if blocked:
             await self._report_blocked(caller, blocked)
         return answers
@@ -213,7 +221,7 @@ class Budgets:
         if not failed:
             return
         accepted = await store.record_failures(
-            self._db.pool,
+            self._db.counters,
             caller.agency_id,
             [claims[i].pin for i in failed],
             limits.CITIZEN_FAILURE_WINDOW,
@@ -232,7 +240,7 @@ class Budgets:
             await self._report_blocked(caller, crowded)
 
     async def _report_blocked(self, caller: Caller, pins: set[str]) -> None:
-        new = await store.mark_failure_alerts(self._db.pool, caller.agency_id, sorted(pins))
+        new = await store.mark_failure_alerts(self._db.counters, caller.agency_id, sorted(pins))
         if new:
             # Names the agency and how many citizens, never which: alerts carry no PINs.
             alerts.warning(

@@ -49,8 +49,7 @@ SELECT greatest(b.tat + $2 - $3 - extract(epoch FROM now())::float8, 0)
 """
 
 # The failures still inside the window, oldest first ($3 = the window).
-RECENT = "ARRAY(SELECT t FROM unnest({failures}) t WHERE t > now() - {window}::interval ORDER BY t)"
-_RECENT_F = RECENT.format(failures="f.failures", window="$3")
+_RECENT_F = "ARRAY(SELECT t FROM unnest(f.failures) t WHERE t > now() - $3::interval ORDER BY t)"
 
 # Set-based: each distinct PIN once, with how many failures this call adds to it; only as
 # many as fit under the limit ($4) are kept. The failures stamped now() are this statement's.

@@ -990,8 +990,11 @@ def test_batch_verify_batches_its_database_work(private_dsn):
         serving.stop()
     delta = commits(private_dsn) - before
     check_answers(answers, expected, "row-00777")
-    # Under 500: at least 4 requests per query on average, even counting the background work.
-    assert delta < 500, f"{delta} transactions for 2,000 verifications: not batched"
+    # A batch with misses also charges them and records its NO_MATCH answers (registry.budgets):
+    # at most 3 statements per batch. Under 1,500: at least 4 requests per batch on average,
+    # even counting the background work; unbatched, this campaign (2/3 misses, half of them
+    # NO_MATCH) would cost about 2,000 + 1,333 + 1,000 = 4,333.
+    assert delta < 1500, f"{delta} transactions for 2,000 verifications: not batched"
 
 
 # -- GetCitizen ---------------------------------------------------------------------------------
