@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, cards, imports, transport, verify
+from bench import births, budgets, cards, imports, transport, verify
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     births.main()
     cards.main()
     verify.main()
+    budgets.main()
     imports.main()
     transport.main()
 

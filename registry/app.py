@@ -27,10 +27,10 @@ from registry.api.identity import IdentityServicer
 from registry.api.metrics import MetricsInterceptor
 from registry.api.population import PopulationServicer
 from registry.attestation import SigningKeys
+from registry.budgets import Budgets
 from registry.config import Settings
 from registry.db import gauges as gauges_db
 from registry.db.pool import Database
-from registry.limits import MissBudget
 from registry.tokens import TokenVerifier
 from registry.v1 import (
     audit_service_pb2,
@@ -224,13 +224,14 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     )
     # Declared services whose RPCs later work implements: the generated base classes answer
     # UNIMPLEMENTED (after authentication, like every call).
-    card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db), server)
+    budgets = Budgets(db)
+    card_service_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(db, budgets), server)
     keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
     await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(db, keys, settings.checkpoint_file, settings.audit_checkpoint_s)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(db, keys, audit, MissBudget()), server
+        IdentityServicer(db, keys, audit, budgets), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         PopulationServicer(db, feed, prefixes, audit), server

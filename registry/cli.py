@@ -32,6 +32,7 @@ from registry.db.roles import RoleError, check_runtime_role
 from registry.embedded import EmbeddedCluster, EmbeddedError
 from registry.errors import RegistryError
 from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
+from registry.model import CHANGE_TYPES
 from registry.pin_secret import PinSecretError
 from registry.tokens import MAX_KID_CHARS, SCOPES, KeyError_, load_public_key, valid_kid
 from registry.v1 import citizen_pb2
@@ -391,12 +392,19 @@ async def _import(settings: Settings, args: argparse.Namespace, total: int) -> i
                     len(done.created), done.assigned, done.duplicates, done.mismatched,
                     done.rejects,
                 )  # fmt: skip
-                if done.created:
-                    entry = audit.Entry(
-                        datetime.now(UTC), args.agency, "registry import", tuple(done.created),
-                        "OK", audit.clean_text(f"import of {path.name}"), "",
-                    )  # fmt: skip
-                    last = await audit_db.append(audit_conn, [entry], last)
+                # As ImportCitizens records them (registry.api.population.import_audit_entries).
+                entries = [
+                    audit.Entry(
+                        datetime.now(UTC), args.agency, "registry import", pins, outcome,
+                        audit.clean_text(f"import of {path.name}"), "",
+                    )
+                    for outcome, pins in (
+                        ("OK", tuple(done.created)), ("ALREADY_EXISTS", tuple(done.matched))
+                    )
+                    if pins
+                ]  # fmt: skip
+                if entries:
+                    last = await audit_db.append(audit_conn, entries, last)
                 rate = summary.received / max(time.monotonic() - started, 1e-6)
                 share = summary.received / total if total > 0 else 1.0
                 print(
@@ -523,6 +531,12 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
         if args.miss_budget is not None and args.miss_budget <= 0:
             raise CliError("--miss-budget must be a positive number of answers per minute")
         _check_kid(args.kid)
+        watch_types = [t.upper() for t in _csv(args.watch_types)]
+        bad_types = sorted(set(watch_types) - set(CHANGE_TYPES))
+        if bad_types:
+            raise CliError(
+                f"unknown change type(s): {', '.join(bad_types)} (known: {', '.join(CHANGE_TYPES)})"
+            )
         algorithm, pem = _read_key(args.public_key)
         try:
             await agencies.add(
@@ -538,6 +552,8 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 public_key_pem=pem,
                 name_matching=args.name_matching.upper().replace("-", "_"),
                 miss_budget=args.miss_budget,
+                watch_types=list(dict.fromkeys(watch_types)),
+                confidential=args.confidential,
             )
         except asyncpg.CheckViolationError as exc:
             raise CliError(f"invalid agency: {exc.constraint_name}") from None
@@ -550,7 +566,9 @@ async def _agency_action(conn: asyncpg.Connection, args: argparse.Namespace) -> 
                 f"  scopes: {','.join(agency.scopes) or '-'}\n"
                 f"  fields: {','.join(agency.fields) or '-'}\n"
                 f"{_limits(agency)}\n"
-                f"  name matching: {agency.name_matching.lower().replace('_', '-')}"
+                f"  name matching: {agency.name_matching.lower().replace('_', '-')}\n"
+                f"  watch types: {','.join(agency.watch_types) or '-'}\n"
+                f"  confidential: {'yes' if agency.confidential else 'no'}"
             )
             if agency.enabled_at is not None:
                 print(f"  enabled again: {agency.enabled_at:%Y-%m-%d %H:%M:%S%z}")
@@ -673,6 +691,18 @@ def _parser() -> argparse.ArgumentParser:
         default="strict",
         help="how VerifyIdentity compares its name claims (default strict; "
         "diacritic-insensitive only for systems that lost the marks)",
+    )
+    add.add_argument(
+        "--watch-types",
+        help="comma-separated change types WatchChanges may deliver to it: "
+        + ",".join(CHANGE_TYPES)
+        + " (default none)",
+    )
+    add.add_argument(
+        "--confidential",
+        action="store_true",
+        help="its accesses are confidential (e.g. criminal investigations): access logs show "
+        "them without agency or purpose except to callers with scope audit:read-confidential",
     )
     actions.add_parser("list", help="list agencies and keys")
     for name, text in (("disable", "lock an agency out"), ("enable", "let it back in")):

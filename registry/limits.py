@@ -6,14 +6,18 @@ refused at once with RESOURCE_EXHAUSTED, QuotaFailure and a RetryInfo saying whe
 call will be accepted, so one misbehaving agency cannot crowd out the others. The buckets
 live in each server process: with several servers behind a load balancer an agency's
 effective limit is N per server.
+
+The oracle budgets (a miss budget per agency, a failure budget per agency and citizen) are
+stricter: their state lives in the database and every server process spends the same budget
+(registry.budgets); their rules and refusals are here.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from registry.errors import Code, QuotaViolation, RegistryError
 
@@ -70,78 +74,63 @@ class RateLimiter:
         )
 
 
-# Default budget of NOT_FOUND / NO_MATCH verification answers per agency and minute, for
-# agencies registered without one (`registry agency add --miss-budget N` sets another).
+# Default budget of misses (NOT_FOUND of a lookup, NO_MATCH of a verification) per agency and
+# minute, for agencies registered without one (`registry agency add --miss-budget N`).
 DEFAULT_MISS_BUDGET_PER_MIN = 600
-alerts = logging.getLogger("registry.alerts")
+MISS_PERIOD_S = 60.0
+MISS_BUDGET_EXHAUSTED = "VERIFICATION_MISS_BUDGET_EXHAUSTED"
+# The per-(agency, citizen) failure budget (SPEC §6): the largest peers freeze after 5 wrong
+# attempts. Past it, the agency's verifications of that citizen are refused until the oldest
+# of those failures is older than the window.
+CITIZEN_FAILURE_LIMIT = 5
+CITIZEN_FAILURE_WINDOW = timedelta(hours=24)
 
 
-class MissBudget:
-    """Per-agency budget of verification misses (NOT_FOUND / NO_MATCH answers) per minute.
+def miss_interval_s(budget: int | None) -> float:
+    """Return the seconds one miss costs: the period over the agency's budget."""
+    return MISS_PERIOD_S / (budget or DEFAULT_MISS_BUDGET_PER_MIN)
 
-    A yes/no oracle over PINs is an enumeration target: a caller trying numbers or names
-    produces misses, an honest one mostly matches. Each agency may spend its budget per
-    minute (refilled continuously); once it is spent, verifications are refused with
-    RESOURCE_EXHAUSTED + RetryInfo until it refills, and one alert is logged per episode on the
-    `registry.alerts` logger for the operator to look into. Per server process, like the rate
-    limits.
-    """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-        self._alerted: set[str] = set()
+def citizen_blocked_until(failures: Sequence[datetime]) -> datetime | None:
+    """Return until when failures (within the window, oldest first) block verification."""
+    if len(failures) < CITIZEN_FAILURE_LIMIT:
+        return None
+    return failures[-CITIZEN_FAILURE_LIMIT] + CITIZEN_FAILURE_WINDOW
 
-    def _bucket(self, agency_id: str, budget: int) -> _Bucket:
-        now = self._clock()
-        bucket = self._buckets.get(agency_id)
-        if bucket is None:
-            bucket = self._buckets[agency_id] = _Bucket(float(budget), now)
-        else:
-            bucket.tokens = min(float(budget), bucket.tokens + (now - bucket.updated) * budget / 60)
-            bucket.updated = now
-        return bucket
 
-    def check(self, agency_id: str, budget: int | None) -> None:
-        """Refuse the agency's verifications while its budget is spent."""
-        budget = budget or DEFAULT_MISS_BUDGET_PER_MIN
-        bucket = self._bucket(agency_id, budget)
-        if bucket.tokens >= 1.0:
-            self._alerted.discard(agency_id)
-            return
-        wait_s = (1.0 - bucket.tokens) * 60 / budget
-        if agency_id not in self._alerted:
-            self._alerted.add(agency_id)
-            alerts.warning(
-                "agency %s spent its budget of %d NOT_FOUND/NO_MATCH verifications per minute; "
-                "throttled (possible enumeration)",
-                agency_id,
-                budget,
-                extra={
-                    "fields": {
-                        "alert": "VERIFICATION_MISS_BUDGET_EXHAUSTED",
-                        "agency": agency_id,
-                        "budget_per_min": budget,
-                    }
-                },
-            )
-        raise RegistryError(
-            Code.RESOURCE_EXHAUSTED,
-            "VERIFICATION_MISS_BUDGET_EXHAUSTED",
-            f"agency {agency_id!r} received more than {budget} NOT_FOUND/NO_MATCH verification "
-            f"answers in the last minute; verifications resume in {wait_s:.1f} s",
-            quota_violations=(
-                QuotaViolation(
-                    f"agency:{agency_id}",
-                    f"{budget} NOT_FOUND/NO_MATCH verification answers per minute",
-                ),
+def miss_budget_exhausted(agency_id: str, budget: int | None, wait_s: float) -> RegistryError:
+    """Build the refusal of an agency whose miss budget is spent."""
+    budget = budget or DEFAULT_MISS_BUDGET_PER_MIN
+    return RegistryError(
+        Code.RESOURCE_EXHAUSTED,
+        # The reason keeps its first name (callers match on it) though lookups spend it too.
+        MISS_BUDGET_EXHAUSTED,
+        f"agency {agency_id!r} received more than {budget} NOT_FOUND/NO_MATCH answers in the "
+        f"last minute; its lookups and verifications resume in {wait_s:.1f} s",
+        quota_violations=(
+            QuotaViolation(
+                f"agency:{agency_id}", f"{budget} NOT_FOUND/NO_MATCH answers per minute"
             ),
-            metadata={"miss_budget_per_min": str(budget)},
-            retry_after_s=wait_s,
-        )
+        ),
+        metadata={"miss_budget_per_min": str(budget)},
+        retry_after_s=wait_s,
+    )
 
-    def spend(self, agency_id: str, misses: int, budget: int | None) -> None:
-        """Take the misses of answered verifications from the agency's budget."""
-        if misses:
-            bucket = self._bucket(agency_id, budget or DEFAULT_MISS_BUDGET_PER_MIN)
-            bucket.tokens -= misses
+
+def citizen_failure_limit(agency_id: str, wait_s: float) -> RegistryError:
+    """Build the refusal of a verification of a citizen the agency failed on too often."""
+    hours = int(CITIZEN_FAILURE_WINDOW.total_seconds() // 3600)
+    return RegistryError(
+        Code.RESOURCE_EXHAUSTED,
+        "CITIZEN_FAILURE_LIMIT",
+        f"this agency received {CITIZEN_FAILURE_LIMIT} NO_MATCH answers about this citizen "
+        f"within {hours} h; its verifications of this citizen resume in {wait_s:.0f} s",
+        quota_violations=(
+            QuotaViolation(
+                f"agency:{agency_id}",
+                f"{CITIZEN_FAILURE_LIMIT} NO_MATCH answers about one citizen per {hours} h",
+            ),
+        ),
+        metadata={"failure_limit": str(CITIZEN_FAILURE_LIMIT), "window_hours": str(hours)},
+        retry_after_s=wait_s,
+    )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import date
+from collections.abc import Iterable
 
 from registry.db import citizens
-from registry.db import verification as verification_db
 from registry.db.pool import Database
 from registry.errors import (
     FieldViolation,
@@ -14,8 +12,7 @@ from registry.errors import (
     not_found,
     permission_denied,
 )
-from registry.model import CITIZEN_FIELDS, Caller, Citizen
-from registry.verification import Claim, Outcome, verify
+from registry.model import CITIZEN_FIELDS, Citizen
 
 # The number itself is what was asked about: always returned.
 ALWAYS_RETURNED = ("pin",)
@@ -70,18 +67,3 @@ async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
         if citizen is None:
             raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
         return await citizens.follow_replacements(conn, citizen)
-
-
-async def verify_claims(
-    db: Database, caller: Caller, claims: Sequence[Claim], today: date
-) -> list[Outcome]:
-    """Verify claims against the register with one query, in order."""
-    async with db.pool.acquire() as conn:
-        if len(claims) == 1:
-            found = [await verification_db.record(conn, claims[0].pin, claims[0].card_serial)]
-        else:
-            found = await verification_db.records(conn, [(c.pin, c.card_serial) for c in claims])
-    return [
-        verify(claim, record, today, diacritic_insensitive=caller.diacritic_insensitive)
-        for claim, record in zip(claims, found, strict=True)
-    ]

@@ -10,6 +10,7 @@ from registry.dates import PartialDate
 from registry.pin import Sex
 
 __all__ = [
+    "CHANGE_TYPES",
     "BirthRegistration",
     "BloodType",
     "Caller",
@@ -51,6 +52,18 @@ class BloodType(enum.IntEnum):
     O = 4  # noqa: E741 - the blood group's name
 
 
+# Change feed event types by registration name (`registry agency add --watch-types`), with
+# their proto ChangeType numbers.
+CHANGE_TYPES = {
+    "BORN": 1,
+    "DIED": 2,
+    "UPDATED": 3,
+    "PIN_REPLACED": 4,
+    "CARD_ISSUED": 5,
+    "CARD_STATE_CHANGED": 6,
+}
+
+
 @dataclass(frozen=True)
 class Caller:
     """The authenticated agency behind a call."""
@@ -65,7 +78,9 @@ class Caller:
     rate_limit: int | None = None
     """Calls per second the agency may make (None: not limited)."""
     miss_budget: int | None = None
-    """NOT_FOUND/NO_MATCH verification answers per minute (None: the server's default)."""
+    """NOT_FOUND/NO_MATCH answers per minute (None: the server's default)."""
+    watch_types: frozenset[int] = frozenset()
+    """The change types (CHANGE_TYPES numbers) WatchChanges may deliver to the agency."""
 
 
 @dataclass(frozen=True)

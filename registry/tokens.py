@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from registry.db.agencies import Agency
 from registry.errors import RegistryError, unauthenticated
-from registry.model import Caller
+from registry.model import CHANGE_TYPES, Caller
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ SCOPES = (
     "citizen:update",
     "changes:watch",
     "audit:read",
+    # With audit:read: confidential agencies' access-log entries in full (oversight bodies).
+    "audit:read-confidential",
 )
 _MIN_RSA_BITS = 2048
 
@@ -102,6 +104,7 @@ class AgencyEntry:
     miss_budget: int | None = None
     enabled_at: datetime | None = None
     """When an operator last enabled the agency again; tokens issued before are refused."""
+    watch_types: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class DirectorySnapshot:
                 diacritic_insensitive=agency.name_matching == "DIACRITIC_INSENSITIVE",
                 miss_budget=agency.miss_budget,
                 enabled_at=agency.enabled_at,
+                watch_types=frozenset(CHANGE_TYPES[t] for t in agency.watch_types),
             )
             for key in agency.keys:
                 try:
@@ -350,6 +354,7 @@ class TokenVerifier:
             diacritic_insensitive=agency.diacritic_insensitive,
             rate_limit=agency.rate_limit,
             miss_budget=agency.miss_budget,
+            watch_types=agency.watch_types,
         )
 
     def _remember(self, token: str, verified: _Verified, now: float) -> None:

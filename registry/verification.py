@@ -9,8 +9,14 @@ Matching:
   spaces; `names.match_key`). Diacritics count: "Nguyễn" is not "Nguyên". Only an agency
   registered for it gets diacritic-insensitive comparison (`names.fold_diacritics`), for systems
   that lost the marks; fuzzy matching lets impostors through, so strict is the default.
-- date of birth: compared at the precision both sides hold (a record known only to the year
-  matches a claim in that year; a claim of year and month is checked on both).
+- date of birth: compared at the register's precision. Every part the register holds must be
+  claimed and equal: a claim of year and month (or of the year only) against a full date is
+  NO_MATCH, or a full birthday would come out one part at a time (the PIN gives the year:
+  12 year-month guesses, then at most 31 full ones, instead of up to 366). Parts the
+  register does not hold are not compared: a full claim against a date known only to the
+  year (or year and month) matches on the parts it holds, because a document's full date of
+  birth is right for a person the register knows less precisely, and the answer reveals
+  nothing the register holds beyond what the claim agreed with.
 - sex: equal.
 - card serial: the card must belong to this PIN, be ACTIVE and not expired, and its holder must
   be alive. A revoked, withheld, superseded or expired card never matches.
@@ -123,11 +129,12 @@ def validate_claim(raw: RawClaim) -> Claim:
 
 
 def _same_date(claim: PartialDate, record: PartialDate) -> bool:
+    """Compare at the register's precision: each part it holds must be claimed and equal."""
     if claim.year != record.year:
         return False
-    if claim.month is not None and record.month is not None and claim.month != record.month:
+    if record.month is not None and claim.month != record.month:
         return False
-    return not (claim.day is not None and record.day is not None and claim.day != record.day)
+    return record.day is None or claim.day == record.day
 
 
 def names_match(claimed: str, recorded: str, *, diacritic_insensitive: bool) -> bool:

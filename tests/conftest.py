@@ -34,7 +34,7 @@ from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.db.pool import Database
 from registry.embedded import EmbeddedCluster
-from registry.model import CITIZEN_FIELDS
+from registry.model import CHANGE_TYPES, CITIZEN_FIELDS
 from registry.tokens import SCOPES
 from registry.v1 import (
     card_service_pb2_grpc,
@@ -339,7 +339,10 @@ AgencyFactory = Callable[..., TestAgency]
 
 
 def make_agency_factory(dsn: str) -> AgencyFactory:
-    """Return a function that registers agencies (with fresh keys) in the database at dsn."""
+    """Return a function that registers agencies (with fresh keys) in the database at dsn.
+
+    For convenience they may watch every change type unless told otherwise (a registration
+    without --watch-types may watch none)."""
 
     def factory(
         *,
@@ -349,6 +352,9 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
         kind: str = "JUSTICE",
         rate_limit: int | None = 1_000_000,
         miss_budget: int | None = None,
+        watch_types: tuple[str, ...] = tuple(CHANGE_TYPES),
+        confidential: bool = False,
+        name: str | None = None,
     ) -> TestAgency:
         """Register an agency. Tests call as fast as they can: their agencies are registered
         with a limit no test reaches, unless a test asks for another (None: the default)."""
@@ -361,12 +367,14 @@ def make_agency_factory(dsn: str) -> AgencyFactory:
                 await agencies.add(
                     conn,
                     agency_id=agency_id,
-                    name=f"Test agency {agency_id}",
+                    name=name or f"Test agency {agency_id}",
                     kind=kind,
                     scopes=list(scopes),
                     fields=list(fields),
                     rate_limit=rate_limit,
                     miss_budget=miss_budget,
+                    watch_types=list(watch_types),
+                    confidential=confidential,
                     kid="k1",
                     algorithm=algorithm,
                     public_key_pem=public_pem(private_key),

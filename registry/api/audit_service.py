@@ -9,6 +9,7 @@ import binascii
 import grpc
 
 from registry.api.checkpointer import Checkpointer
+from registry.api.gate import READ_CONFIDENTIAL_SCOPE, current_caller
 from registry.db import audit as audit_db
 from registry.db.pool import Database
 from registry.errors import not_found
@@ -17,6 +18,8 @@ from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import audit_service_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE_SIZE = 50
+# What a confidential agency's entry shows instead of its name without audit:read-confidential.
+CONFIDENTIAL_AGENCY_NAME = "Law-enforcement access (confidential)"
 MAX_PAGE_SIZE = 1000
 _TOKEN_PREFIX = "v1:"
 
@@ -63,15 +66,27 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         # One more than asked: tells whether a next page exists without a second query.
         found = await audit_db.history(self._db.pool, pin, before, size + 1)
+        in_full = READ_CONFIDENTIAL_SCOPE in current_caller().scopes
         response = pb.ListAccessLogResponse()
         for item in found[:size]:
-            entry = response.entries.add(
-                agency_id=item.agency_id,
-                agency_name=item.agency_name,
-                method=item.method,
-                purpose=item.purpose,
-                outcome=item.outcome,
-            )
+            if item.confidential and not in_full:
+                # A law-enforcement access: the citizen learns that one happened and when,
+                # not who or why (SPEC §6); oversight bodies see it in full.
+                entry = response.entries.add(
+                    agency_name=CONFIDENTIAL_AGENCY_NAME,
+                    method=item.method,
+                    outcome=item.outcome,
+                    confidential=True,
+                )
+            else:
+                entry = response.entries.add(
+                    agency_id=item.agency_id,
+                    agency_name=item.agency_name,
+                    method=item.method,
+                    purpose=item.purpose,
+                    outcome=item.outcome,
+                    confidential=item.confidential,
+                )
             entry.time.FromDatetime(item.time)
         if len(found) > size:
             response.next_page_token = page_token(pin, found[size - 1].seq)

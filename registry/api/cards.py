@@ -10,6 +10,7 @@ from registry import card_issuance, cards, clock
 from registry.api import convert
 from registry.api.disclosure import CitizenAnswer
 from registry.api.gate import current_caller, touch
+from registry.budgets import Budgets
 from registry.db.pool import Database
 from registry.registration import require_pin
 from registry.v1 import card_service_pb2 as pb
@@ -21,8 +22,9 @@ R = TypeVar("R")
 class CardServicer(pb_grpc.CardServiceServicer):
     """Issue, exchange, re-issue, revoke, withhold and release cards; link old numbers."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, budgets: Budgets):
         self._db = db
+        self._budgets = budgets
 
     async def IssueCard(
         self, request: pb.IssueCardRequest, context: grpc.aio.ServicerContext
@@ -63,7 +65,8 @@ class CardServicer(pb_grpc.CardServiceServicer):
         self, request: pb.ListCardsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCardsResponse:
         pin = require_pin(request.pin)
-        found = await card_issuance.list_cards(self._db, pin, clock.today())
+        async with self._budgets.lookup(current_caller()):
+            found = await card_issuance.list_cards(self._db, pin, clock.today())
         return pb.ListCardsResponse(cards=[convert.card(c) for c in found])
 
     async def LinkLegacyId(

@@ -76,6 +76,9 @@ METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}AuditService/ListAccessLog": "audit:read",
     f"{_V1}AuditService/GetAuditCheckpoint": None,
 }
+# Scopes that widen what a method answers, checked by its servicer: with it, ListAccessLog
+# shows confidential agencies' entries in full (SPEC §6; oversight bodies).
+READ_CONFIDENTIAL_SCOPE = "audit:read-confidential"
 # The calls that can commit a change event (migration 0007's triggers): when one ends, the
 # change feed's sequencer is woken (`on_change`).
 CHANGING_METHODS = frozenset(

@@ -17,9 +17,9 @@ from registry.api.errors import to_status_proto
 from registry.api.gate import CallContext, audited_pins, current_call, current_caller, touch
 from registry.attestation import SigningKeys
 from registry.audit import clean_text
+from registry.budgets import Answer, Budgets
 from registry.db.pool import Database
 from registry.errors import RegistryError
-from registry.limits import MissBudget
 from registry.model import Caller
 from registry.registration import Violations, require_pin
 from registry.v1 import identity_service_pb2 as pb
@@ -27,7 +27,6 @@ from registry.v1 import identity_service_pb2_grpc as pb_grpc
 from registry.verification import (
     Claim,
     Outcome,
-    VerifyResult,
     attestation_claims,
     validate_claim,
 )
@@ -83,15 +82,11 @@ async def _next_batch(
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Answer whether identity data matches the register, and what an agency may read."""
 
-    def __init__(self, db: Database, keys: SigningKeys, audit: AuditWriter, misses: MissBudget):
+    def __init__(self, db: Database, keys: SigningKeys, audit: AuditWriter, budgets: Budgets):
         self._db = db
         self._keys = keys
         self._audit = audit
-        self._misses = misses
-
-    def _spend(self, caller: Caller, outcomes: Sequence[Outcome]) -> None:
-        misses = sum(1 for o in outcomes if o.result is not VerifyResult.MATCH)
-        self._misses.spend(caller.agency_id, misses, caller.miss_budget)
+        self._budgets = budgets
 
     def _response(
         self, caller: Caller, claim: Claim, outcome: Outcome, want_attestation: bool
@@ -114,10 +109,11 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     ) -> pb.VerifyIdentityResponse:
         caller = current_caller()
         claim = validate_claim(convert.raw_claim(request))
-        self._misses.check(caller.agency_id, caller.miss_budget)
-        [outcome] = await lookup.verify_claims(self._db, caller, [claim], clock.today())
-        self._spend(caller, [outcome])
-        return self._response(caller, claim, outcome, request.want_attestation)
+        [answer] = await self._budgets.verify(caller, [claim], clock.today())
+        if answer.error is not None:
+            raise answer.error
+        assert answer.outcome is not None
+        return self._response(caller, claim, answer.outcome, request.want_attestation)
 
     async def BatchVerify(
         self,
@@ -147,8 +143,11 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             while stop is False:
                 requests, stop = await _next_batch(arrived)
                 if requests:
-                    for response in await self._verify_batch(call, requests, clock.today()):
+                    responses, refusal = await self._verify_batch(call, requests, clock.today())
+                    for response in responses:
                         yield response
+                    if refusal is not None:
+                        stop = refusal
             if isinstance(stop, RegistryError):
                 raise stop
         finally:
@@ -158,14 +157,15 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def _verify_batch(
         self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
-    ) -> list[pb.VerifyIdentityResponse]:
+    ) -> tuple[list[pb.VerifyIdentityResponse], RegistryError | None]:
         """Answer a batch in order; a malformed item gets its own error, the stream goes on.
 
+        Returns the responses and, when the agency's miss budget ran out at an item, the
+        error that ends the stream: the items before it are answered, none after it.
         Each verification gets its own audit entry (the citizen's history shows it like a
         unary one), written in one group before any answer of the batch leaves.
         """
         caller = call.caller
-        self._misses.check(caller.agency_id, caller.miss_budget)
         answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
         valid: list[tuple[int, Claim]] = []
         entries = []
@@ -178,18 +178,36 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 )
                 pins = audited_pins(request.pin)
                 if pins:
-                    entries.append(call.entry(error.code.value, pins, _request_id(request)))
+                    entries.append(
+                        (index, call.entry(error.code.value, pins, _request_id(request)))
+                    )
+        refusal: RegistryError | None = None
+        stop_at = len(requests)
         if valid:
-            outcomes = await lookup.verify_claims(self._db, caller, [c for _, c in valid], today)
-            self._spend(caller, outcomes)
-            for (index, claim), outcome in zip(valid, outcomes, strict=True):
-                answers[index] = self._response(
-                    caller, claim, outcome, requests[index].want_attestation
-                )
-                entries.append(call.entry("OK", (claim.pin,), _request_id(requests[index])))
+            results = await self._budgets.verify(caller, [c for _, c in valid], today)
+            for (index, claim), result in zip(valid, results, strict=True):
+                request = requests[index]
+                outcome = "OK" if result.error is None else result.error.code.value
+                entries.append((index, call.entry(outcome, (claim.pin,), _request_id(request))))
+                if result.stops:
+                    # Nothing after the item the budget ran out at is answered or recorded.
+                    refusal, stop_at = result.error, index
+                    break
+                answers[index] = self._answer(caller, claim, result, request)
+        entries = [(i, e) for i, e in entries if i <= stop_at]
         if entries:
-            await self._audit.record(entries)
-        return [a for a in answers if a is not None]
+            await self._audit.record([e for _, e in entries])
+        return [a for a in answers[:stop_at] if a is not None], refusal
+
+    def _answer(
+        self, caller: Caller, claim: Claim, result: Answer, request: pb.VerifyIdentityRequest
+    ) -> pb.VerifyIdentityResponse:
+        if result.error is not None:
+            return pb.VerifyIdentityResponse(
+                correlation_id=claim.correlation_id, error=to_status_proto(result.error)
+            )
+        assert result.outcome is not None
+        return self._response(caller, claim, result.outcome, request.want_attestation)
 
     async def GetCitizen(
         self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext
@@ -197,7 +215,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         caller = current_caller()
         pin = require_pin(request.pin)
         fields = lookup.resolve_read_mask(request.read_mask.paths, caller.fields)
-        citizen, replaced = await lookup.current_record(self._db, pin)
+        async with self._budgets.lookup(caller):
+            citizen, replaced = await lookup.current_record(self._db, pin)
         touch(citizen.pin)
         visible = convert.disclosed(convert.citizen(citizen), fields)
         return pb.GetCitizenResponse(citizen=visible, pin_replaced=replaced)
@@ -208,7 +227,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         v = Violations()
         legacy_id = cards.validate_legacy_id(v, "legacy_id", request.legacy_id)
         v.raise_if_any()
-        pin = await card_issuance.resolve_legacy_id(self._db, legacy_id)
+        async with self._budgets.lookup(current_caller()):
+            pin = await card_issuance.resolve_legacy_id(self._db, legacy_id)
         touch(pin)
         return pb.ResolveLegacyIdResponse(pin=pin)
 

@@ -14,10 +14,12 @@ from registry.api.bounds import oversized_fields
 from registry.api.caches import PrefixCache
 from registry.api.disclosure import CitizenAnswer
 from registry.api.feed import ChangeFeed
-from registry.api.gate import current_call, current_caller, touch
+from registry.api.gate import CallContext, current_call, current_caller, touch
+from registry.audit import Entry
 from registry.db import changes
 from registry.db import imports as imports_db
 from registry.db.pool import Database
+from registry.errors import permission_denied
 from registry.registration import Violations
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -63,8 +65,16 @@ def _plain(field: Any, value: Any) -> Any:
     return value
 
 
-def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...]]:
-    """Return (after_sequence, types) of a valid WatchChanges request."""
+def validate_watch(
+    request: pb.WatchChangesRequest, allowed: frozenset[int]
+) -> tuple[int, tuple[int, ...]]:
+    """Return (after_sequence, types) of a valid WatchChanges request by an agency registered
+    for the `allowed` change types.
+
+    Empty types means every type the agency is registered for. Asking for a type it is not
+    registered for is PERMISSION_DENIED naming it, not a silently filtered feed: a caller that
+    believes it receives every death must learn that it does not.
+    """
     v = Violations()
     if request.after_sequence < 0:
         v.add("after_sequence", "must not be negative (0 = from the beginning of the feed)")
@@ -77,7 +87,35 @@ def validate_watch(request: pb.WatchChangesRequest) -> tuple[int, tuple[int, ...
                 else f"{kind} is not a known ChangeType",
             )
     v.raise_if_any()
-    return request.after_sequence, tuple(sorted(set(request.types)))
+    asked = set(request.types) or set(allowed)
+    if not asked:
+        raise permission_denied(
+            "WATCH_TYPES_NOT_PERMITTED",
+            "this agency is registered to receive no change types "
+            "(registry agency add --watch-types)",
+            types="",
+        )
+    refused = sorted(asked - allowed)
+    if refused:
+        names = ",".join(change_pb2.ChangeType.Name(t) for t in refused)
+        raise permission_denied(
+            "WATCH_TYPES_NOT_PERMITTED",
+            f"this agency is not registered to receive: {names}",
+            types=names,
+        )
+    return request.after_sequence, tuple(sorted(asked))
+
+
+def import_audit_entries(call: CallContext, done: imports_db.BatchResult) -> list[Entry]:
+    """Return the audit entries of an imported batch (every import path writes these): the
+    citizens it created, and those its records matched as duplicates (outcome
+    ALREADY_EXISTS), since the answer's duplicate count told the caller that they exist."""
+    entries = []
+    if done.created:
+        entries.append(call.entry("OK", tuple(done.created), request_id=""))
+    if done.matched:
+        entries.append(call.entry("ALREADY_EXISTS", tuple(done.matched), request_id=""))
+    return entries
 
 
 class PopulationServicer(pb_grpc.PopulationServiceServicer):
@@ -102,8 +140,9 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             summary.add_batch(
                 len(done.created), done.assigned, done.duplicates, done.mismatched, done.rejects
             )
-            if done.created:
-                await self._audit.record([call.entry("OK", tuple(done.created), request_id="")])
+            entries = import_audit_entries(call, done)
+            if entries:
+                await self._audit.record(entries)
 
         pipeline = imports.BatchPipeline(write)
         try:
@@ -171,10 +210,16 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
     async def WatchChanges(
         self, request: pb.WatchChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchChangesResponse]:
-        cursor, types = validate_watch(request)
+        call = current_call()
+        cursor, types = validate_watch(request, call.caller.watch_types)
         while True:
             marker = self._feed.marker()
             events = await changes.read(self._db.pool, cursor, types, FEED_PAGE)
+            if events:
+                # A delivery is a disclosure (SPEC §7): each page is in the access history of
+                # every citizen it names before it leaves.
+                pins = dict.fromkeys(p for e in events for p in (e.pin, e.new_pin) if p)
+                await self._audit.record([call.entry("OK", tuple(pins), request_id="")])
             for e in events:
                 event = change_pb2.ChangeEvent(
                     sequence=e.sequence,

@@ -39,6 +39,8 @@ class Agency:
     miss_budget: int | None = None
     enabled_at: datetime | None = None
     """When the agency was last enabled again after being disabled (migration 0012)."""
+    watch_types: tuple[str, ...] = ()
+    confidential: bool = False
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:
@@ -54,7 +56,7 @@ async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agen
 async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
     rows = await conn.fetch(
         "SELECT id, name, kind, scopes, fields, rate_limit, enabled, name_matching, miss_budget, "
-        "enabled_at FROM agencies ORDER BY id"
+        "enabled_at, watch_types, confidential FROM agencies ORDER BY id"
     )
     key_rows = await conn.fetch(
         "SELECT agency_id, kid, algorithm, public_key_pem, created_at, revoked_at "
@@ -80,6 +82,8 @@ async def _list_all(conn: asyncpg.Connection) -> list[Agency]:
             name_matching=r["name_matching"],
             miss_budget=r["miss_budget"],
             enabled_at=r["enabled_at"],
+            watch_types=tuple(r["watch_types"]),
+            confidential=r["confidential"],
         )
         for r in rows
     ]
@@ -99,14 +103,16 @@ async def add(
     public_key_pem: str,
     name_matching: str = "STRICT",
     miss_budget: int | None = None,
+    watch_types: list[str] | None = None,
+    confidential: bool = False,
 ) -> None:
     """Register an agency with its first key, atomically."""
     async with conn.transaction():
         try:
             await conn.execute(
                 "INSERT INTO agencies "
-                "(id, name, kind, scopes, fields, rate_limit, name_matching, miss_budget) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "(id, name, kind, scopes, fields, rate_limit, name_matching, miss_budget, "
+                "watch_types, confidential) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 agency_id,
                 name,
                 kind,
@@ -115,6 +121,8 @@ async def add(
                 rate_limit,
                 name_matching,
                 miss_budget,
+                watch_types or [],
+                confidential,
             )
         except asyncpg.UniqueViolationError:
             raise RegistryError(

@@ -78,6 +78,8 @@ class HistoryItem:
     method: str
     purpose: str
     outcome: str
+    confidential: bool
+    """The agency is registered as confidential (SPEC §6)."""
 
 
 async def history(
@@ -86,7 +88,7 @@ async def history(
     """Return up to `limit` entries naming `pin`, newest first, older than `before_seq`."""
     rows = await pool.fetch(
         "SELECT l.seq, l.time, l.agency_id, coalesce(a.name, '') AS agency_name, l.method, "
-        "l.purpose, l.outcome "
+        "l.purpose, l.outcome, coalesce(a.confidential, false) AS confidential "
         "FROM audit_log l LEFT JOIN agencies a ON a.id = l.agency_id "
         "WHERE l.pins @> ARRAY[$1::text] AND ($2::bigint IS NULL OR l.seq < $2) "
         "ORDER BY l.seq DESC LIMIT $3",

@@ -58,6 +58,9 @@ class BatchResult:
     """What one batch did."""
 
     created: list[str] = field(default_factory=list)
+    matched: list[str] = field(default_factory=list)
+    """PINs of citizens already in the register that records were found to duplicate: the
+    import learned that they exist, so their access histories say so."""
     assigned: int = 0
     duplicates: int = 0
     mismatched: int = 0
@@ -96,6 +99,7 @@ async def import_batch(
                 # Only a given PIN can collide here (assigned ones were checked free under
                 # the bucket counter): held by a record that committed meanwhile.
                 result.duplicates += 1
+                result.matched.append(number)
         created = set(result.created)
         await conn.execute(
             "INSERT INTO import_sources (agency_id, source_id, pin) "
@@ -114,9 +118,10 @@ async def _drop_duplicates(
     result: BatchResult,
 ) -> list[imports.ImportRecord]:
     seen_sources = {
-        r["source_id"]
+        r["source_id"]: r["pin"]
         for r in await conn.fetch(
-            "SELECT source_id FROM import_sources WHERE agency_id = $1 AND source_id = ANY($2)",
+            "SELECT source_id, pin FROM import_sources "
+            "WHERE agency_id = $1 AND source_id = ANY($2)",
             agency_id,
             [r.source_id for r in records],
         )
@@ -125,7 +130,8 @@ async def _drop_duplicates(
     held = {
         r["pin"] for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", given)
     }
-    candidates: dict[tuple[object, ...], list[tuple[str | None, str | None]]] = {}
+    # (father, mother, pin): pin None for a person first seen earlier in this batch.
+    candidates: dict[tuple[object, ...], list[tuple[str | None, str | None, str | None]]] = {}
     for row in await conn.fetch(
         _CANDIDATES,
         [r.registration_province_code for r in records],
@@ -142,27 +148,38 @@ async def _drop_duplicates(
             row["sex"],
             row["registration_province_code"],
         )
-        candidates.setdefault(key, []).append((row["father_pin"], row["mother_pin"]))
+        candidates.setdefault(key, []).append((row["father_pin"], row["mother_pin"], row["pin"]))
     kept: list[imports.ImportRecord] = []
     batch_sources: set[str] = set()
     batch_pins: set[str] = set()
     for record in records:
         key = imports.person_key(record)
+        same_person = [
+            pin for f, m, pin in candidates.get(key, ()) if imports.same_parents(record, f, m)
+        ]
+        if record.source_id in seen_sources:
+            matched: str | None = seen_sources[record.source_id]
+        elif record.pin is not None and record.pin in held:
+            matched = record.pin
+        else:
+            matched = next((pin for pin in same_person if pin is not None), None)
         duplicate = (
-            record.source_id in seen_sources
+            matched is not None
             or record.source_id in batch_sources
-            or (record.pin is not None and (record.pin in held or record.pin in batch_pins))
-            or any(imports.same_parents(record, f, m) for f, m in candidates.get(key, ()))
+            or (record.pin is not None and record.pin in batch_pins)
+            or bool(same_person)
         )
         if duplicate:
             result.duplicates += 1
+            if matched is not None and matched not in result.matched:
+                result.matched.append(matched)
             continue
         kept.append(record)
         batch_sources.add(record.source_id)
         if record.pin is not None:
             batch_pins.add(record.pin)
         father, mother = record.reference("father_pin"), record.reference("mother_pin")
-        candidates.setdefault(key, []).append((father, mother))
+        candidates.setdefault(key, []).append((father, mother, None))
     return kept
 
 

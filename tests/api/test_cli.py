@@ -234,6 +234,24 @@ def test_miss_budget_is_registered_and_must_be_positive(tmp_path, dsn, db):
     assert db.fetchval("SELECT miss_budget FROM agencies WHERE id = $1", agency_id) == 50000
 
 
+def test_watch_types_and_confidentiality_are_registered_and_listed(tmp_path, dsn, db):
+    key = write_key(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+    refused = new_id()
+    user_error(add(dsn, refused, key, "--watch-types", "BORN,MARRIED"), "MARRIED")
+    assert _agency_count(db, refused) == 0
+    plain, police = new_id(), new_id()
+    ok(add(dsn, plain, key, scopes="changes:watch"))
+    ok(add(dsn, police, key, "--watch-types", "born,DIED", "--confidential"))
+    listing = ok(registry("agency", "list", dsn=dsn))
+    # None by default: an agency receives only the change types its registration names.
+    assert "watch types: -" in listing_of(listing, plain)
+    assert "confidential: no" in listing_of(listing, plain)
+    assert "watch types: BORN,DIED" in listing_of(listing, police)
+    assert "confidential: yes" in listing_of(listing, police)
+    row = db.fetch("SELECT watch_types, confidential FROM agencies WHERE id = $1", police)[0]
+    assert (list(row["watch_types"]), row["confidential"]) == (["BORN", "DIED"], True)
+
+
 @pytest.mark.parametrize(
     "algorithm, private_key",
     [

@@ -74,7 +74,7 @@ def test_card_station_then_bank_cleaning_then_change_feed(run_example):
         writer = csv.writer(f)
         writer.writerow(["id", "pin", "full_name", "date_of_birth", "sex"])
         writer.writerow(["k1", mother["pin"], "TRẦN THỊ LAN", "1990-05-17", "FEMALE"])
-        writer.writerow(["k2", mother["pin"], "Trần Thị Lành", "1990", ""])
+        writer.writerow(["k2", mother["pin"], "Trần Thị Lành", "1990-05-17", ""])
         writer.writerow(["k3", "not-a-pin", "X", "", ""])
     [summary] = run_example("bank_cleaning.py", str(customers))
     assert summary["results"] == {"MATCH": 1, "NO_MATCH": 1, "INVALID": 1}

@@ -123,7 +123,7 @@ def test_pip_installed_package_runs_the_portal_example(rc, server, client, clien
     assert match["citizen_status"] == "ALIVE"
     assert match["field_matches"] == {"full_name": True, "date_of_birth": True, "sex": True}
     assert match["offline_pin_problems"] == []
-    no_match = portal("--name", "Lê Thị Hoà", "--born", "1990")
+    no_match = portal("--name", "Lê Thị Hoà", "--born", "1990-07-15")
     assert no_match["result"] == "NO_MATCH"
     assert no_match["field_matches"] == {"full_name": False, "date_of_birth": True}
     # The installed package is the client's own, not the server's `registry`.

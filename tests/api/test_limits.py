@@ -135,18 +135,23 @@ def test_batch_verify_is_throttled_by_the_same_budget(identity, make_agency):
         pb.VerifyIdentityRequest(pin=UNKNOWN_PIN, full_name="An", correlation_id=str(i))
         for i in range(30)
     ]
-    # A batch started within the budget is answered whole; its misses are all counted, so the
-    # agency now owes 20 more than its budget...
-    answers = list(identity.BatchVerify(iter(claims), metadata=prober.metadata()))
-    assert len(answers) == 30
-    # ... and its next stream is refused until the budget is back.
-    stream = identity.BatchVerify(iter(claims), metadata=prober.metadata())
-    refused = call_error(lambda: list(stream))
+    # Exactly the budget is answered, item by item (not a whole batch of 512 past it), and the
+    # stream ends at the first miss beyond it...
+    answered = []
+    with pytest.raises(grpc.RpcError) as info:
+        for answer in identity.BatchVerify(iter(claims), metadata=prober.metadata()):
+            answered.append(answer.correlation_id)
+    assert answered == [str(i) for i in range(10)]
+    refused = decode(info.value)
     assert (refused.code, refused.reason) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         MISS_BUDGET_REASON,
     )
-    assert refused.retry_delay_s is not None and refused.retry_delay_s > 60
+    # ... and its next stream is refused until the budget is back (one miss in 6 s).
+    stream = identity.BatchVerify(iter(claims), metadata=prober.metadata())
+    again = call_error(lambda: list(stream))
+    assert again.reason == MISS_BUDGET_REASON
+    assert again.retry_delay_s is not None and 0 < again.retry_delay_s <= 6
 
 
 # -- deadlines ----------------------------------------------------------------------------------

@@ -141,6 +141,7 @@ def test_runtime_role_is_unprivileged_and_owns_nothing(runtime_dsn):
 EXPECTED_GRANTS = {
     "agencies": {"SELECT"},
     "agency_keys": {"SELECT"},
+    "agency_miss_budgets": {"SELECT", "INSERT", "UPDATE"},
     "audit_checkpoints": {"SELECT", "INSERT"},
     "audit_head": {"SELECT", "UPDATE"},
     "audit_log": {"SELECT", "INSERT"},
@@ -156,6 +157,7 @@ EXPECTED_GRANTS = {
     "pin_key_secret": {"SELECT", "INSERT"},
     "pin_prefixes": {"SELECT"},
     "schema_migrations": {"SELECT"},
+    "verification_failures": {"SELECT", "INSERT", "UPDATE"},
 }
 
 
