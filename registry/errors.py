@@ -29,6 +29,7 @@ class Code(Enum):
     INTERNAL = "INTERNAL"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,18 @@ def unauthenticated(reason: str, message: str, **metadata: str) -> RegistryError
 def permission_denied(reason: str, message: str, **metadata: str) -> RegistryError:
     """Build a PERMISSION_DENIED error (valid caller, not allowed to do this)."""
     return RegistryError(Code.PERMISSION_DENIED, reason, message, metadata=metadata)
+
+
+def feed_pruned(after: int, pruned_through: int) -> RegistryError:
+    """Build the refusal of a WatchChanges cursor older than the retained events."""
+    return RegistryError(
+        Code.OUT_OF_RANGE,
+        "CHANGES_PRUNED",
+        f"events after position {after} are no longer kept (retention): the oldest available "
+        f"position is {pruned_through + 1}; resync, then watch from after_sequence = "
+        f"{pruned_through}",
+        metadata={
+            "oldest_available_sequence": str(pruned_through + 1),
+            "resume_after_sequence": str(pruned_through),
+        },
+    )

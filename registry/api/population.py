@@ -19,7 +19,7 @@ from registry.audit import Entry
 from registry.db import changes
 from registry.db import imports as imports_db
 from registry.db.pool import Database
-from registry.errors import permission_denied
+from registry.errors import feed_pruned, permission_denied
 from registry.registration import Violations
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -214,7 +214,10 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         cursor, types = validate_watch(request, call.caller.watch_types)
         while True:
             marker = self._feed.marker()
-            events = await changes.read(self._db.pool, cursor, types, FEED_PAGE)
+            try:
+                events = await changes.read(self._db.pool, cursor, types, FEED_PAGE)
+            except changes.FeedPruned as gap:
+                raise feed_pruned(cursor, gap.pruned_through) from None
             if events:
                 # A delivery is a disclosure (SPEC §7): each page is in the access history of
                 # every citizen it names before it leaves.

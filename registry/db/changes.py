@@ -68,21 +68,42 @@ class ChangeEvent:
     time: datetime
 
 
+class FeedPruned(Exception):
+    """The events after a cursor were pruned by retention; `oldest` is the first kept one."""
+
+    def __init__(self, pruned_through: int):
+        super().__init__(f"change events up to {pruned_through} were pruned")
+        self.pruned_through = pruned_through
+
+
+# One statement, so one snapshot: the horizon and the events are seen as of the same moment,
+# and a cursor below the horizon is never answered with the events after the gap.
+_READ = """
+SELECT h.pruned_through, e.sequence, e.type, e.pin, e.new_pin, e.time
+FROM change_feed_horizon h
+LEFT JOIN LATERAL (
+    SELECT sequence, type, pin, coalesce(new_pin, '') AS new_pin, time
+    FROM change_events
+    WHERE sequence > $1 AND (cardinality($2::smallint[]) = 0 OR type = ANY($2))
+    ORDER BY sequence LIMIT $3
+) e ON true
+ORDER BY e.sequence
+"""
+
+
 async def read(
     pool: asyncpg.Pool, after: int, types: Sequence[int], limit: int
 ) -> list[ChangeEvent]:
     """Return up to `limit` numbered events after position `after`, of the given types (all
-    when empty), in position order."""
-    rows = await pool.fetch(
-        "SELECT sequence, type, pin, coalesce(new_pin, '') AS new_pin, time "
-        "FROM change_events "
-        "WHERE sequence > $1 AND (cardinality($2::smallint[]) = 0 OR type = ANY($2)) "
-        "ORDER BY sequence LIMIT $3",
-        after,
-        list(types),
-        limit,
-    )
-    return [ChangeEvent(**dict(r)) for r in rows]
+    when empty), in position order; raise FeedPruned if events after it were pruned."""
+    rows = await pool.fetch(_READ, after, list(types), limit)
+    if rows and rows[0]["pruned_through"] > after:
+        raise FeedPruned(rows[0]["pruned_through"])
+    return [
+        ChangeEvent(r["sequence"], r["type"], r["pin"], r["new_pin"], r["time"])
+        for r in rows
+        if r["sequence"] is not None
+    ]
 
 
 async def prune(conn: asyncpg.Connection, keep_days: float, max_rows: int = 10_000) -> int:

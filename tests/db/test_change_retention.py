@@ -143,3 +143,55 @@ def test_the_server_prunes_in_the_background(feed_db):
             time.sleep(0.1)
     finally:
         srv.stop()
+
+
+def test_a_cursor_older_than_the_retained_events_is_out_of_range(feed_db, make_agency):
+    """WatchChanges never skips pruned events silently: OUT_OF_RANGE names the oldest kept."""
+    import grpc
+
+    from registry.v1 import population_service_pb2 as pop_pb
+    from registry.v1 import population_service_pb2_grpc as pop_grpc
+    from tests.conftest import make_agency_factory, wait_serving
+    from tests.helpers import decode
+
+    superuser, runtime = feed_db
+    run(_seed(superuser, old=30, young=5))
+    watcher = make_agency_factory(superuser)()
+    srv = ServerThread(server_settings(change_prune_s=0.2), runtime).start()
+    try:
+        wait_serving(srv.target)
+        deadline = time.monotonic() + 30
+        while run(_sequences(superuser))[0] != 31:
+            assert time.monotonic() < deadline, "the server never pruned"
+            time.sleep(0.1)
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = pop_grpc.PopulationServiceStub(channel)
+            for cursor in (0, 10, 29):
+                stream = stub.WatchChanges(
+                    pop_pb.WatchChangesRequest(after_sequence=cursor),
+                    metadata=watcher.metadata(),
+                    timeout=10,
+                )
+                try:
+                    next(iter(stream))
+                    raise AssertionError(f"cursor {cursor} was served across a gap")
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.OUT_OF_RANGE
+                    details = decode(exc)
+                    assert details.reason == "CHANGES_PRUNED"
+                    assert details.metadata["oldest_available_sequence"] == "31"
+            # From the horizon on, the feed is whole.
+            stream = stub.WatchChanges(
+                pop_pb.WatchChangesRequest(after_sequence=30),
+                metadata=watcher.metadata(),
+                timeout=10,
+            )
+            got = []
+            for answer in stream:
+                got.append(answer.event.sequence)
+                if len(got) == 5:
+                    stream.cancel()
+                    break
+            assert got == [31, 32, 33, 34, 35]
+    finally:
+        srv.stop()
