@@ -149,7 +149,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.clock_skew_s,
     )
-    access = AccessLog()
+    access = AccessLog(worker=settings.worker_index)
     audit = AuditWriter(db)
     feed = ChangeFeed(db)
     server = grpc.aio.server(
@@ -161,12 +161,15 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
                 audit,
                 bind_client_certificates=settings.tls_client_ca is not None,
                 on_change=feed.kick,
+                limit_shares=settings.limit_shares,
             )
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            # Workers of one supervisor (registry.supervisor) bind the same port and the kernel
+            # spreads connections over them; a lone server keeps the port to itself.
+            ("grpc.so_reuseport", 1 if settings.worker_index is not None else 0),
         ],
     )
     civil_registration_service_pb2_grpc.add_CivilRegistrationServiceServicer_to_server(
@@ -178,7 +181,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     keys = SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
     await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(db, keys, audit, MissBudget()), server
+        IdentityServicer(db, keys, audit, MissBudget(shares=settings.limit_shares)), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
         PopulationServicer(db, feed, prefixes, audit), server
