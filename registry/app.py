@@ -80,6 +80,9 @@ class RegistryServer:
         self.access.start()
         self._tasks.append(asyncio.create_task(self._watch_database(), name="db-health"))
         self._tasks.append(asyncio.create_task(self._reload_keys(), name="signing-keys"))
+        if self.db.replicas is not None:
+            replicas = self.db.replicas.run(self.db.pool)
+            self._tasks.append(asyncio.create_task(replicas, name="replicas"))
         log.info("registry serving on port %d", self.port)
 
     async def _watch_database(self) -> None:
@@ -149,6 +152,8 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.clock_skew_s,
     )
+    if settings.replica_urls:
+        db.use_replicas(settings.replica_urls, settings.replica_max_lag_s, settings.pool_max_size)
     access = AccessLog(worker=settings.worker_index)
     audit = AuditWriter(db)
     feed = ChangeFeed(db)

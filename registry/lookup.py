@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date
 
+import asyncpg
+
 from registry.db import citizens
 from registry.db import verification as verification_db
 from registry.db.pool import Database
@@ -15,7 +17,7 @@ from registry.errors import (
     permission_denied,
 )
 from registry.model import CITIZEN_FIELDS, Caller, Citizen
-from registry.verification import Claim, Outcome, verify
+from registry.verification import Claim, Outcome, VerifyResult, verify
 
 # The number itself is what was asked about: always returned.
 ALWAYS_RETURNED = ("pin",)
@@ -50,23 +52,43 @@ def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[st
 
 async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
     """Return the citizen for a PIN, following PIN re-establishments; (citizen, replaced)."""
-    async with db.pool.acquire() as conn:
-        citizen = await citizens.get(conn, pin)
-        if citizen is None:
-            raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
-        return await citizens.follow_replacements(conn, citizen)
+
+    async def read(pool: asyncpg.Pool) -> tuple[Citizen, bool]:
+        async with pool.acquire() as conn:
+            citizen = await citizens.get(conn, pin)
+            if citizen is None:
+                raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
+            return await citizens.follow_replacements(conn, citizen)
+
+    return await db.read(read)
 
 
 async def verify_claims(
     db: Database, caller: Caller, claims: Sequence[Claim], today: date
 ) -> list[Outcome]:
-    """Verify claims against the register with one query, in order."""
-    async with db.pool.acquire() as conn:
-        if len(claims) == 1:
-            found = [await verification_db.record(conn, claims[0].pin, claims[0].card_serial)]
-        else:
-            found = await verification_db.records(conn, [(c.pin, c.card_serial) for c in claims])
-    return [
-        verify(claim, record, today, diacritic_insensitive=caller.diacritic_insensitive)
-        for claim, record in zip(claims, found, strict=True)
-    ]
+    """Verify claims against the register with one query, in order.
+
+    On a replica, the claims that did not match are verified again on the primary: a birth
+    or correction made a moment ago may not have reached the replica yet.
+    """
+
+    async def judge(pool: asyncpg.Pool, asked: Sequence[Claim]) -> list[Outcome]:
+        async with pool.acquire() as conn:
+            if len(asked) == 1:
+                found = [await verification_db.record(conn, asked[0].pin, asked[0].card_serial)]
+            else:
+                found = await verification_db.records(conn, [(c.pin, c.card_serial) for c in asked])
+        return [
+            verify(claim, record, today, diacritic_insensitive=caller.diacritic_insensitive)
+            for claim, record in zip(asked, found, strict=True)
+        ]
+
+    async def confirm(outcomes: list[Outcome], primary: asyncpg.Pool) -> list[Outcome]:
+        missed = [i for i, o in enumerate(outcomes) if o.result is not VerifyResult.MATCH]
+        if missed:
+            again = await judge(primary, [claims[i] for i in missed])
+            for index, outcome in zip(missed, again, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    return await db.read(lambda pool: judge(pool, claims), confirm)
