@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, cards, imports, transport, verify
+from bench import births, cards, imports, scaling, transport, verify
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     verify.main()
     imports.main()
     transport.main()
+    scaling.main()
 
 
 if __name__ == "__main__":

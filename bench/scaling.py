@@ -22,13 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import grpc
 from google.type import date_pb2
 
 from bench.common import (
+    CHANNELS,
     _bench_settings,
     bench_database,
     closed_loop,
+    open_channels,
     prepare,
     server_process,
     token,
@@ -44,22 +45,16 @@ from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
 from tests.replicas import ReplicaCluster, wait_caught_up
 
-CHANNELS = 8
 BIRTH_CALLERS = 32
 VERIFY_CALLERS = 64
 DURATION_S = 10.0
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 Metadata = tuple[tuple[str, str], ...]
-
-
-def _channels(target: str) -> list[grpc.aio.Channel]:
-    return [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(CHANNELS)]
 
 
 async def _births(target: str, md: Metadata) -> float:
     provinces = sorted(PrefixTable.load_default())
     d = today()
-    channels = _channels(target)
+    channels = open_channels(target)
     stubs = [civil_grpc.CivilRegistrationServiceStub(c) for c in channels]
 
     async def call(i: int, n: int) -> None:
@@ -93,7 +88,7 @@ async def _births(target: str, md: Metadata) -> float:
 async def _verify(
     target: str, md: Metadata, requests: Sequence[id_pb.VerifyIdentityRequest]
 ) -> float:
-    channels = _channels(target)
+    channels = open_channels(target)
     stubs = [id_grpc.IdentityServiceStub(c) for c in channels]
 
     async def call(i: int, n: int) -> None:
