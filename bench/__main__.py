@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, budgets, cards, imports, transport, verify
+from bench import births, budgets, cards, imports, scaling, transport, verify
 
 
 def main() -> None:
@@ -18,6 +18,7 @@ def main() -> None:
     budgets.main()
     imports.main()
     transport.main()
+    scaling.main()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,17 @@ import asyncio
 import random
 import uuid
 
-import grpc
 from google.type import date_pb2
 
-from bench.common import bench_database, closed_loop, prepare, report, server_process, token
+from bench.common import (
+    bench_database,
+    closed_loop,
+    open_channels,
+    prepare,
+    report,
+    server_process,
+    token,
+)
 from registry.clock import today
 from registry.pin import PrefixTable
 from registry.v1 import civil_registration_service_pb2 as pb
@@ -26,11 +33,12 @@ DURATION_S = 10.0
 async def _run(target: str, md: tuple[tuple[str, str], ...]) -> tuple[int, list[float], int]:
     provinces = sorted(PrefixTable.load_default())
     d = today()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.CivilRegistrationServiceStub(channel)
+    channels = open_channels(target)
+    stubs = [pb_grpc.CivilRegistrationServiceStub(c) for c in channels]
+    try:
 
         async def call(i: int, n: int) -> None:
-            await stub.RegisterBirth(
+            await stubs[i % len(stubs)].RegisterBirth(
                 pb.RegisterBirthRequest(
                     request_id=uuid.uuid4().hex,
                     full_name="Nguyễn Thị Bình",
@@ -49,6 +57,9 @@ async def _run(target: str, md: tuple[tuple[str, str], ...]) -> tuple[int, list[
             )
 
         return await closed_loop(call, CONCURRENCY, DURATION_S)
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def main() -> dict[str, float]:

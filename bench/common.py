@@ -106,6 +106,17 @@ def free_port() -> int:
         return port
 
 
+# Channels to one target share one connection unless each keeps its own subchannel pool; the
+# registry's workers take whole connections, so a client spreads its load over several.
+CHANNELS = 8
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def open_channels(target: str, count: int = CHANNELS) -> list[grpc.aio.Channel]:
+    """Open `count` channels, each its own connection (to spread over the server's workers)."""
+    return [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
+
+
 @dataclass
 class ServerProcess:
     target: str

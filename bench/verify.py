@@ -40,6 +40,7 @@ from bench.common import (
     bench_database,
     closed_loop,
     free_port,
+    open_channels,
     percentile,
     prepare,
     server_process,
@@ -619,17 +620,21 @@ async def _unary(
     results: dict[int, int] = {}
     counter = itertools.count()
     n_requests = len(requests)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.IdentityServiceStub(channel)
-        verify = stub.VerifyIdentity
+    channels = open_channels(target)
+    verifiers = [pb_grpc.IdentityServiceStub(c).VerifyIdentity for c in channels]
+    try:
 
         async def call(i: int, n: int) -> None:
+            verify = verifiers[i % len(verifiers)]
             response = await verify(requests[next(counter) % n_requests], metadata=md, timeout=30)
             results[response.result] = results.get(response.result, 0) + 1
 
         completed, latencies, errors = await closed_loop(
             call, CONCURRENCY, DURATION_S, warmup_s=WARMUP_S
         )
+    finally:
+        for channel in channels:
+            await channel.close()
     return UnaryFigures(
         completed / DURATION_S,
         percentile(latencies, 0.50) * 1000,

@@ -104,6 +104,9 @@ class RegistryServer:
             if metrics.multiprocess_dir() is None:
                 host, port = self.settings.metrics_listen.rsplit(":", 1)
                 self.metrics_server = metrics.serve(host.strip("[]"), int(port))
+        if self.db.replicas is not None:
+            replicas = self.db.replicas.run(self.db.pool)
+            self._tasks.append(asyncio.create_task(replicas, name="replicas"))
         log.info("registry serving on port %d", self.port)
 
     async def _sample_gauges(self) -> None:
@@ -196,7 +199,9 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.clock_skew_s,
     )
-    access = AccessLog()
+    if settings.replica_urls:
+        db.use_replicas(settings.replica_urls, settings.replica_max_lag_s, settings.pool_max_size)
+    access = AccessLog(worker=settings.worker_index)
     audit = AuditWriter(db)
     feed = ChangeFeed(db)
     gate = CallGate(
@@ -206,6 +211,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         audit,
         bind_client_certificates=settings.tls_client_ca is not None,
         on_change=feed.kick,
+        limit_shares=settings.limit_shares,
     )
     # Outermost, so it sees every call's final status; not installed without an endpoint.
     counting = [MetricsInterceptor()] if settings.metrics_listen is not None else []
@@ -216,7 +222,9 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-            ("grpc.so_reuseport", 0),
+            # Workers of one supervisor (registry.supervisor) bind the same port and the kernel
+            # spreads connections over them; a lone server keeps the port to itself.
+            ("grpc.so_reuseport", 1 if settings.worker_index is not None else 0),
         ],
     )
     civil_registration_service_pb2_grpc.add_CivilRegistrationServiceServicer_to_server(

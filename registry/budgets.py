@@ -39,6 +39,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+import asyncpg
+
 from registry import limits
 from registry.db import budgets as store
 from registry.db import verification as verification_db
@@ -166,15 +168,34 @@ class Budgets:
         if known > 0:
             refusal = limits.miss_budget_exhausted(caller.agency_id, caller.miss_budget, known)
             return [Answer(None, refusal)] * len(claims)
-        async with self._db.pool.acquire() as conn:
-            found = await verification_db.records(
-                conn,
-                [(c.pin, c.card_serial) for c in claims],
-                caller.agency_id,
-                miss_interval_s=limits.miss_interval_s(caller.miss_budget),
-                miss_period_s=limits.MISS_PERIOD_S,
-                failure_window=limits.CITIZEN_FAILURE_WINDOW,
-            )
+
+        async def query(pool: asyncpg.Pool) -> verification_db.Found:
+            async with pool.acquire() as conn:
+                return await verification_db.records(
+                    conn,
+                    [(c.pin, c.card_serial) for c in claims],
+                    caller.agency_id,
+                    miss_interval_s=limits.miss_interval_s(caller.miss_budget),
+                    miss_period_s=limits.MISS_PERIOD_S,
+                    failure_window=limits.CITIZEN_FAILURE_WINDOW,
+                )
+
+        async def confirm(
+            found: verification_db.Found, primary: asyncpg.Pool
+        ) -> verification_db.Found:
+            # A replica may lag (at most REGISTRY_REPLICA_MAX_LAG_S): anything short of a
+            # MATCH is asked again of the primary, so a caller never misses its own write and
+            # no failure is charged for a record the replica had not seen yet. The budgets'
+            # writes, which make them exact, always go to the primary.
+            for claim, record in zip(claims, found.records, strict=True):
+                outcome = verify(
+                    claim, record, today, diacritic_insensitive=caller.diacritic_insensitive
+                )
+                if outcome.result is not VerifyResult.MATCH:
+                    return await query(primary)
+            return found
+
+        found = await self._db.read(query, confirm)
         if found.miss_wait_s > 0:
             refusal = await self._refuse(caller, found.miss_wait_s, alert=None)
             return [Answer(None, refusal)] * len(claims)

@@ -205,11 +205,15 @@ async def change_state(
 
 async def list_cards(db: Database, pin: str, today: date) -> list[Card]:
     """Return a citizen's cards newest first, as callers are told of them."""
-    async with db.pool.acquire() as conn:
-        found = await store.list_for_pin(conn, pin)
-        if not found and await citizens.get(conn, pin) is None:
-            raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
-    return [reported(card, today) for card in found]
+
+    async def read(pool: asyncpg.Pool) -> list[Card]:
+        async with pool.acquire() as conn:
+            found = await store.list_for_pin(conn, pin)
+            if not found and await citizens.get(conn, pin) is None:
+                raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
+        return found
+
+    return [reported(card, today) for card in await db.read(read)]
 
 
 async def link_legacy_id(
@@ -261,15 +265,19 @@ async def link_legacy_id(
 
 async def resolve_legacy_id(db: Database, legacy_id: str) -> str:
     """Return the current PIN of the citizen an old CMND number belongs to."""
-    async with db.pool.acquire() as conn:
-        pin = await store.legacy_owner(conn, legacy_id)
-        if pin is None:
-            raise not_found(
-                "LEGACY_ID_NOT_FOUND",
-                f"no citizen is linked to legacy number {legacy_id}",
-                legacy_id=legacy_id,
-            )
-        # Follow PIN re-establishments: the number resolves to the PIN in use today.
-        owner = await citizens.get_existing(conn, pin)
-        current, _ = await citizens.follow_replacements(conn, owner)
-        return current.pin
+
+    async def read(pool: asyncpg.Pool) -> str:
+        async with pool.acquire() as conn:
+            pin = await store.legacy_owner(conn, legacy_id)
+            if pin is None:
+                raise not_found(
+                    "LEGACY_ID_NOT_FOUND",
+                    f"no citizen is linked to legacy number {legacy_id}",
+                    legacy_id=legacy_id,
+                )
+            # Follow PIN re-establishments: the number resolves to the PIN in use today.
+            owner = await citizens.get_existing(conn, pin)
+            current, _ = await citizens.follow_replacements(conn, owner)
+            return current.pin
+
+    return await db.read(read)

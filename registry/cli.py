@@ -34,6 +34,7 @@ from registry.errors import RegistryError
 from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
 from registry.model import CHANGE_TYPES
 from registry.pin_secret import PinSecretError
+from registry.supervisor import SupervisorError
 from registry.tokens import MAX_KID_CHARS, SCOPES, KeyError_, load_public_key, valid_kid
 from registry.v1 import citizen_pb2
 
@@ -101,9 +102,8 @@ async def _connect_and_migrate(dsn: str) -> asyncpg.Connection:
 # -- serve --------------------------------------------------------------------------------------
 
 
-async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
-    from registry.app import build_server  # grpc only where serving
-
+async def _prepare(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
+    """Do what must happen once before serving: migrate, check the role, create the keys."""
     if owner_dsn is not None:
         conn = await _connect_and_migrate(owner_dsn)
         await conn.close()
@@ -112,6 +112,15 @@ async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
         await check_runtime_role(conn)
     finally:
         await conn.close()
+    # Created here, not by several workers at once.
+    pin_secret.load_or_create(settings.signing_keys_path)
+    SigningKeys.open(settings.signing_keys_path, settings.attestation_lifetime_s)
+
+
+async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
+    from registry.app import build_server  # grpc only where serving
+
+    await _prepare(settings, dsn, owner_dsn)
     db = await Database.wait_and_connect(
         dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
     )
@@ -122,6 +131,8 @@ async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if settings.worker_index is not None:
+            _stop_with_supervisor(loop, stop)
         print(f"registry listening on {settings.listen_host}:{app.port}", flush=True)
         await stop.wait()
         log.info("shutting down: draining in-flight calls")
@@ -131,15 +142,40 @@ async def _serve(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
     log.info("stopped")
 
 
+def _stop_with_supervisor(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Drain when the supervisor's end of our stdin closes (it died without telling us)."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            gone = not os.read(fd, 4096)
+        except OSError:
+            gone = True
+        if gone:
+            loop.remove_reader(fd)
+            log.warning("supervisor gone: draining")
+            stop.set()
+
+    loop.add_reader(fd, readable)
+
+
+async def _supervise(settings: Settings, dsn: str, owner_dsn: str | None) -> None:
+    from registry.supervisor import supervise  # grpc-free: the workers are fresh processes
+
+    await _prepare(settings, dsn, owner_dsn)
+    await supervise(settings, dsn)
+
+
 def cmd_serve(settings: Settings, _: argparse.Namespace) -> None:
     # The server forks only to run PostgreSQL's own tools (pg_ctl), never to continue gRPC
     # work in a child: gRPC's fork handlers are not needed, and they log noise when skipped.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    supervised = settings.workers > 1 and settings.worker_index is None
     with (
         server_database_urls(settings) as (dsn, owner_dsn),
         asyncio.Runner(loop_factory=new_event_loop) as runner,
     ):
-        runner.run(_serve(settings, dsn, owner_dsn))
+        runner.run((_supervise if supervised else _serve)(settings, dsn, owner_dsn))
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
@@ -723,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, worker=settings.worker_index)
         args.func(settings, args)
     except (
         CliError,
@@ -733,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RoleError,
         PinSecretError,
         SecretMismatch,
+        SupervisorError,
     ) as exc:
         print(f"registry: error: {exc}", file=sys.stderr)
         return 2

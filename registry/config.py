@@ -50,7 +50,22 @@ class Settings:
     commands use database_url."""
 
     replica_urls: tuple[str, ...] = ()
-    """Read-replica DSNs: reserved, not used yet (every query goes to database_url)."""
+    """Streaming-replica DSNs (the runtime role) that serve the read-only RPCs; their audit
+    entries still go to the primary."""
+
+    replica_max_lag_s: float = 5.0
+    """A replica further behind the primary than this is skipped until it catches up."""
+
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Server processes sharing the listening port (SO_REUSEPORT) under one supervisor; 1
+    serves from this process alone."""
+
+    worker_index: int | None = None
+    """Set by the supervisor in each worker it starts (0..workers-1); None outside workers."""
+
+    hosts: int = 1
+    """Hosts serving behind one load balancer: per-agency rate limits and miss budgets are
+    split exactly over hosts x workers processes (registry.limits)."""
 
     data_dir: Path = Path("var")
     """Where the embedded cluster, its credentials and the registry's keys live."""
@@ -137,6 +152,12 @@ class Settings:
         return _split_host_port(self.listen)[1]
 
     @property
+    def limit_shares(self) -> int:
+        """Return how many processes share each agency's rate limit and miss budget."""
+        # A process not started by the supervisor serves alone on its host.
+        return self.hosts * (self.workers if self.worker_index is not None else 1)
+
+    @property
     def signing_keys_path(self) -> Path:
         """Return the directory of the registry's signing keys."""
         return self.signing_key_dir or self.data_dir / "signing-keys"
@@ -178,6 +199,14 @@ class Settings:
                 for url in env.get("REGISTRY_REPLICA_URLS", "").split(",")
                 if url.strip()
             ),
+            replica_max_lag_s=number("REGISTRY_REPLICA_MAX_LAG_S", 5.0),
+            workers=int(number("REGISTRY_WORKERS", os.cpu_count() or 1)),
+            worker_index=(
+                int(number("REGISTRY_WORKER_INDEX", 0))
+                if env.get("REGISTRY_WORKER_INDEX", "").strip()
+                else None
+            ),
+            hosts=int(number("REGISTRY_HOSTS", 1)),
             data_dir=path("REGISTRY_DATA_DIR") or Path("var"),
             jwt_audience=env.get("REGISTRY_JWT_AUDIENCE", "").strip() or DEFAULT_AUDIENCE,
             signing_key_dir=path("REGISTRY_SIGNING_KEY_DIR"),
@@ -228,5 +257,11 @@ class Settings:
             )
         if self.change_retention_days < 1:
             raise ConfigError("REGISTRY_CHANGE_RETENTION_DAYS must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("REGISTRY_WORKERS must be at least 1")
+        if self.hosts < 1:
+            raise ConfigError("REGISTRY_HOSTS must be at least 1")
+        if self.replica_max_lag_s <= 0:
+            raise ConfigError("REGISTRY_REPLICA_MAX_LAG_S must be a positive number of seconds")
         if self.pool_min_size < 1 or self.pool_max_size < self.pool_min_size:
             raise ConfigError("REGISTRY_POOL_MIN/MAX must satisfy 1 <= min <= max")

@@ -3,9 +3,15 @@
 An agency registered with `--rate-limit N` may make N calls a second on average, in bursts of
 up to N; one registered without it gets DEFAULT_RATE_LIMIT_PER_S. Beyond that a call is
 refused at once with RESOURCE_EXHAUSTED, QuotaFailure and a RetryInfo saying when the next
-call will be accepted, so one misbehaving agency cannot crowd out the others. The buckets
-live in each server process: with several servers behind a load balancer an agency's
-effective limit is N per server.
+call will be accepted, so one misbehaving agency cannot crowd out the others.
+
+The buckets live in each server process, and the limit is split exactly between the processes
+that serve together (`shares` = REGISTRY_HOSTS x REGISTRY_WORKERS): each refills at N/shares
+calls a second, so together they admit N a second, never more, without a database round trip
+per call. The price: an agency whose calls all reach one process (one connection, one worker)
+gets N/shares there; callers open several connections anyway to use every worker
+(docs/callers.md). A bucket holds at least one call, so a limit below `shares` admits up to
+`shares` calls in a burst, and N a second on average.
 
 The oracle budgets (a miss budget per agency, a failure budget per agency and citizen) are
 stricter: their state lives in the database and every server process spends the same budget
@@ -37,10 +43,11 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token buckets by agency id."""
+    """Token buckets by agency id: this process's share of each agency's limit."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, shares: int = 1):
         self._clock = clock
+        self._shares = shares
         self._buckets: dict[str, _Bucket] = {}
 
     def check(self, agency_id: str, rate_per_s: int | None) -> None:
@@ -50,17 +57,18 @@ class RateLimiter:
         """
         rate_per_s = rate_per_s or DEFAULT_RATE_LIMIT_PER_S
         now = self._clock()
-        capacity = float(rate_per_s)
+        rate = rate_per_s / self._shares
+        capacity = max(rate, 1.0)
         bucket = self._buckets.get(agency_id)
         if bucket is None:
             bucket = self._buckets[agency_id] = _Bucket(capacity, now)
         else:
-            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate_per_s)
+            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return
-        wait_s = (1.0 - bucket.tokens) / rate_per_s
+        wait_s = (1.0 - bucket.tokens) / rate
         raise RegistryError(
             Code.RESOURCE_EXHAUSTED,
             "RATE_LIMITED",

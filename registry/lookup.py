@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import asyncpg
+
 from registry.db import citizens
 from registry.db.pool import Database
 from registry.errors import (
@@ -62,8 +64,12 @@ def resolve_read_mask(paths: Iterable[str], entitled: frozenset[str]) -> list[st
 
 async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
     """Return the citizen for a PIN, following PIN re-establishments; (citizen, replaced)."""
-    async with db.pool.acquire() as conn:
-        citizen = await citizens.get(conn, pin)
-        if citizen is None:
-            raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
-        return await citizens.follow_replacements(conn, citizen)
+
+    async def read(pool: asyncpg.Pool) -> tuple[Citizen, bool]:
+        async with pool.acquire() as conn:
+            citizen = await citizens.get(conn, pin)
+            if citizen is None:
+                raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
+            return await citizens.follow_replacements(conn, citizen)
+
+    return await db.read(read)

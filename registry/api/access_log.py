@@ -22,8 +22,13 @@ LOGGER = "registry.access"
 class AccessLog:
     """Collects access lines and writes them in batches."""
 
-    def __init__(self, stream: TextIO | None = None, interval_s: float = 0.2):
+    def __init__(
+        self, stream: TextIO | None = None, interval_s: float = 0.2, worker: int | None = None
+    ):
         self._stream = stream
+        # Which worker process of a supervisor served the call (registry.supervisor).
+        self._worker = "" if worker is None else f'"worker": {worker}, '
+
         self._interval_s = interval_s
         self._lines: list[str] = []
         self._second = -1
@@ -45,7 +50,7 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         self._lines.append(
             f'{{"time": "{self._stamp}.{int(now * 1000) % 1000:03d}+00:00", "level": "INFO", '
-            f'"logger": "{LOGGER}", "msg": "rpc", "agency": {json.dumps(agency)}, '
+            f'"logger": "{LOGGER}", "msg": "rpc", {self._worker}"agency": {json.dumps(agency)}, '
             f'"method": "{method}", "status": "{status}", "reason": "{reason}", '
             f'"latency_ms": {latency_ms:.2f}}}'
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+import asyncpg
 import grpc
 
 from registry.api.checkpointer import Checkpointer
@@ -64,8 +65,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         before = _read_page_token(v, request.page_token, pin) if pin else None
         v.raise_if_any()
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
         # One more than asked: tells whether a next page exists without a second query.
-        found = await audit_db.history(self._db.pool, pin, before, size + 1)
+        async def history(pool: asyncpg.Pool) -> list[audit_db.HistoryItem]:
+            return await audit_db.history(pool, pin, before, size + 1)
+
+        async def confirm(
+            found: list[audit_db.HistoryItem], primary: asyncpg.Pool
+        ) -> list[audit_db.HistoryItem]:
+            # Nothing on a replica may mean a citizen registered a moment ago: ask the
+            # primary. Otherwise a page is at most REGISTRY_REPLICA_MAX_LAG_S behind.
+            return found if found else await history(primary)
+
+        found = await self._db.read(history, confirm)
         in_full = READ_CONFIDENTIAL_SCOPE in current_caller().scopes
         response = pb.ListAccessLogResponse()
         for item in found[:size]:

@@ -314,6 +314,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         bind_client_certificates: bool = False,
         on_change: Callable[[], None] | None = None,
+        limit_shares: int = 1,
     ):
         self._directory = directory
         self._verifier = verifier
@@ -322,7 +323,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # With mutual TLS the client certificate must name the agency the token names: a
         # stolen token is useless without that agency's certificate and key.
         self._bind_certificates = bind_client_certificates
-        self._limits = RateLimiter()
+        self._limits = RateLimiter(shares=limit_shares)
         self._on_change = on_change or (lambda: None)
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}

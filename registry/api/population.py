@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 
 from registry import clock, corrections, imports, updates
@@ -215,7 +216,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         while True:
             marker = self._feed.marker()
             try:
-                events = await changes.read(self._db.pool, cursor, types, FEED_PAGE)
+                events = await _read_page(self._db, cursor, types)
             except changes.FeedPruned as gap:
                 raise feed_pruned(cursor, gap.pruned_through) from None
             if events:
@@ -235,3 +236,25 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 cursor = e.sequence
             if len(events) < FEED_PAGE:
                 await self._feed.wait_for_news(marker)
+
+
+async def _read_page(db: Database, after: int, types: tuple[int, ...]) -> list[changes.ChangeEvent]:
+    """Read the next feed page: the backlog from a replica, the tail from the primary.
+
+    A page from a replica that is not full means the replica has no more, and the primary may:
+    the rest is read from the primary, so a watcher sees an event as soon as the primary
+    announces it, and the replica's events, a prefix of the primary's, keep the order.
+    """
+
+    async def page(pool: asyncpg.Pool) -> list[changes.ChangeEvent]:
+        return await changes.read(pool, after, types, FEED_PAGE)
+
+    async def rest(
+        found: list[changes.ChangeEvent], primary: asyncpg.Pool
+    ) -> list[changes.ChangeEvent]:
+        if len(found) >= FEED_PAGE:
+            return found
+        cursor = found[-1].sequence if found else after
+        return [*found, *await changes.read(primary, cursor, types, FEED_PAGE - len(found))]
+
+    return await db.read(page, rest)

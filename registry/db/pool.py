@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
 from registry.db.pins import CounterRanges, check_secret
+from registry.db.replicas import Replicas
+from registry.errors import Code, RegistryError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,9 @@ class Database:
     pin_secret: bytes | None = field(default=None, init=False)
     """The registry's PIN secret (registry.pin_secret), once use_pin_secret gave it."""
 
+    replicas: Replicas | None = field(default=None, init=False)
+    """Read replicas for the read-only RPCs, once use_replicas gave them."""
+
     def __post_init__(self) -> None:
         self.ranges = CounterRanges(self.counters)
 
@@ -88,6 +97,40 @@ class Database:
             await check_secret(conn, secret)
         self.pin_secret = secret
         self.ranges.secret = secret
+
+    def use_replicas(self, urls: tuple[str, ...], max_lag_s: float, pool_max_size: int) -> Replicas:
+        """Send reads to these replicas while they are healthy (checked by Replicas.run)."""
+        self.replicas = Replicas(urls, max_lag_s, pool_max_size)
+        return self.replicas
+
+    async def read(
+        self,
+        work: Callable[[asyncpg.Pool], Awaitable[T]],
+        confirm: Callable[[T, asyncpg.Pool], Awaitable[T]] | None = None,
+    ) -> T:
+        """Run a read-only query function on a healthy replica, else on the primary.
+
+        A caller never misses its own write: a NOT_FOUND from a replica is asked again of the
+        primary, and `confirm(result, primary)` may re-ask it for what the replica's answer
+        lacks (a verification that did not match, a feed page that was not full). A replica
+        that fails for want of itself is marked down and the primary answers.
+        """
+        replica = self.replicas.pick() if self.replicas is not None else None
+        if replica is not None and replica.pool is not None:
+            try:
+                result = await work(replica.pool)
+            except RegistryError as exc:
+                if exc.code is not Code.NOT_FOUND:
+                    raise
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                assert self.replicas is not None
+                self.replicas.mark_down(replica, f"read failed ({type(exc).__name__})")
+            else:
+                replica.reads += 1
+                return result if confirm is None else await confirm(result, self.pool)
+        return await work(self.pool)
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 4, max_size: int = 16) -> Database:
@@ -164,7 +207,9 @@ class Database:
             return False
 
     async def close(self) -> None:
-        """Close both pools, waiting briefly for connections in use."""
+        """Close the pools, waiting briefly for connections in use."""
+        if self.replicas is not None:
+            await self.replicas.close()
         for pool in (self.pool, self.counters):
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)

@@ -103,3 +103,39 @@ def test_five_failures_within_a_day_block_the_citizen_until_the_oldest_is_a_day_
     assert citizen_blocked_until([*failures, start + timedelta(hours=3)]) == failures[1] + (
         timedelta(hours=24)
     )
+
+
+def test_split_over_shares_each_process_admits_its_exact_part():
+    """Four processes share a limit of 20/s: each admits 5 now and 5 a second after."""
+    clock = Clock()
+    limiters = [RateLimiter(clock, shares=4) for _ in range(4)]
+    admitted = 0
+    for limiter in limiters:
+        for _ in range(10):
+            try:
+                limiter.check("bank", 20)
+                admitted += 1
+            except RegistryError as exc:
+                assert exc.retry_after_s == pytest.approx(0.2)
+    assert admitted == 20
+    clock.now += 1.0
+    assert sum(_drain(limiter, "bank", 20) for limiter in limiters) == 20
+
+
+def test_a_limit_below_the_shares_still_admits_one_call_per_process_and_its_rate():
+    clock = Clock()
+    limiter = RateLimiter(clock, shares=4)
+    limiter.check("slow", 2)  # a bucket holds at least one call
+    with pytest.raises(RegistryError) as info:
+        limiter.check("slow", 2)
+    assert info.value.retry_after_s == pytest.approx(2.0)  # 2/s over 4 processes: 0.5/s here
+
+
+def _drain(limiter: RateLimiter, agency: str, rate: int) -> int:
+    admitted = 0
+    while True:
+        try:
+            limiter.check(agency, rate)
+        except RegistryError:
+            return admitted
+        admitted += 1
