@@ -20,7 +20,7 @@ from registry.api.caches import AgencyDirectory, PrefixCache
 from registry.api.cards import CardServicer
 from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.feed import ChangeFeed
-from registry.api.gate import CallGate
+from registry.api.gate import BATCH_MAX_BYTES, CallGate
 from registry.api.identity import IdentityServicer
 from registry.api.population import PopulationServicer
 from registry.attestation import SigningKeys
@@ -52,7 +52,12 @@ SERVICE_NAMES = (
     population_service_pb2.DESCRIPTOR.services_by_name["PopulationService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A batch of the chunked RPCs may hold 4 MiB (gate.BATCH_MAX_BYTES). The transport takes up to
+# twice that so that a slightly larger batch is answered INVALID_ARGUMENT naming the limit (the
+# gate refuses it unparsed); beyond it gRPC itself answers RESOURCE_EXHAUSTED. Answers may be
+# larger than requests (10,000 attestations of ~600 bytes): 16 MiB out.
+MAX_RECEIVE_BYTES = 2 * BATCH_MAX_BYTES
+MAX_SEND_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -164,8 +169,8 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
             )
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -29,6 +29,7 @@ class Code(Enum):
     INTERNAL = "INTERNAL"
     UNIMPLEMENTED = "UNIMPLEMENTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,12 @@ METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}CardService/LinkLegacyId": "card:issue",
     f"{_V1}IdentityService/VerifyIdentity": "identity:verify",
     f"{_V1}IdentityService/BatchVerify": "identity:verify",
+    f"{_V1}IdentityService/VerifyIdentityBatches": "identity:verify",
     f"{_V1}IdentityService/GetCitizen": "citizen:read",
     f"{_V1}IdentityService/ResolveLegacyId": "citizen:read",
     f"{_V1}IdentityService/GetSigningKeys": None,
     f"{_V1}PopulationService/ImportCitizens": "population:import",
+    f"{_V1}PopulationService/ImportCitizenBatches": "population:import",
     f"{_V1}PopulationService/UpdateCitizen": "citizen:update",
     f"{_V1}PopulationService/WatchChanges": "changes:watch",
     f"{_V1}AuditService/ListAccessLog": "audit:read",
@@ -85,9 +87,18 @@ CHANGING_METHODS = frozenset(
         "CardService/ReleaseCard",
         "CardService/LinkLegacyId",
         "PopulationService/ImportCitizens",
+        "PopulationService/ImportCitizenBatches",
         "PopulationService/UpdateCitizen",
     )
 )
+# The chunked RPCs (SPEC §10) take messages of at most 4 MiB: the transport lets larger ones
+# through (registry.app.MAX_RECEIVE_BYTES) so that the caller gets INVALID_ARGUMENT naming
+# this limit rather than a bare RESOURCE_EXHAUSTED.
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+MESSAGE_LIMITS: dict[str, int] = {
+    f"{_V1}PopulationService/ImportCitizenBatches": BATCH_MAX_BYTES,
+    f"{_V1}IdentityService/VerifyIdentityBatches": BATCH_MAX_BYTES,
+}
 # Served without a token: load balancers and tools must reach these.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _MAX_PURPOSE = 200
@@ -205,7 +216,8 @@ def _bearer(metadata: Any) -> tuple[str, str]:
 
 
 class Undecodable:
-    """A request message that could not be parsed (corrupt wire format, invalid UTF-8)."""
+    """A request message that could not be parsed (corrupt wire format, invalid UTF-8), or
+    one larger than its method accepts."""
 
     __slots__ = ("message_type", "problem")
 
@@ -224,12 +236,22 @@ class Undecodable:
         )
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class _Oversized(Undecodable):
+    __slots__ = ()
+
+    def error(self) -> RegistryError:
+        return invalid_argument([FieldViolation("request", self.problem)])
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, max_bytes: int | None = None
+) -> Callable[[bytes], Any] | None:
     """Wrap a request deserializer so that a corrupt message becomes an `Undecodable`.
 
     gRPC parses requests before any handler code runs and answers a parse failure with a
     detail-less UNKNOWN (logging a traceback): instead the gate answers it, after
-    authentication, with INVALID_ARGUMENT like any other bad request.
+    authentication, with INVALID_ARGUMENT like any other bad request. A message over
+    max_bytes is not parsed at all and answered the same way, naming the limit.
     """
     if deserializer is None:
         return None
@@ -238,6 +260,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     name = descriptor.full_name if descriptor is not None else "request"
 
     def deserialize(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return _Oversized(
+                name,
+                f"is {len(data):,} bytes; a message of this method may hold at most "
+                f"{max_bytes:,} bytes ({max_bytes // (1024 * 1024)} MiB): send smaller batches",
+            )
         try:
             return deserializer(data)
         except Exception as exc:
@@ -262,7 +290,7 @@ class _CheckedStream:
 
     async def __anext__(self) -> Any:
         request = await self._requests.__anext__()
-        if type(request) is Undecodable:
+        if isinstance(request, Undecodable):
             raise request.error()
         return request
 
@@ -336,7 +364,9 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if behavior is not None:
                 wrapped = make(
                     wrapper(behavior, method, scope, kind.startswith("stream_")),
-                    request_deserializer=_tolerant(handler.request_deserializer),
+                    request_deserializer=_tolerant(
+                        handler.request_deserializer, MESSAGE_LIMITS.get(method)
+                    ),
                     response_serializer=handler.response_serializer,
                 )
                 self._wrapped[method] = wrapped
@@ -403,7 +433,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         _check_deadline(context)
         if streamed_in:
             return _CheckedStream(request)
-        if type(request) is Undecodable:
+        if isinstance(request, Undecodable):
             raise request.error()
         return request
 

@@ -17,9 +17,10 @@ from registry.api.audit_writer import AuditWriter
 from registry.api.errors import to_status_proto
 from registry.api.gate import CallContext, audited_pins, current_call, current_caller, touch
 from registry.attestation import SigningKeys
-from registry.audit import clean_text
+from registry.audit import Entry, clean_text
 from registry.db.pool import Database
 from registry.errors import RegistryError
+from registry.imports import check_batch_size
 from registry.limits import MissBudget
 from registry.model import Caller
 from registry.registration import Violations, require_pin
@@ -94,6 +95,21 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     def _spend(self, caller: Caller, outcomes: Sequence[Outcome]) -> None:
         misses = sum(1 for o in outcomes if o.result is not VerifyResult.MATCH)
         self._misses.spend(caller.agency_id, misses, caller.miss_budget)
+
+    def _admit(self, caller: Caller, outcome: Outcome) -> RegistryError | None:
+        """Apply the agency's miss budget to one answered item of a batch: the refusal, or
+        None when the answer may go out (and its miss, if any, is spent).
+
+        The one place where chunked verification meets the budget, item by item, exactly as
+        a VerifyIdentity call would (check before answering, spend a miss after).
+        """
+        try:
+            self._misses.check(caller.agency_id, caller.miss_budget)
+        except RegistryError as refusal:
+            return refusal
+        if outcome.result is not VerifyResult.MATCH:
+            self._misses.spend(caller.agency_id, 1, caller.miss_budget)
+        return None
 
     def _response(
         self, caller: Caller, claim: Claim, outcome: Outcome, want_attestation: bool
@@ -191,6 +207,61 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 entries.append(call.entry("OK", (claim.pin,), _request_id(requests[index])))
         if entries:
             await self._audit.record(entries)
+        return [a for a in answers if a is not None]
+
+    async def VerifyIdentityBatches(
+        self,
+        request_iterator: AsyncIterator[pb.VerifyIdentityBatchesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.VerifyIdentityBatchesResponse]:
+        """Answer each batch in order, one answer per request, once its audit is durable."""
+        call = current_call()
+        async for batch in request_iterator:
+            v = Violations()
+            check_batch_size(v, "requests", len(batch.requests))
+            v.raise_if_any()
+            answers = await self._verify_items(call, batch.requests, clock.today())
+            yield pb.VerifyIdentityBatchesResponse(responses=answers)
+
+    async def _verify_items(
+        self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
+    ) -> list[pb.VerifyIdentityResponse]:
+        """Verify a batch with one query; each item validated, budgeted, attested and audited
+        on its own (an item's error is its answer, the others go on)."""
+        caller = call.caller
+        answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
+        entries: list[Entry | None] = [None] * len(requests)
+        valid: list[tuple[int, Claim]] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, validate_claim(convert.raw_claim(request))))
+            except RegistryError as error:
+                answers[index] = pb.VerifyIdentityResponse(
+                    correlation_id=request.correlation_id, error=to_status_proto(error)
+                )
+                pins = audited_pins(request.pin)
+                if pins:
+                    entries[index] = call.entry(error.code.value, pins, _request_id(request))
+        if valid:
+            outcomes = await lookup.verify_claims(self._db, caller, [c for _, c in valid], today)
+            for (index, claim), outcome in zip(valid, outcomes, strict=True):
+                request = requests[index]
+                refusal = self._admit(caller, outcome)
+                if refusal is None:
+                    answers[index] = self._response(
+                        caller, claim, outcome, request.want_attestation
+                    )
+                    entries[index] = call.entry("OK", (claim.pin,), _request_id(request))
+                else:
+                    answers[index] = pb.VerifyIdentityResponse(
+                        correlation_id=claim.correlation_id, error=to_status_proto(refusal)
+                    )
+                    entries[index] = call.entry(
+                        refusal.code.value, (claim.pin,), _request_id(request)
+                    )
+        written = [e for e in entries if e is not None]
+        if written:
+            await self._audit.record(written)
         return [a for a in answers if a is not None]
 
     async def GetCitizen(
