@@ -126,6 +126,21 @@ async def acknowledged(conn: asyncpg.Connection, agency_id: str, import_id: str)
     return 0 if value is None else int(value)
 
 
+async def latest_run(
+    conn: asyncpg.Connection, agency_id: str, prefix: str
+) -> tuple[str, int] | None:
+    """Return (import_id, records acknowledged) of the agency's newest run whose import_id
+    starts with prefix, or None."""
+    row = await conn.fetchrow(
+        "SELECT import_id, next_offset FROM import_batches "
+        "WHERE agency_id = $1 AND starts_with(import_id, $2) "
+        "ORDER BY acknowledged_at DESC, first_offset DESC LIMIT 1",
+        agency_id,
+        prefix,
+    )
+    return None if row is None else (row["import_id"], int(row["next_offset"]))
+
+
 async def _replay(
     conn: asyncpg.Connection, agency_id: str, import_id: str, offset: int
 ) -> AckedBatch | None:
