@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, cards, imports, transport, verify
+from bench import births, bulk, cards, imports, transport, verify
 
 
 def main() -> None:
@@ -16,6 +16,7 @@ def main() -> None:
     cards.main()
     verify.main()
     imports.main()
+    bulk.main()
     transport.main()
 
 
