@@ -37,6 +37,7 @@ from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import (
     Code,
     FieldViolation,
+    QuotaViolation,
     RegistryError,
     invalid_argument,
     permission_denied,
@@ -95,6 +96,9 @@ CHANGING_METHODS = frozenset(
 # through (registry.app.MAX_RECEIVE_BYTES) so that the caller gets INVALID_ARGUMENT naming
 # this limit rather than a bare RESOURCE_EXHAUSTED.
 BATCH_MAX_BYTES = 4 * 1024 * 1024
+# Every other method keeps gRPC's default limit, answered as gRPC itself would answer it
+# (RESOURCE_EXHAUSTED), now with details.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 MESSAGE_LIMITS: dict[str, int] = {
     f"{_V1}PopulationService/ImportCitizenBatches": BATCH_MAX_BYTES,
     f"{_V1}IdentityService/VerifyIdentityBatches": BATCH_MAX_BYTES,
@@ -240,7 +244,16 @@ class _Oversized(Undecodable):
     __slots__ = ()
 
     def error(self) -> RegistryError:
-        return invalid_argument([FieldViolation("request", self.problem)])
+        # A chunked RPC's batch is a bad request naming its limit (SPEC §10); any other
+        # message over the transport's usual limit is what gRPC calls RESOURCE_EXHAUSTED.
+        if self.message_type.endswith("BatchesRequest"):
+            return invalid_argument([FieldViolation("request", self.problem)])
+        return RegistryError(
+            Code.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            f"the request message {self.problem}",
+            quota_violations=(QuotaViolation("request", self.problem),),
+        )
 
 
 def _tolerant(
@@ -264,7 +277,7 @@ def _tolerant(
             return _Oversized(
                 name,
                 f"is {len(data):,} bytes; a message of this method may hold at most "
-                f"{max_bytes:,} bytes ({max_bytes // (1024 * 1024)} MiB): send smaller batches",
+                f"{max_bytes:,} bytes ({max_bytes // (1024 * 1024)} MiB)",
             )
         try:
             return deserializer(data)
@@ -365,7 +378,8 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 wrapped = make(
                     wrapper(behavior, method, scope, kind.startswith("stream_")),
                     request_deserializer=_tolerant(
-                        handler.request_deserializer, MESSAGE_LIMITS.get(method)
+                        handler.request_deserializer,
+                        MESSAGE_LIMITS.get(method, DEFAULT_MAX_BYTES),
                     ),
                     response_serializer=handler.response_serializer,
                 )
