@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, budgets, cards, imports, scaling, transport, verify
+from bench import births, budgets, bulk, cards, imports, scaling, transport, verify
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     verify.main()
     budgets.main()
     imports.main()
+    bulk.main()
     transport.main()
     scaling.main()
 

@@ -118,7 +118,8 @@ def main() -> dict[str, float]:
         f"imports: {rate:,.0f} records/s through one ImportCitizens stream ({answer.received:,} "
         f"records in {seconds:.1f} s: created {answer.created:,}, PINs assigned "
         f"{answer.assigned_pins:,}, duplicates {answer.duplicates:,}, rejected "
-        f"{answer.rejected:,}; table of 1,000,000+ citizens); raw COPY of the same rows "
+        f"{answer.rejected:,}; onto the bench register of {verify.CITIZENS:,}+ citizens); raw COPY "
+        f"of the same rows into an empty table "
         f"{copy_rate:,.0f} rows/s -> {rate / copy_rate:.2f}x COPY; target {TARGET_PER_S:,}/s "
         f"-> ratio {rate / TARGET_PER_S:.2f}x ({'MET' if rate >= TARGET_PER_S else 'NOT MET'})"
     )

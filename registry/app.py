@@ -22,7 +22,7 @@ from registry.api.cards import CardServicer
 from registry.api.checkpointer import Checkpointer
 from registry.api.civil_registration import CivilRegistrationServicer
 from registry.api.feed import ChangeFeed
-from registry.api.gate import CallGate
+from registry.api.gate import BATCH_MAX_BYTES, CallGate
 from registry.api.identity import IdentityServicer
 from registry.api.metrics import MetricsInterceptor
 from registry.api.population import PopulationServicer
@@ -56,13 +56,18 @@ SERVICE_NAMES = (
     population_service_pb2.DESCRIPTOR.services_by_name["PopulationService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Request metadata, all of it: above gRPC's default (8 KiB, refused at random up to 16 KiB)
 # an oversized token was refused by the transport with a detail-less RESOURCE_EXHAUSTED.
 # With one fixed limit a token of a few kilobytes too many reaches the gate and is answered
 # UNAUTHENTICATED with its reason (registry.tokens.MAX_TOKEN_CHARS), and beyond 16 KiB the
 # transport refuses every time, never at random.
 MAX_METADATA_BYTES = 16 * 1024
+# A batch of the chunked RPCs may hold 4 MiB (gate.BATCH_MAX_BYTES). The transport takes up to
+# twice that so that a slightly larger batch is answered INVALID_ARGUMENT naming the limit (the
+# gate refuses it unparsed); beyond it gRPC itself answers RESOURCE_EXHAUSTED. Answers may be
+# larger than requests (10,000 attestations of ~600 bytes): 16 MiB out.
+MAX_RECEIVE_BYTES = 2 * BATCH_MAX_BYTES
+MAX_SEND_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -218,8 +223,8 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     server = grpc.aio.server(
         interceptors=[*counting, gate],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             # Workers of one supervisor (registry.supervisor) bind the same port and the kernel

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -14,13 +16,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvloop
 
-from registry import audit, checkpoints, clock, imports, logs, pin_secret, status
+from registry import audit, checkpoints, clock, imports, logs, pin, pin_secret, status
 from registry.attestation import SigningKeys, public_keys
 from registry.config import ConfigError, Settings
 from registry.db import agencies
@@ -399,81 +402,166 @@ def csv_values(row: dict[str, str]) -> tuple[str, dict[str, object]] | tuple[str
     return source_id, values
 
 
-async def _import(settings: Settings, args: argparse.Namespace, total: int) -> imports.Summary:
+class _Progress:
+    """Rows done, rate and ETA: a tqdm bar on a terminal, a plain line every few seconds
+    otherwise (a log file gets lines, not carriage returns)."""
+
+    def __init__(self, total: int, done: int):
+        self._total, self._done = total, done
+        self._started = self._shown = time.monotonic()
+        self._first = done
+        self._bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total, initial=done, unit=" rows", unit_scale=True, dynamic_ncols=True
+            )
+
+    def advance(self, rows: int) -> None:
+        self._done += rows
+        if self._bar is not None:
+            self._bar.update(rows)
+            return
+        now = time.monotonic()
+        if now - self._shown >= 5 or self._done >= self._total:
+            self._shown = now
+            rate = (self._done - self._first) / max(now - self._started, 1e-6)
+            eta = (self._total - self._done) / rate if rate > 0 else 0.0
+            share = self._done / self._total if self._total else 1.0
+            print(
+                f"  {self._done:,}/{self._total:,} rows ({share:.0%}), {rate:,.0f} rows/s, "
+                f"ETA {eta:,.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> float:
+        """Stop; return the rows per second of this run."""
+        if self._bar is not None:
+            self._bar.close()
+        return (self._done - self._first) / max(time.monotonic() - self._started, 1e-6)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:32]
+
+
+async def _import(
+    settings: Settings, args: argparse.Namespace, total: int
+) -> tuple[imports.Summary, int, float]:
+    """Import the file's rows in batches (the chunked import's path, straight on the
+    database); return (summary, rows skipped as already acknowledged, rows/s)."""
     from registry.db import imports as imports_db  # grpc-free, but only needed here
     from registry.db import prefixes as prefixes_db
 
     path = Path(args.file)
     summary = imports.Summary()
+    # A run of this file is named by its content: --resume finds the newest one and continues
+    # after its last acknowledged batch; without it a new run starts (rows already imported
+    # count as duplicates, as they always did).
+    prefix = f"csv-{_file_digest(path)}-"
     with database_url(settings) as dsn:
         conn = await _connect_and_migrate(dsn)
         try:
             if not any(a.id == args.agency for a in await agencies.list_all(conn)):
                 raise CliError(f"agency {args.agency!r} is not registered")
+            latest = await imports_db.latest_run(conn, args.agency, prefix)
         finally:
             await conn.close()
+        import_id, skip = f"{prefix}{int(time.time() * 1000)}", 0
+        if args.resume and latest is not None:
+            import_id, skip = latest
         db = await Database.connect(dsn, min_size=1, max_size=2)
         await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
         audit_conn = await db.connect_one("registry-import")
+        progress = _Progress(total, skip)
         try:
             table = await prefixes_db.load(db.pool)
             today = clock.today()
-            started = time.monotonic()
             last: tuple[int, bytes] | None = None
+            writing: asyncio.Task[imports_db.AckedBatch] | None = None
 
-            async def write(records: list[imports.ImportRecord]) -> None:
+            async def acknowledge(task: asyncio.Task[imports_db.AckedBatch]) -> None:
                 nonlocal last
-                done = await imports_db.import_batch(db, args.agency, records)
+                try:
+                    done = await task
+                except imports_db.OffsetMismatch as mismatch:
+                    raise CliError(
+                        f"another import of this file moved on ({mismatch.expected:,} rows "
+                        "acknowledged): run again with --resume once it has stopped"
+                    ) from None
+                summary.received += done.received
                 summary.add_batch(
-                    len(done.created), done.assigned, done.duplicates, done.mismatched,
-                    done.rejects,
-                )  # fmt: skip
+                    done.created, done.assigned, done.duplicates, done.mismatched, done.rejects
+                )
                 # As ImportCitizens records them (registry.api.population.import_audit_entries).
                 entries = [
                     audit.Entry(
                         datetime.now(UTC), args.agency, "registry import", pins, outcome,
-                        audit.clean_text(f"import of {path.name}"), "",
+                        audit.clean_text(f"import of {path.name}"), import_id,
                     )
-                    for outcome, pins in (
-                        ("OK", tuple(done.created)), ("ALREADY_EXISTS", tuple(done.matched))
-                    )
+                    for outcome, pins in (("OK", done.pins), ("ALREADY_EXISTS", done.matched))
                     if pins
                 ]  # fmt: skip
                 if entries:
                     last = await audit_db.append(audit_conn, entries, last)
-                rate = summary.received / max(time.monotonic() - started, 1e-6)
-                share = summary.received / total if total > 0 else 1.0
-                print(
-                    f"\r  {summary.received:,}/{total:,} rows ({share:.0%}), {rate:,.0f} rows/s",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                progress.advance(done.received)
 
-            pipeline = imports.BatchPipeline(write)
-            try:
-                # Reading the file blocking is fine: the pipeline gives the writer the loop.
-                with path.open(encoding="utf-8", newline="") as source:  # noqa: ASYNC230
-                    for row in csv.DictReader(source):
-                        summary.received += 1
-                        source_id, values = csv_values(row)
-                        record = (
-                            values
-                            if isinstance(values, str)
-                            else imports.validate_record(source_id, values, table, today)
+            # Reading the file blocking is fine: the write in flight has the loop while we
+            # validate (the awaits below hand it over once per batch).
+            with path.open(encoding="utf-8", newline="") as source:  # noqa: ASYNC230
+                rows = itertools.islice(csv.DictReader(source), skip, None)
+                offset = skip
+                while batch := list(itertools.islice(rows, imports.BATCH)):
+                    records, positions, invalid = _validate_rows(batch, table, today)
+                    if writing is not None:
+                        await acknowledge(writing)
+                    writing = asyncio.create_task(
+                        imports_db.import_chunk(
+                            db, args.agency, import_id, offset, len(batch), records, positions,
+                            invalid,
                         )
-                        if isinstance(record, str):
-                            summary.reject(source_id, record)
-                        else:
-                            await pipeline.add(record)
-                await pipeline.finish()
-            finally:
-                await pipeline.close()
-            print(file=sys.stderr)
+                    )  # fmt: skip
+                    offset += len(batch)
+                    await asyncio.sleep(0)
+                if writing is not None:
+                    await acknowledge(writing)
+                    writing = None
         finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+            rate = progress.close()
             await audit_conn.close()
             await db.close()
-    return summary
+    return summary, skip, rate
+
+
+def _validate_rows(
+    rows: list[dict[str, str]], table: pin.PrefixTable, today: date
+) -> tuple[list[imports.ImportRecord], list[int], list[tuple[int, str, str]]]:
+    records: list[imports.ImportRecord] = []
+    positions: list[int] = []
+    invalid: list[tuple[int, str, str]] = []
+    for index, row in enumerate(rows):
+        source_id, values = csv_values(row)
+        record = (
+            values
+            if isinstance(values, str)
+            else imports.validate_record(source_id, values, table, today)
+        )
+        if isinstance(record, str):
+            invalid.append((index, imports.reported_source_id(source_id), record))
+        else:
+            records.append(record)
+            positions.append(index)
+    return records, positions, invalid
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> None:
@@ -482,12 +570,14 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> None:
             total = sum(1 for _ in source) - 1
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
-    summary = asyncio.run(_import(settings, args, total))
+    summary, skipped, rate = asyncio.run(_import(settings, args, total))
+    if skipped:
+        print(f"resumed after {skipped:,} rows already imported")
     print(
         f"received {summary.received:,}: created {summary.created:,} "
         f"({summary.assigned_pins:,} with a new PIN, {summary.mismatched_pins:,} with a "
         f"mismatched PIN flagged), duplicates {summary.duplicates:,}, "
-        f"rejected {summary.rejected:,}"
+        f"rejected {summary.rejected:,}; {rate:,.0f} rows/s"
     )
     for source_id, reason in summary.rejects[:20]:
         print(f"  rejected {source_id}: {reason}")
@@ -682,6 +772,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--agency", required=True, help="registered agency the records come from (source ids "
         "are unique per agency)",
+    )  # fmt: skip
+    imp.add_argument(
+        "--resume", action="store_true", help="continue the last import of this same file after "
+        "its last written batch (an import that was killed or lost its database)",
     )  # fmt: skip
     audit = sub.add_parser("audit", help="the hash-chained audit log")
     audit.set_defaults(func=cmd_audit)

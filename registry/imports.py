@@ -41,6 +41,8 @@ from registry.registration import Violations, trim
 log = logging.getLogger(__name__)
 
 MAX_REJECTS_LISTED = 1000
+# A batch of ImportCitizenBatches / VerifyIdentityBatches (SPEC §10).
+MAX_BATCH_ITEMS = 10_000
 # Records written per transaction, by ImportCitizens and by `registry import`.
 BATCH = 2000
 _SOURCE_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -96,14 +98,14 @@ class Summary:
         assigned: int,
         duplicates: int,
         mismatched: int,
-        rejects: Sequence[tuple[str, str]],
+        rejects: Sequence[tuple[int, str, str]],
     ) -> None:
-        """Count what one written batch did."""
+        """Count what one written batch did (rejects: position, source_id, reason)."""
         self.created += created
         self.assigned_pins += assigned
         self.duplicates += duplicates
         self.mismatched_pins += mismatched
-        for source_id, reason in rejects:
+        for _, source_id, reason in rejects:
             self.reject(source_id, reason)
 
 
@@ -149,6 +151,26 @@ class BatchPipeline:
             await self._writing  # one batch in flight at a time
         self._writing = asyncio.create_task(self._write(self._batch))
         self._batch = []
+
+
+def check_chunk(import_id: str, offset: int, count: int) -> None:
+    """Refuse a chunked-import batch whose header is unusable (INVALID_ARGUMENT naming each)."""
+    v = Violations()
+    if not _SOURCE_ID.fullmatch(import_id):
+        v.add("import_id", "must be 1 to 128 printable ASCII characters without spaces")
+    if offset < 0:
+        v.add("offset", "must not be negative (the first batch of an import has offset 0)")
+    check_batch_size(v, "records", count)
+    v.raise_if_any()
+
+
+def check_batch_size(v: Violations, name: str, count: int) -> None:
+    """Add a violation when a batch holds no items or more than MAX_BATCH_ITEMS."""
+    if not 1 <= count <= MAX_BATCH_ITEMS:
+        v.add(
+            name,
+            f"holds {count:,} items; a batch holds 1 to {MAX_BATCH_ITEMS:,} (split larger ones)",
+        )
 
 
 def reported_source_id(source_id: str) -> str:

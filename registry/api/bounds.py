@@ -8,7 +8,7 @@ WatchChanges.types took 1.8 s of event-loop time. So, before any per-item work:
 - A unary request message (one request, unary or server-streaming RPC) larger than
   MAX_UNARY_REQUEST_BYTES is refused unparsed (the gate wraps its deserializer and looks at the
   length only), with RESOURCE_EXHAUSTED, reason REQUEST_TOO_LARGE. Messages of request streams
-  keep the server-wide limit (registry.app.MAX_MESSAGE_BYTES, 4 MiB): SPEC §10's batch messages
+  keep 4 MiB (registry.api.gate DEFAULT_MAX_BYTES and BATCH_MAX_BYTES): SPEC §10's batch messages
   will need it.
 - Every repeated field of every request message has a maximum count (MAX_REPEATED), checked
   with len() before its items are looked at: INVALID_ARGUMENT + BadRequest naming the field.

@@ -39,6 +39,7 @@ from registry.db.pool import is_conflict, is_unavailable
 from registry.errors import (
     Code,
     FieldViolation,
+    QuotaViolation,
     RegistryError,
     invalid_argument,
     permission_denied,
@@ -67,10 +68,12 @@ METHOD_SCOPES: dict[str, str | None] = {
     f"{_V1}CardService/LinkLegacyId": "card:issue",
     f"{_V1}IdentityService/VerifyIdentity": "identity:verify",
     f"{_V1}IdentityService/BatchVerify": "identity:verify",
+    f"{_V1}IdentityService/VerifyIdentityBatches": "identity:verify",
     f"{_V1}IdentityService/GetCitizen": "citizen:read",
     f"{_V1}IdentityService/ResolveLegacyId": "citizen:read",
     f"{_V1}IdentityService/GetSigningKeys": None,
     f"{_V1}PopulationService/ImportCitizens": "population:import",
+    f"{_V1}PopulationService/ImportCitizenBatches": "population:import",
     f"{_V1}PopulationService/UpdateCitizen": "citizen:update",
     f"{_V1}PopulationService/WatchChanges": "changes:watch",
     f"{_V1}AuditService/ListAccessLog": "audit:read",
@@ -93,9 +96,21 @@ CHANGING_METHODS = frozenset(
         "CardService/ReleaseCard",
         "CardService/LinkLegacyId",
         "PopulationService/ImportCitizens",
+        "PopulationService/ImportCitizenBatches",
         "PopulationService/UpdateCitizen",
     )
 )
+# The chunked RPCs (SPEC §10) take messages of at most 4 MiB: the transport lets larger ones
+# through (registry.app.MAX_RECEIVE_BYTES) so that the caller gets INVALID_ARGUMENT naming
+# this limit rather than a bare RESOURCE_EXHAUSTED.
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+# Every other method keeps gRPC's default limit, answered as gRPC itself would answer it
+# (RESOURCE_EXHAUSTED), now with details.
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+MESSAGE_LIMITS: dict[str, int] = {
+    f"{_V1}PopulationService/ImportCitizenBatches": BATCH_MAX_BYTES,
+    f"{_V1}IdentityService/VerifyIdentityBatches": BATCH_MAX_BYTES,
+}
 # Served without a token: load balancers and tools must reach these.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _MAX_PURPOSE = 200
@@ -213,7 +228,8 @@ def _bearer(metadata: Any) -> tuple[str, str]:
 
 
 class Undecodable:
-    """A request message that could not be parsed (corrupt wire format, invalid UTF-8)."""
+    """A request message that could not be parsed (corrupt wire format, invalid UTF-8), or
+    one larger than its method accepts."""
 
     __slots__ = ("message_type", "problem")
 
@@ -232,11 +248,28 @@ class Undecodable:
         )
 
 
+class _Oversized(Undecodable):
+    __slots__ = ()
+
+    def error(self) -> RegistryError:
+        # A chunked RPC's batch is a bad request naming its limit (SPEC §10); any other
+        # message over the transport's usual limit is what gRPC calls RESOURCE_EXHAUSTED.
+        if self.message_type.endswith("BatchesRequest"):
+            return invalid_argument([FieldViolation("request", self.problem)])
+        return RegistryError(
+            Code.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            f"the request message {self.problem}",
+            quota_violations=(QuotaViolation("request", self.problem),),
+        )
+
+
 def _tolerant(
-    deserializer: Callable[[bytes], Any] | None, max_bytes: int | None
+    deserializer: Callable[[bytes], Any] | None, max_bytes: int | None, *, unary: bool = False
 ) -> Callable[[bytes], Any] | None:
     """Wrap a request deserializer so that a corrupt message becomes an `Undecodable`, and one
-    longer than max_bytes an `Oversized`, not parsed at all.
+    longer than max_bytes an `Oversized` (unary requests) or `_Oversized` (stream messages),
+    not parsed at all.
 
     gRPC parses requests before any handler code runs and answers a parse failure with a
     detail-less UNKNOWN (logging a traceback): instead the gate answers it, after
@@ -252,7 +285,13 @@ def _tolerant(
 
     def deserialize(data: bytes) -> Any:
         if max_bytes is not None and len(data) > max_bytes:
-            return Oversized(name, len(data))
+            if unary:
+                return Oversized(name, len(data))
+            return _Oversized(
+                name,
+                f"is {len(data):,} bytes; a message of this method may hold at most "
+                f"{max_bytes:,} bytes ({max_bytes // (1024 * 1024)} MiB)",
+            )
         try:
             return deserializer(data)
         except Exception as exc:
@@ -277,7 +316,7 @@ class _CheckedStream:
 
     async def __anext__(self) -> Any:
         request = await self._requests.__anext__()
-        if type(request) is Undecodable:
+        if isinstance(request, Undecodable):
             raise request.error()
         return request
 
@@ -355,7 +394,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     wrapper(behavior, method, scope, streamed_in),
                     request_deserializer=_tolerant(
                         handler.request_deserializer,
-                        None if streamed_in else MAX_UNARY_REQUEST_BYTES,
+                        MAX_UNARY_REQUEST_BYTES
+                        if not streamed_in
+                        else MESSAGE_LIMITS.get(method, DEFAULT_MAX_BYTES),
+                        unary=not streamed_in,
                     ),
                     response_serializer=handler.response_serializer,
                 )
@@ -426,7 +468,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         _check_deadline(context)
         if streamed_in:
             return _CheckedStream(request)
-        if type(request) is Undecodable or type(request) is Oversized:
+        if isinstance(request, Undecodable | Oversized):
             raise request.error()
         # Every list of the request within its maximum count before any servicer walks it.
         violations = oversized_fields(request)

@@ -16,10 +16,11 @@ from registry.api.audit_writer import AuditWriter
 from registry.api.errors import to_status_proto
 from registry.api.gate import CallContext, audited_pins, current_call, current_caller, touch
 from registry.attestation import SigningKeys
-from registry.audit import clean_text
+from registry.audit import Entry, clean_text
 from registry.budgets import Answer, Budgets
 from registry.db.pool import Database
 from registry.errors import RegistryError
+from registry.imports import check_batch_size
 from registry.model import Caller
 from registry.registration import Violations, require_pin
 from registry.v1 import identity_service_pb2 as pb
@@ -208,6 +209,54 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             )
         assert result.outcome is not None
         return self._response(caller, claim, result.outcome, request.want_attestation)
+
+    async def VerifyIdentityBatches(
+        self,
+        request_iterator: AsyncIterator[pb.VerifyIdentityBatchesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.VerifyIdentityBatchesResponse]:
+        """Answer each batch in order, one answer per request, once its audit is durable."""
+        call = current_call()
+        async for batch in request_iterator:
+            v = Violations()
+            check_batch_size(v, "requests", len(batch.requests))
+            v.raise_if_any()
+            answers = await self._verify_items(call, batch.requests, clock.today())
+            yield pb.VerifyIdentityBatchesResponse(responses=answers)
+
+    async def _verify_items(
+        self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
+    ) -> list[pb.VerifyIdentityResponse]:
+        """Verify a batch with one query; each item validated, budgeted, attested and audited
+        on its own (an item's error is its answer, the others go on)."""
+        caller = call.caller
+        answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
+        entries: list[Entry | None] = [None] * len(requests)
+        valid: list[tuple[int, Claim]] = []
+        for index, request in enumerate(requests):
+            try:
+                valid.append((index, validate_claim(convert.raw_claim(request))))
+            except RegistryError as error:
+                answers[index] = pb.VerifyIdentityResponse(
+                    correlation_id=request.correlation_id, error=to_status_proto(error)
+                )
+                pins = audited_pins(request.pin)
+                if pins:
+                    entries[index] = call.entry(error.code.value, pins, _request_id(request))
+        if valid:
+            # The budgets apply item by item exactly as VerifyIdentity's would (registry.budgets):
+            # an item past the agency's miss budget, or about a citizen it failed on too often,
+            # gets that refusal as its own answer; the batch goes on.
+            results = await self._budgets.verify(caller, [c for _, c in valid], today)
+            for (index, claim), result in zip(valid, results, strict=True):
+                request = requests[index]
+                outcome = "OK" if result.error is None else result.error.code.value
+                answers[index] = self._answer(caller, claim, result, request)
+                entries[index] = call.entry(outcome, (claim.pin,), _request_id(request))
+        written = [e for e in entries if e is not None]
+        if written:
+            await self._audit.record(written)
+        return [a for a in answers if a is not None]
 
     async def GetCitizen(
         self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext

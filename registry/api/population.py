@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from datetime import date
 from typing import Any
 
 import asyncpg
@@ -16,11 +19,12 @@ from registry.api.caches import PrefixCache
 from registry.api.disclosure import CitizenAnswer
 from registry.api.feed import ChangeFeed
 from registry.api.gate import CallContext, current_call, current_caller, touch
-from registry.audit import Entry
+from registry.audit import Entry, clean_text
 from registry.db import changes
 from registry.db import imports as imports_db
 from registry.db.pool import Database
-from registry.errors import feed_pruned, permission_denied
+from registry.errors import Code, RegistryError, feed_pruned, permission_denied
+from registry.pin import PrefixTable
 from registry.registration import Violations
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -64,6 +68,24 @@ def _plain(field: Any, value: Any) -> Any:
     if field.is_repeated:
         return list(value)
     return value
+
+
+def _prepare_chunk(
+    request: pb.ImportCitizenBatchesRequest, table: PrefixTable, today: date
+) -> tuple[str, int, int, list[imports.ImportRecord], list[int], list[tuple[int, str, str]]]:
+    """Validate a batch: (import_id, offset, received, valid records, their indexes, rejects)."""
+    imports.check_chunk(request.import_id, request.offset, len(request.records))
+    records: list[imports.ImportRecord] = []
+    positions: list[int] = []
+    invalid: list[tuple[int, str, str]] = []
+    for index, item in enumerate(request.records):
+        record = imports.validate_record(item.source_id, _set_values(item.citizen), table, today)
+        if isinstance(record, str):
+            invalid.append((index, imports.reported_source_id(item.source_id), record))
+        else:
+            records.append(record)
+            positions.append(index)
+    return request.import_id, request.offset, len(request.records), records, positions, invalid
 
 
 def validate_watch(
@@ -182,6 +204,84 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 pb.ImportReject(source_id=source_id, reason=reason)
                 for source_id, reason in summary.rejects
             ],
+        )
+
+    async def ImportCitizenBatches(
+        self,
+        request_iterator: AsyncIterator[pb.ImportCitizenBatchesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ImportCitizenBatchesResponse]:
+        """Write each batch in one transaction, in order, acknowledging it once durable.
+
+        The next batch is read and validated while the previous one is being written (one in
+        flight: the database's work and ours overlap); it is decided (written, replayed or
+        out of range) only after the previous one committed.
+        """
+        call = current_call()
+        table, today = self._prefixes.table, clock.today()
+        writing: asyncio.Task[imports_db.AckedBatch] | None = None
+        import_id = ""  # of the batch being written
+        try:
+            async for request in request_iterator:
+                try:
+                    chunk = _prepare_chunk(request, table, today)
+                except RegistryError:
+                    if writing is not None:
+                        yield await self._acknowledge(call, import_id, writing)
+                        writing = None
+                    raise
+                if writing is not None:
+                    yield await self._acknowledge(call, import_id, writing)
+                import_id = request.import_id
+                writing = asyncio.create_task(
+                    imports_db.import_chunk(self._db, call.caller.agency_id, *chunk)
+                )
+            if writing is not None:
+                yield await self._acknowledge(call, import_id, writing)
+                writing = None
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+
+    async def _acknowledge(
+        self, call: CallContext, import_id: str, writing: asyncio.Task[imports_db.AckedBatch]
+    ) -> pb.ImportCitizenBatchesResponse:
+        try:
+            done = await writing
+        except imports_db.OffsetMismatch as mismatch:
+            raise RegistryError(
+                Code.OUT_OF_RANGE,
+                "IMPORT_OFFSET_MISMATCH",
+                f"this import has {mismatch.expected:,} records acknowledged: send the batch "
+                f"starting at offset {mismatch.expected} (or resend an acknowledged batch from "
+                "its own offset)",
+                metadata={"expected_offset": str(mismatch.expected)},
+            ) from None
+        # As ImportCitizens writes them (import_audit_entries): the citizens created and those
+        # the records matched, durable before the ack.
+        request_id = clean_text(import_id, 128)
+        entries = [
+            call.entry(outcome, pins, request_id)
+            for outcome, pins in (("OK", done.pins), ("ALREADY_EXISTS", done.matched))
+            if pins
+        ]
+        if entries:
+            await self._audit.record(entries)
+        return pb.ImportCitizenBatchesResponse(
+            offset=done.offset,
+            received=done.received,
+            created=done.created,
+            assigned_pins=done.assigned,
+            duplicates=done.duplicates,
+            mismatched_pins=done.mismatched,
+            rejected=len(done.rejects),
+            rejects=[
+                pb.ImportReject(index=index, source_id=source_id, reason=reason)
+                for index, source_id, reason in done.rejects
+            ],
+            replayed=done.replayed,
         )
 
     async def UpdateCitizen(

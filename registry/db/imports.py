@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,59 +56,212 @@ JOIN unnest($1::text[], $2::smallint[], $3::smallint[], $4::smallint[], $5::smal
 
 @dataclass
 class BatchResult:
-    """What one batch did."""
+    """What one batch did. Rejects are (position of the record in the batch written, source_id,
+    reason)."""
 
     created: list[str] = field(default_factory=list)
-    matched: list[str] = field(default_factory=list)
-    """PINs of citizens already in the register that records were found to duplicate: the
-    import learned that they exist, so their access histories say so."""
     assigned: int = 0
     duplicates: int = 0
     mismatched: int = 0
-    rejects: list[tuple[str, str]] = field(default_factory=list)
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)
+    matched: list[str] = field(default_factory=list)
+    """PINs of citizens already in the register that records were found to duplicate: the
+    import learned that they exist, so their access histories say so."""
+
+
+@dataclass(frozen=True)
+class AckedBatch:
+    """A batch of a chunked import as acknowledged (import_batches row)."""
+
+    offset: int
+    received: int
+    created: int
+    assigned: int
+    duplicates: int
+    mismatched: int
+    rejects: list[tuple[int, str, str]]
+    """(index in the import run, source_id, reason), in order."""
+    replayed: bool
+    pins: tuple[str, ...] = ()
+    """The PINs created (empty for a replay): what the batch's audit entry names."""
+    matched: tuple[str, ...] = ()
+    """PINs of existing citizens its records duplicated (empty for a replay): audited too."""
+
+
+class OffsetMismatch(Exception):
+    """The batch's offset is neither the acknowledged count nor an acknowledged batch's start."""
+
+    def __init__(self, expected: int):
+        super().__init__(expected)
+        self.expected = expected
 
 
 async def import_batch(
     db: Database, agency_id: str, records: Sequence[imports.ImportRecord]
 ) -> BatchResult:
     """Write a batch of valid records in one transaction."""
-    result = BatchResult()
     async with db.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT set_config('registry.bulk_import', 'on', true)")
-        todo = await _drop_duplicates(conn, agency_id, records, result)
-        await _drop_unknown_references(conn, todo, result)
-        assigned = await _assign_pins(db, conn, todo)
-        rows: list[tuple[imports.ImportRecord, str]] = []
-        for i, record in enumerate(todo):
-            number = assigned.get(i, record.pin)
-            if number is None:
-                bucket = pins.bucket_for(
-                    record.registration_province_code, record.sex, record.date_of_birth.year
+        return await _write(db, conn, agency_id, records)
+
+
+_LAST_BATCH = """
+SELECT next_offset FROM import_batches
+ WHERE agency_id = $1 AND import_id = $2
+ ORDER BY first_offset DESC LIMIT 1
+"""
+_ACKED = """
+SELECT first_offset, next_offset, created, assigned_pins, duplicates, mismatched_pins, rejects
+  FROM import_batches WHERE agency_id = $1 AND import_id = $2 AND first_offset = $3
+"""
+_CLAIM = """
+INSERT INTO import_batches (agency_id, import_id, first_offset, next_offset)
+VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true
+"""
+_SETTLE = """
+UPDATE import_batches
+   SET created = $4, assigned_pins = $5, duplicates = $6, mismatched_pins = $7, rejected = $8,
+       rejects = $9::jsonb
+ WHERE agency_id = $1 AND import_id = $2 AND first_offset = $3
+"""
+
+
+async def acknowledged(conn: asyncpg.Connection, agency_id: str, import_id: str) -> int:
+    """Return how many records of the import run are acknowledged."""
+    value = await conn.fetchval(_LAST_BATCH, agency_id, import_id)
+    return 0 if value is None else int(value)
+
+
+async def latest_run(
+    conn: asyncpg.Connection, agency_id: str, prefix: str
+) -> tuple[str, int] | None:
+    """Return (import_id, records acknowledged) of the agency's newest run whose import_id
+    starts with prefix, or None."""
+    row = await conn.fetchrow(
+        "SELECT import_id, next_offset FROM import_batches "
+        "WHERE agency_id = $1 AND starts_with(import_id, $2) "
+        "ORDER BY acknowledged_at DESC, first_offset DESC LIMIT 1",
+        agency_id,
+        prefix,
+    )
+    return None if row is None else (row["import_id"], int(row["next_offset"]))
+
+
+async def _replay(
+    conn: asyncpg.Connection, agency_id: str, import_id: str, offset: int
+) -> AckedBatch | None:
+    row = await conn.fetchrow(_ACKED, agency_id, import_id, offset)
+    if row is None:
+        return None
+    rejects = [(int(i), str(s), str(r)) for i, s, r in json.loads(row["rejects"])]
+    return AckedBatch(
+        offset=offset,
+        received=row["next_offset"] - row["first_offset"],
+        created=row["created"],
+        assigned=row["assigned_pins"],
+        duplicates=row["duplicates"],
+        mismatched=row["mismatched_pins"],
+        rejects=rejects,
+        replayed=True,
+    )
+
+
+async def import_chunk(
+    db: Database,
+    agency_id: str,
+    import_id: str,
+    offset: int,
+    received: int,
+    records: Sequence[imports.ImportRecord],
+    positions: Sequence[int],
+    invalid: Sequence[tuple[int, str, str]],
+) -> AckedBatch:
+    """Write one batch of a chunked import in one transaction, or answer it again (SPEC §10).
+
+    records are the batch's valid records and positions their indexes in the batch; invalid
+    are the records rejected before (index in the batch, source_id, reason). Raises
+    OffsetMismatch when the offset is neither the acknowledged count nor an acknowledged
+    batch's start.
+    """
+    async with db.pool.acquire() as conn:
+        for _ in range(2):
+            async with conn.transaction():
+                done = await acknowledged(conn, agency_id, import_id)
+                if offset != done:
+                    replay = await _replay(conn, agency_id, import_id, offset)
+                    if replay is None:
+                        raise OffsetMismatch(done)
+                    return replay
+                # The row is claimed first: a second stream sending the same batch waits here
+                # for this transaction and then finds it acknowledged.
+                if not await conn.fetchval(_CLAIM, agency_id, import_id, offset, offset + received):
+                    continue  # a racing stream wrote it: answer from its row
+                result = await _write(db, conn, agency_id, records)
+                rejects = sorted(
+                    [(offset + i, s, r) for i, s, r in invalid]
+                    + [(offset + positions[p], s, r) for p, s, r in result.rejects]
                 )
-                result.rejects.append(
-                    (record.source_id, f"every PIN of bucket {bucket} has been issued")
+                await conn.execute(
+                    _SETTLE, agency_id, import_id, offset, len(result.created), result.assigned,
+                    result.duplicates, result.mismatched, len(rejects), json.dumps(rejects),
+                )  # fmt: skip
+                return AckedBatch(
+                    offset=offset,
+                    received=received,
+                    created=len(result.created),
+                    assigned=result.assigned,
+                    duplicates=result.duplicates,
+                    mismatched=result.mismatched,
+                    rejects=rejects,
+                    replayed=False,
+                    pins=tuple(result.created),
+                    matched=tuple(result.matched),
                 )
-            else:
-                rows.append((record, number))
-        inserted = await _insert(conn, agency_id, rows)
-        for record, number in rows:
-            if number in inserted:
-                result.created.append(number)
-                result.assigned += record.pin is None
-                result.mismatched += record.pin_mismatch
-            else:
-                # Only a given PIN can collide here (assigned ones were checked free under
-                # the bucket counter): held by a record that committed meanwhile.
-                result.duplicates += 1
-                result.matched.append(number)
-        created = set(result.created)
-        await conn.execute(
-            "INSERT INTO import_sources (agency_id, source_id, pin) "
-            "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",
-            agency_id,
-            [r.source_id for r, n in rows if n in created],
-            [n for r, n in rows if n in created],
-        )
+    raise AssertionError("unreachable: a claimed batch row is there on the second pass")
+
+
+async def _write(
+    db: Database,
+    conn: asyncpg.Connection,
+    agency_id: str,
+    records: Sequence[imports.ImportRecord],
+) -> BatchResult:
+    result = BatchResult()
+    await conn.execute("SELECT set_config('registry.bulk_import', 'on', true)")
+    todo = await _drop_duplicates(conn, agency_id, records, result)
+    todo = await _drop_unknown_references(conn, records, todo, result)
+    assigned = await _assign_pins(db, conn, [records[p] for p in todo])
+    rows: list[tuple[imports.ImportRecord, str]] = []
+    for i, position in enumerate(todo):
+        record = records[position]
+        number = assigned.get(i, record.pin)
+        if number is None:
+            bucket = pins.bucket_for(
+                record.registration_province_code, record.sex, record.date_of_birth.year
+            )
+            result.rejects.append(
+                (position, record.source_id, f"every PIN of bucket {bucket} has been issued")
+            )
+        else:
+            rows.append((record, number))
+    inserted = await _insert(conn, agency_id, rows)
+    for record, number in rows:
+        if number in inserted:
+            result.created.append(number)
+            result.assigned += record.pin is None
+            result.mismatched += record.pin_mismatch
+        else:
+            # Only a given PIN can collide here (assigned ones were checked free under
+            # the bucket counter): held by a record that committed meanwhile.
+            result.duplicates += 1
+            result.matched.append(number)
+    created = set(result.created)
+    await conn.execute(
+        "INSERT INTO import_sources (agency_id, source_id, pin) "
+        "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",
+        agency_id,
+        [r.source_id for r, n in rows if n in created],
+        [n for r, n in rows if n in created],
+    )
     return result
 
 
@@ -116,7 +270,8 @@ async def _drop_duplicates(
     agency_id: str,
     records: Sequence[imports.ImportRecord],
     result: BatchResult,
-) -> list[imports.ImportRecord]:
+) -> list[int]:
+    """Return the positions of the records that are not duplicates."""
     seen_sources = {
         r["source_id"]: r["pin"]
         for r in await conn.fetch(
@@ -149,10 +304,10 @@ async def _drop_duplicates(
             row["registration_province_code"],
         )
         candidates.setdefault(key, []).append((row["father_pin"], row["mother_pin"], row["pin"]))
-    kept: list[imports.ImportRecord] = []
+    kept: list[int] = []
     batch_sources: set[str] = set()
     batch_pins: set[str] = set()
-    for record in records:
+    for position, record in enumerate(records):
         key = imports.person_key(record)
         same_person = [
             pin for f, m, pin in candidates.get(key, ()) if imports.same_parents(record, f, m)
@@ -174,7 +329,7 @@ async def _drop_duplicates(
             if matched is not None and matched not in result.matched:
                 result.matched.append(matched)
             continue
-        kept.append(record)
+        kept.append(position)
         batch_sources.add(record.source_id)
         if record.pin is not None:
             batch_pins.add(record.pin)
@@ -184,26 +339,34 @@ async def _drop_duplicates(
 
 
 async def _drop_unknown_references(
-    conn: asyncpg.Connection, records: list[imports.ImportRecord], result: BatchResult
-) -> None:
-    wanted = {p for r in records for _, p in r.references if p is not None}
+    conn: asyncpg.Connection,
+    records: Sequence[imports.ImportRecord],
+    todo: list[int],
+    result: BatchResult,
+) -> list[int]:
+    wanted = {p for i in todo for _, p in records[i].references if p is not None}
     if not wanted:
-        return
+        return todo
     known = {
         r["pin"]
         for r in await conn.fetch("SELECT pin FROM citizens WHERE pin = ANY($1)", list(wanted))
     }
-    known |= {r.pin for r in records if r.pin is not None}
+    known |= {p for i in todo if (p := records[i].pin) is not None}
     kept = []
-    for record in records:
+    for position in todo:
+        record = records[position]
         missing = [f"{n} {p}" for n, p in record.references if p is not None and p not in known]
         if missing:
             result.rejects.append(
-                (record.source_id, f"not in the register: {', '.join(missing)} (import them first)")
+                (
+                    position,
+                    record.source_id,
+                    f"not in the register: {', '.join(missing)} (import them first)",
+                )
             )
         else:
-            kept.append(record)
-    records[:] = kept
+            kept.append(position)
+    return kept
 
 
 async def _assign_pins(

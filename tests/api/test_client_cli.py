@@ -39,7 +39,7 @@ def test_keygen_writes_a_key_pair(cli, capsys, tmp_path):
     assert (tmp_path / "a.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
 
 
-def test_register_verify_get_watch_and_batch_verify(cli, capsys, connection, tmp_path):
+def test_register_verify_get_watch_and_batch_verify(cli, capsys, connection, tmp_path, db):
     code, out, err = run(
         cli, capsys, "register-birth", *connection, "--name", "Đặng Thị Thu", "--sex",
         "FEMALE", "--born", "2026-11-01", "--province", "048", "--place-of-birth",
@@ -60,9 +60,12 @@ def test_register_verify_get_watch_and_batch_verify(cli, capsys, connection, tmp
         "c3,12ab,Bad Pin\n",
         encoding="utf-8",
     )
-    code, out, _ = run(cli, capsys, "batch-verify", str(source), *connection)
+    code, out, _ = run(cli, capsys, "batch-verify", str(source), *connection, "--batch-size", "2")
     assert code == 0, out
     assert "3 rows: ERROR 1, MATCH 1, NO_MATCH 1" in out
+    # Through the chunked RPC: each check of the citizen is in her access history.
+    methods = db.fetch("SELECT method FROM audit_log WHERE $1 = ANY(pins) ORDER BY seq", pin)
+    assert [m["method"].rsplit("/", 1)[1] for m in methods[-2:]] == ["VerifyIdentityBatches"] * 2
     with (tmp_path / "customers.results.csv").open(encoding="utf-8") as f:
         results = {row["id"]: row["result"] for row in csv.DictReader(f)}
     assert results == {"c1": "MATCH", "c2": "NO_MATCH", "c3": "ERROR"}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import time
 import uuid
 
-from tests.api.test_cli import ok, registry, user_error
+from tests.api.test_cli import REGISTRY, ok, registry, user_error
 from tests.conftest import server_settings
 
 # The PIN secret of the session's servers: the CLI imports into the same database.
@@ -68,3 +71,47 @@ def test_import_names_an_unknown_agency(tmp_path, dsn):
         registry("import", str(path), "--agency", "nobody-here", dsn=dsn, env=SESSION_KEYS),
         "nobody-here",
     )
+
+
+def test_a_killed_import_resumed_continues_without_duplicates(tmp_path, dsn, db, make_agency):
+    agency = make_agency(scopes=("population:import",))
+    path = tmp_path / "big.csv"
+    family = _name("Lý")
+    n = 24_000
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(
+            ["source_id", "full_name", "date_of_birth", "sex", "registration_province_code"]
+        )
+        for i in range(n):
+            given = "".join(chr(ord("a") + int(c)) for c in f"{i:05d}")
+            writer.writerow([f"k{i}", f"{family} {given}", f"{1940 + i % 60}", "MF"[i % 2], "001"])
+    env = dict(os.environ, REGISTRY_DATABASE_URL=dsn, **SESSION_KEYS)
+    killed = subprocess.Popen(
+        [str(REGISTRY), "import", str(path), "--agency", agency.id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Killed once its first batches are written, long before the end.
+    deadline = time.monotonic() + 60
+    while not db.fetchval("SELECT count(*) FROM import_batches WHERE agency_id = $1", agency.id):
+        assert time.monotonic() < deadline and killed.poll() is None
+        time.sleep(0.02)
+    killed.kill()
+    killed.wait()
+    written = db.fetchval("SELECT count(*) FROM import_sources WHERE agency_id = $1", agency.id)
+    assert 0 < written < n
+    out = ok(
+        registry("import", str(path), "--agency", agency.id, "--resume", dsn=dsn, env=SESSION_KEYS)
+    )
+    skipped = int(out.split("resumed after ")[1].split(" rows")[0].replace(",", ""))
+    assert skipped >= written  # the rows of every acknowledged batch are not read again
+    assert f"received {n - skipped:,}: created {n - skipped:,}" in out
+    assert "duplicates 0" in out
+    assert db.fetchval("SELECT count(*) FROM import_sources WHERE agency_id = $1", agency.id) == n
+    # Resuming a finished import does nothing.
+    out = ok(
+        registry("import", str(path), "--agency", agency.id, "--resume", dsn=dsn, env=SESSION_KEYS)
+    )
+    assert f"resumed after {n:,} rows" in out and "received 0" in out

@@ -151,6 +151,7 @@ EXPECTED_GRANTS = {
     "citizen_history": {"SELECT", "INSERT"},
     "citizens": {"SELECT", "INSERT", "UPDATE"},
     "idempotency_keys": {"SELECT", "INSERT", "UPDATE"},
+    "import_batches": {"SELECT", "INSERT", "UPDATE"},
     "import_sources": {"SELECT", "INSERT", "UPDATE"},
     "legacy_ids": {"SELECT", "INSERT", "UPDATE"},
     "pin_buckets": {"SELECT", "INSERT", "UPDATE"},

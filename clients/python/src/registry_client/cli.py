@@ -177,7 +177,8 @@ def cmd_batch_verify(args: argparse.Namespace) -> None:
     with _client(args) as client, out.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "result", "field_matches", "citizen_status", "card_state", "error"])
-        for done, answer in enumerate(client.batch_verify(requests), start=1):
+        answers = client.verify_many(requests, batch_size=args.batch_size)
+        for done, answer in enumerate(answers, start=1):
             result = "ERROR" if answer.error else answer.result.name
             matches = answer.field_matches.items()
             counts[result] = counts.get(result, 0) + 1
@@ -257,7 +258,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("watch", cmd_watch, "follow the change feed")
     p.add_argument("--after", type=int, default=0, help="last sequence already processed")
     p.add_argument("--limit", type=int, default=0, help="stop after this many events")
-    p = command("batch-verify", cmd_batch_verify, "verify a CSV over one BatchVerify stream")
+    p = command(
+        "batch-verify",
+        cmd_batch_verify,
+        "verify a CSV in batches over one VerifyIdentityBatches stream",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=2000, help="rows per message (1 to 10,000; default 2000)"
+    )
     p.add_argument("file", help="CSV: id, pin, full_name, date_of_birth, sex, card_serial")
     p.add_argument("--out", help="result CSV (default FILE.results.csv)")
     return parser

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import random
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -380,14 +383,130 @@ def _import_summary(r: Any) -> ImportSummary:
     )  # fmt: skip
 
 
+# A batch of the chunked RPCs holds 1 to 10,000 items (SPEC §10).
+MAX_BATCH = 10_000
+# Batches sent ahead of their acknowledgement: enough to keep the server busy while answers
+# travel back, few enough to hold in memory for resending after a broken stream.
+_WINDOW = 4
+# Answers of VerifyIdentityBatches with attestations can exceed gRPC's default 4 MiB.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be 1 to {MAX_BATCH:,}, got {batch_size}")
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class _ImportRun:
+    """The client side of one ImportCitizenBatches run: batches numbered by offset, the ones
+    sent but not acknowledged kept for resending, the counts added up from the acks."""
+
+    def __init__(self, records: Iterable[tuple[str, dict[str, Any]]], import_id: str, size: int):
+        _check_batch_size(size)
+        self.import_id = import_id
+        self._batches = _chunks(_import_requests(records), size)
+        self.offset = 0  # of the next new batch
+        self.unacked: deque[Any] = deque()
+        self.totals = [0] * 6
+        self.rejects: list[tuple[str, str]] = []
+        self.acknowledged = 0
+
+    def resend(self) -> list[Any]:
+        """The batches to send first on a new stream: those sent and not acknowledged."""
+        return list(self.unacked)
+
+    def next_batch(self) -> Any | None:
+        chunk = next(self._batches, None)
+        if chunk is None:
+            return None
+        batch = population_service_pb2.ImportCitizenBatchesRequest(
+            import_id=self.import_id, offset=self.offset, records=chunk
+        )
+        self.offset += len(chunk)
+        self.unacked.append(batch)
+        return batch
+
+    def ack(self, r: Any) -> None:
+        sent = self.unacked.popleft()
+        assert sent.offset == r.offset, "acknowledgements come in order"
+        self.acknowledged = r.offset + r.received
+        for i, value in enumerate(
+            (r.received, r.created, r.assigned_pins, r.duplicates, r.mismatched_pins, r.rejected)
+        ):
+            self.totals[i] += value
+        if len(self.rejects) < 1000:
+            self.rejects.extend(
+                (x.source_id, x.reason) for x in r.rejects[: 1000 - len(self.rejects)]
+            )
+
+    def summary(self) -> ImportSummary:
+        return ImportSummary(*self.totals, self.rejects)
+
+
+def _take(window: threading.Semaphore, stopped: threading.Event) -> bool:
+    """Wait for room in the window (the request thread of a stream); False once it ended."""
+    while not window.acquire(timeout=0.1):
+        if stopped.is_set():
+            return False
+    return not stopped.is_set()
+
+
+def _sync_batches(
+    resend: list[Any],
+    window: threading.Semaphore,
+    stopped: threading.Event,
+    lock: threading.Lock,
+    produce: Callable[[], Any | None],
+) -> Iterator[Any]:
+    """The request stream of one attempt: the unanswered batches again, then new ones, at
+    most _WINDOW ahead of the answers (gRPC's request thread runs it)."""
+    for batch in resend:
+        if not _take(window, stopped):
+            return
+        yield batch
+    while _take(window, stopped):
+        with lock:
+            batch = produce()
+        if batch is None:
+            return
+        yield batch
+
+
+async def _async_batches(
+    resend: list[Any], window: asyncio.Semaphore, produce: Callable[[], Any | None]
+) -> AsyncIterator[Any]:
+    """The async twin of _sync_batches."""
+    for batch in resend:
+        await window.acquire()
+        yield batch
+    while True:
+        await window.acquire()
+        batch = produce()
+        if batch is None:
+            return
+        yield batch
+
+
+def _verify_batch(claims: list[VerifyRequest | str], first: int) -> Any:
+    return identity_service_pb2.VerifyIdentityBatchesRequest(
+        requests=list(_batch_requests(claims, first))
+    )
+
+
 def _watch_request(after_sequence: int, types: Sequence[ChangeType | str] | None) -> Any:
     return population_service_pb2.WatchChangesRequest(
         after_sequence=after_sequence, types=[_enum_in(ChangeType, t) for t in types or ()]
     )
 
 
-def _batch_requests(requests: Iterable[VerifyRequest | str]) -> Iterator[Any]:
-    for index, request in enumerate(requests):
+def _batch_requests(requests: Iterable[VerifyRequest | str], first: int = 0) -> Iterator[Any]:
+    for index, request in enumerate(requests, start=first):
         item = VerifyRequest(request) if isinstance(request, str) else request
         message = item.to_proto()
         if not message.correlation_id:
@@ -485,7 +604,11 @@ class RegistryClient(_Base):
     def _open_channel(
         self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
     ) -> None:
-        raw = grpc.secure_channel(target, tls) if tls else grpc.insecure_channel(target)
+        raw = (
+            grpc.secure_channel(target, tls, options=_CHANNEL_OPTIONS)
+            if tls
+            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
         self._raw_channel = raw
         self._channel = grpc.intercept_channel(raw, *interceptors) if interceptors else raw
 
@@ -763,6 +886,123 @@ class RegistryClient(_Base):
         finally:
             stream.cancel()
 
+    def import_citizens_batched(
+        self,
+        records: Iterable[tuple[str, dict[str, Any]]],
+        import_id: str,
+        batch_size: int = 1000,
+        *,
+        timeout: float | None = None,
+    ) -> ImportSummary:
+        """Bulk-load records in batches over ImportCitizenBatches: (source_id, {Citizen field:
+        value}) pairs, ``batch_size`` records a message, acknowledged in order.
+
+        ``import_id`` names the run (1 to 128 printable ASCII characters). After UNAVAILABLE
+        (up to max_attempts times without progress) it opens a new stream and resends from the
+        last acknowledged batch: nothing is lost or written twice. Running it again with the
+        same import_id, records and batch_size replays the acknowledged batches (their counts
+        come back, nothing is written) and continues after them.
+        """
+        run = _ImportRun(records, import_id, batch_size)
+        rpc = self._channel.stream_stream(
+            _POPULATION + "ImportCitizenBatches",
+            request_serializer=population_service_pb2.ImportCitizenBatchesRequest.SerializeToString,
+            response_deserializer=population_service_pb2.ImportCitizenBatchesResponse.FromString,
+        )
+        attempt = 0
+        while True:
+            window = threading.Semaphore(_WINDOW)
+            lock = threading.Lock()
+            stopped = threading.Event()
+            batches = _sync_batches(run.resend(), window, stopped, lock, run.next_batch)
+            stream = rpc(batches, metadata=self._metadata(), timeout=timeout)
+            try:
+                for response in stream:
+                    with lock:
+                        run.ack(response)
+                    window.release()
+                    attempt = 0
+                if not run.unacked:
+                    return run.summary()
+                raise RegistryError(
+                    grpc.StatusCode.INTERNAL,
+                    "STREAM_ENDED_EARLY",
+                    "the server ended the stream before answering every batch",
+                )
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stopped.set()
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            time.sleep(delay)
+
+    def verify_many(
+        self, claims: Iterable[VerifyRequest | str], batch_size: int = 1000
+    ) -> Iterator[Verification]:
+        """Verify many identities over VerifyIdentityBatches, ``batch_size`` claims a message;
+        yields one Verification per claim, in order (``error`` set on a refused one).
+
+        Claims without a correlation_id are numbered "0", "1", ... After UNAVAILABLE it resends
+        the batches not yet answered on a new stream (up to max_attempts times without
+        progress); each check answered is audited once per answer received.
+        """
+        _check_batch_size(batch_size)
+        rpc = self._channel.stream_stream(
+            _IDENTITY + "VerifyIdentityBatches",
+            request_serializer=identity_service_pb2.VerifyIdentityBatchesRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.VerifyIdentityBatchesResponse.FromString,
+        )
+        chunks = _chunks(claims, batch_size)
+        unanswered: deque[Any] = deque()
+        first = 0
+
+        def next_batch() -> Any | None:
+            nonlocal first
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            batch = _verify_batch(chunk, first)
+            first += len(chunk)
+            unanswered.append(batch)
+            return batch
+
+        attempt = 0
+        while True:
+            window = threading.Semaphore(_WINDOW)
+            lock = threading.Lock()
+            stopped = threading.Event()
+            batches = _sync_batches(list(unanswered), window, stopped, lock, next_batch)
+            stream = rpc(batches, metadata=self._metadata())
+            try:
+                for response in stream:
+                    with lock:
+                        unanswered.popleft()
+                    window.release()
+                    attempt = 0
+                    for item in response.responses:
+                        yield Verification.from_proto(item)
+                if not unanswered:
+                    return
+                raise RegistryError(
+                    grpc.StatusCode.INTERNAL,
+                    "STREAM_ENDED_EARLY",
+                    "the server ended the stream before answering every batch",
+                )
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stopped.set()
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            time.sleep(delay)
+
 
 class AsyncRegistryClient(_Base):
     """The asyncio (grpc.aio) client; the same arguments and methods as RegistryClient,
@@ -773,9 +1013,9 @@ class AsyncRegistryClient(_Base):
     ) -> None:
         extra = list(interceptors) or None
         self._channel = (
-            grpc.aio.secure_channel(target, tls, interceptors=extra)
+            grpc.aio.secure_channel(target, tls, options=_CHANNEL_OPTIONS, interceptors=extra)
             if tls
-            else grpc.aio.insecure_channel(target, interceptors=extra)
+            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=extra)
         )
 
     async def close(self) -> None:
@@ -940,3 +1180,96 @@ class AsyncRegistryClient(_Base):
             raise error_from_rpc_error(exc) from None
         finally:
             stream.cancel()
+
+    async def import_citizens_batched(
+        self,
+        records: Iterable[tuple[str, dict[str, Any]]],
+        import_id: str,
+        batch_size: int = 1000,
+    ) -> ImportSummary:
+        """See RegistryClient.import_citizens_batched."""
+        run = _ImportRun(records, import_id, batch_size)
+        rpc = self._channel.stream_stream(
+            _POPULATION + "ImportCitizenBatches",
+            request_serializer=population_service_pb2.ImportCitizenBatchesRequest.SerializeToString,
+            response_deserializer=population_service_pb2.ImportCitizenBatchesResponse.FromString,
+        )
+        attempt = 0
+        while True:
+            window = asyncio.Semaphore(_WINDOW)
+            abatches = _async_batches(run.resend(), window, run.next_batch)
+            stream = rpc(abatches, metadata=self._metadata())
+            try:
+                async for response in stream:
+                    run.ack(response)
+                    window.release()
+                    attempt = 0
+                if not run.unacked:
+                    return run.summary()
+                raise RegistryError(
+                    grpc.StatusCode.INTERNAL,
+                    "STREAM_ENDED_EARLY",
+                    "the server ended the stream before answering every batch",
+                )
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            await asyncio.sleep(delay)
+
+    async def verify_many(
+        self, claims: Iterable[VerifyRequest | str], batch_size: int = 1000
+    ) -> AsyncIterator[Verification]:
+        """See RegistryClient.verify_many."""
+        _check_batch_size(batch_size)
+        rpc = self._channel.stream_stream(
+            _IDENTITY + "VerifyIdentityBatches",
+            request_serializer=identity_service_pb2.VerifyIdentityBatchesRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.VerifyIdentityBatchesResponse.FromString,
+        )
+        chunks = _chunks(claims, batch_size)
+        unanswered: deque[Any] = deque()
+        first = 0
+
+        def next_batch() -> Any | None:
+            nonlocal first
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            batch = _verify_batch(chunk, first)
+            first += len(chunk)
+            unanswered.append(batch)
+            return batch
+
+        attempt = 0
+        while True:
+            window = asyncio.Semaphore(_WINDOW)
+            abatches = _async_batches(list(unanswered), window, next_batch)
+            stream = rpc(abatches, metadata=self._metadata())
+            try:
+                async for response in stream:
+                    unanswered.popleft()
+                    window.release()
+                    attempt = 0
+                    for item in response.responses:
+                        yield Verification.from_proto(item)
+                if not unanswered:
+                    return
+                raise RegistryError(
+                    grpc.StatusCode.INTERNAL,
+                    "STREAM_ENDED_EARLY",
+                    "the server ended the stream before answering every batch",
+                )
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+            finally:
+                stream.cancel()
+            attempt += 1
+            delay = self._retry_delay(error, attempt)
+            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            await asyncio.sleep(delay)
