@@ -38,6 +38,10 @@ MAX_REPEATED: dict[str, int] = {
     "registry.v1.Citizen.legacy_ids": 10,
     # ChangeType has 6 values besides UNSPECIFIED.
     "registry.v1.WatchChangesRequest.types": 16,
+    # SPEC §10: 1 to 10,000 items per batch message (checked by the chunked RPCs' servicers,
+    # registry.imports.check_batch_size; the gate checks unary requests only).
+    "registry.v1.ImportCitizenBatchesRequest.records": 10_000,
+    "registry.v1.VerifyIdentityBatchesRequest.requests": 10_000,
 }
 
 

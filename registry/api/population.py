@@ -79,6 +79,13 @@ def _prepare_chunk(
     positions: list[int] = []
     invalid: list[tuple[int, str, str]] = []
     for index, item in enumerate(request.records):
+        # A record's own lists within their counts before they are looked at; a record beyond
+        # them is rejected on its own, as in ImportCitizens.
+        too_many = oversized_fields(item)
+        if too_many:
+            reason = "; ".join(f"{v.field}: {v.description}" for v in too_many)
+            invalid.append((index, imports.reported_source_id(item.source_id), reason))
+            continue
         record = imports.validate_record(item.source_id, _set_values(item.citizen), table, today)
         if isinstance(record, str):
             invalid.append((index, imports.reported_source_id(item.source_id), record))

@@ -34,6 +34,7 @@ from registry.v1 import identity_service_pb2_grpc as id_grpc
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
 from tests.conftest import (
+    SIGNING_KEY_DIR,
     AgencyFactory,
     make_agency_factory,
     server_settings,
@@ -104,6 +105,8 @@ def start_supervised(dsn: str, owner_dsn: str, log: IO[str], **env: str) -> Supe
         "REGISTRY_LISTEN": "127.0.0.1:0",
         "REGISTRY_WORKERS": "2",
         "REGISTRY_SIGNING_KEY_DIR": str(settings.signing_keys_path),
+        # The audit checkpoint file goes here, not into the working directory's var/.
+        "REGISTRY_DATA_DIR": str(settings.data_dir),
         # Agency changes must arrive by NOTIFY, not by the periodic reload.
         "REGISTRY_AGENCY_REFRESH_S": "3600",
         "GRPC_VERBOSITY": "ERROR",
@@ -218,7 +221,13 @@ def test_the_audit_chain_stays_one_whole_chain(supervised, make_agency, cluster)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(verify, range(200)))
-    env = {**os.environ, "REGISTRY_OWNER_DATABASE_URL": cluster.owner_dsn}
+    # The key ring every server of the session signs checkpoints with (tests/conftest.py).
+    env = {
+        **os.environ,
+        "REGISTRY_OWNER_DATABASE_URL": cluster.owner_dsn,
+        "REGISTRY_SIGNING_KEY_DIR": str(SIGNING_KEY_DIR),
+        "REGISTRY_DATA_DIR": tempfile.mkdtemp(prefix="registry-verify-"),
+    }
     result = subprocess.run(
         [str(REGISTRY), "audit", "verify"], capture_output=True, text=True, env=env, timeout=120
     )

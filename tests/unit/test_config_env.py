@@ -82,6 +82,10 @@ def test_every_variable_reaches_its_setting(tmp_path):
         "REGISTRY_AUDIT_CHECKPOINT_S": "2.5",
         "REGISTRY_METRICS_LISTEN": "127.0.0.1:9464",
         "REGISTRY_CHANGE_RETENTION_DAYS": "7",
+        "REGISTRY_WORKERS": "3",
+        "REGISTRY_HOSTS": "2",
+        "REGISTRY_REPLICA_MAX_LAG_S": "2.5",
+        "REGISTRY_WORKER_INDEX": "1",
     }
     assert set(env) == _readme_variables()
     s = Settings.from_env(env)
@@ -104,6 +108,8 @@ def test_every_variable_reaches_its_setting(tmp_path):
     assert s.audit_checkpoint_s == 2.5
     assert s.metrics_listen == "127.0.0.1:9464"
     assert s.change_retention_days == 7
+    assert (s.workers, s.hosts, s.replica_max_lag_s, s.worker_index) == (3, 2, 2.5, 1)
+    assert s.limit_shares == 6  # a worker of 3, on one of 2 hosts
 
 
 def test_the_signing_key_dir_defaults_under_the_data_dir(tmp_path):
