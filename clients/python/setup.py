@@ -20,6 +20,8 @@ DEPENDENCIES = [
     "googleapis-common-protos>=1.63",
     "grpcio-status>=1.66",
     "pyjwt[crypto]>=2.9",
+    # Progress of batch-verify on a terminal (rate, ETA).
+    "tqdm>=4.66",
 ]
 # The protobuf version that generated the modules, kept beside them for builds from the sdist.
 GENERATOR = GEN / "PROTOBUF_VERSION"

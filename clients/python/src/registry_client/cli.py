@@ -17,6 +17,7 @@ import enum
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,43 @@ def cmd_watch(args: argparse.Namespace) -> None:
                 break
 
 
+class _Progress:
+    """Claims done, rate and ETA: a tqdm bar on a terminal, a plain line every few seconds
+    otherwise (a log file gets lines, not carriage returns); nothing with --json."""
+
+    def __init__(self, total: int, *, quiet: bool):
+        self._total, self._done, self._quiet = total, 0, quiet
+        self._started = self._shown = time.monotonic()
+        self._bar: Any = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit=" claims", unit_scale=True, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if self._quiet or (now - self._shown < 5 and self._done < self._total):
+            return
+        self._shown = now
+        rate = self._done / max(now - self._started, 1e-6)
+        eta = (self._total - self._done) / rate if rate > 0 else 0.0
+        print(
+            f"  {self._done:,}/{self._total:,} verified, {rate:,.0f}/s, ETA {eta:,.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> float:
+        """Stop; return the claims per second."""
+        if self._bar is not None:
+            self._bar.close()
+        return self._done / max(time.monotonic() - self._started, 1e-6)
+
+
 def cmd_batch_verify(args: argparse.Namespace) -> None:
     source = Path(args.file)
     with source.open(encoding="utf-8", newline="") as f:
@@ -174,11 +212,12 @@ def cmd_batch_verify(args: argparse.Namespace) -> None:
     ]
     out = Path(args.out or source.with_suffix(".results.csv"))
     counts: dict[str, int] = {}
+    progress = _Progress(len(requests), quiet=args.json)
     with _client(args) as client, out.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "result", "field_matches", "citizen_status", "card_state", "error"])
         answers = client.verify_many(requests, batch_size=args.batch_size)
-        for done, answer in enumerate(answers, start=1):
+        for answer in answers:
             result = "ERROR" if answer.error else answer.result.name
             matches = answer.field_matches.items()
             counts[result] = counts.get(result, 0) + 1
@@ -190,10 +229,10 @@ def cmd_batch_verify(args: argparse.Namespace) -> None:
                     str(answer.error or ""),
                 ]
             )  # fmt: skip
-            if not args.json and (done % 1000 == 0 or done == len(requests)):
-                print(f"\r  {done:,}/{len(requests):,} verified", end="", file=sys.stderr)
+            progress.advance(1)
+    rate = progress.close()
     if not args.json:
-        print(file=sys.stderr)
+        print(f"  {len(requests):,} verified at {rate:,.0f}/s", file=sys.stderr)
     summary = {"rows": len(requests), "results": counts, "output": str(out)}
     _show(
         args,
