@@ -326,13 +326,16 @@ class StatusFailed(Exception):
     """`registry status` found a failing check: exit code 1."""
 
 
-async def _status_database(dsn: str) -> list[status.Finding]:
+async def _status_database(dsn: str, settings: Settings) -> list[status.Finding]:
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         return [status.Finding("database", "fail", f"unreachable ({type(exc).__name__})")]
     try:
-        return [status.Finding("database", "ok", "answers"), *await status.database(conn)]
+        found = [status.Finding("database", "ok", "answers"), *await status.database(conn)]
+        if settings.replica_urls:
+            found += await status.replicas(conn, settings.replica_urls, settings.replica_max_lag_s)
+        return found
     finally:
         await conn.close()
 
@@ -350,7 +353,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
                 status.Finding("database", "fail", f"embedded cluster in {cluster.pgdata} stopped")
             )
     if dsn is not None:
-        findings.extend(asyncio.run(_status_database(dsn)))
+        findings.extend(asyncio.run(_status_database(dsn, settings)))
     if args.json:
         print(json.dumps([f.__dict__ for f in findings], indent=2, default=str))
     else:

@@ -170,3 +170,57 @@ async def database(conn: asyncpg.Connection) -> list[Finding]:
             )
         )
     return found
+
+
+def _where(dsn: str) -> str:
+    """host:port/database of a DSN: never its user or password."""
+    rest = dsn.split("@", 1)[-1]
+    return rest.split("?", 1)[0]
+
+
+async def replicas(
+    primary: asyncpg.Connection, urls: tuple[str, ...], max_lag_s: float
+) -> list[Finding]:
+    """Check each configured read replica: reachable, still a standby, and its replay lag."""
+    found: list[Finding] = []
+    primary_lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+    for url in urls:
+        name = f"replica {_where(url)}"
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+        except (OSError, asyncpg.PostgresError) as exc:
+            found.append(
+                Finding(name, "warn", f"unreachable ({type(exc).__name__}): reads use the primary")
+            )
+            continue
+        try:
+            row = await conn.fetchrow(
+                "SELECT pg_is_in_recovery() AS standby, "
+                "pg_last_wal_replay_lsn()::text AS replayed, "
+                "coalesce(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()),"
+                " 0)::float8 AS since_last"
+            )
+        finally:
+            await conn.close()
+        if not row["standby"]:
+            found.append(Finding(name, "warn", "not a standby (promoted?): it serves no reads"))
+            continue
+        behind = await primary.fetchval(
+            "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::bigint",
+            primary_lsn,
+            row["replayed"],
+        )
+        behind = max(int(behind or 0), 0)
+        # Bytes behind is the lag that matters; the time since its last replayed transaction
+        # only means something while it is behind (a quiet primary sends nothing to replay).
+        lagging = behind > 0 and row["since_last"] > max_lag_s
+        found.append(
+            Finding(
+                name,
+                "warn" if lagging else "ok",
+                f"{behind:,} bytes of WAL behind"
+                + (f", last replay {row['since_last']:.0f} s ago: skipped" if lagging else ""),
+                {"bytes_behind": behind, "last_replay_age_s": row["since_last"]},
+            )
+        )
+    return found

@@ -246,3 +246,31 @@ def test_the_replica_killed_mid_load_fails_no_call(tolerant, replica, agency, ds
             ch.close()
         replica.start()
     _wait_health(tolerant, True, timeout=60)  # back once it answers and has caught up
+
+
+def test_registry_status_reports_each_replica_and_its_lag(replica, dsn, server, cluster):
+    """`registry status` names each replica (never its password) and says how far behind."""
+    import json
+
+    from tests.api.test_cli import registry
+
+    env = {
+        "REGISTRY_LISTEN": server.target,
+        "REGISTRY_REPLICA_URLS": replica.runtime_dsn,
+    }
+    done = registry("status", "--json", dsn=dsn, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = {f["name"]: f for f in json.loads(done.stdout)}
+    [name] = [n for n in found if n.startswith("replica ")]
+    assert f"127.0.0.1:{replica.port}/registry" in name
+    password = replica.runtime_dsn.split(":")[2].split("@")[0]
+    assert password not in done.stdout
+    assert found[name]["details"]["bytes_behind"] >= 0
+    replica.stop("immediate")
+    try:
+        down = registry("status", "--json", dsn=dsn, env=env)
+        assert down.returncode == 0  # reads fall back to the primary: a warning, not a failure
+        [entry] = [f for f in json.loads(down.stdout) if f["name"] == name]
+        assert entry["verdict"] == "warn" and "unreachable" in entry["summary"]
+    finally:
+        replica.start()
