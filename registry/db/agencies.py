@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from registry.errors import Code, RegistryError
+from registry.rules.errors import Code, RegistryError
 
 KINDS = ("JUSTICE", "POLICE", "PORTAL", "OTHER")
 

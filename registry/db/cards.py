@@ -7,7 +7,7 @@ from datetime import date
 
 import asyncpg
 
-from registry.cards import CardIssue, CardKind, CardState
+from registry.rules.cards import CardIssue, CardKind, CardState
 
 _COLUMNS = "serial, pin, kind, state, issue_date, expiry_date, issuing_authority, state_reason"
 
