@@ -33,6 +33,7 @@ from registry.db.pool import Database
 from registry.db.roles import RoleError, check_runtime_role
 from registry.embedded import EmbeddedCluster, EmbeddedError
 from registry.rules import audit, imports, pin
+from registry.rules.agencies import KINDS, Agency
 from registry.rules.errors import RegistryError
 from registry.rules.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
 from registry.rules.model import CHANGE_TYPES
@@ -615,7 +616,7 @@ def _check_kid(kid: str) -> None:
         raise CliError(f"--kid must be 1 to {MAX_KID_CHARS} printable characters")
 
 
-def _limits(agency: agencies.Agency | argparse.Namespace) -> str:
+def _limits(agency: Agency | argparse.Namespace) -> str:
     """The agency's rate limit and miss budget as the server applies them."""
     rate = (
         f"{agency.rate_limit} calls/s"
@@ -801,7 +802,7 @@ def _parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="register an agency with its first public key")
     add.add_argument("--id", required=True, help="agency id; tokens carry it as iss")
     add.add_argument("--name", required=True)
-    add.add_argument("--kind", required=True, choices=agencies.KINDS)
+    add.add_argument("--kind", required=True, choices=KINDS)
     add.add_argument("--scopes", required=True, help="comma-separated: " + ",".join(SCOPES))
     add.add_argument("--fields", help="comma-separated citizen fields it may read")
     add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")

@@ -9,8 +9,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.type import date_pb2
 
-from registry.db.cards import Card
-from registry.rules.cards import RawIssue, RawStateChange
+from registry.rules.cards import Card, RawIssue, RawStateChange
 from registry.rules.civil_registration import DateParts, RawAnnulment, RawBirth, RawDeath
 from registry.rules.dates import PartialDate
 from registry.rules.identity import RawClaim

@@ -28,6 +28,7 @@ from registry.runtime.audit_writer import AuditWriter
 from registry.runtime.caches import PrefixCache
 from registry.runtime.feed import ChangeFeed
 from registry.usecases import corrections
+from registry.usecases.imports import BatchPipeline
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
@@ -176,7 +177,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             if entries:
                 await self._audit.record(entries)
 
-        pipeline = imports.BatchPipeline(write)
+        pipeline = BatchPipeline(write)
         try:
             today = clock.today()
             table = self._prefixes.table

@@ -220,3 +220,17 @@ def validate_link(request_id: str, pin: str, legacy_id: str) -> LegacyLink:
     legacy = validate_legacy_id(v, "legacy_id", legacy_id)
     v.raise_if_any()
     return LegacyLink(pin_value, legacy)
+
+
+@dataclass(frozen=True)
+class Card:
+    """A card as stored (state is the stored one: EXPIRED is derived by the caller)."""
+
+    serial: str
+    pin: str
+    kind: CardKind
+    state: CardState
+    issue_date: date
+    expiry_date: date | None
+    issuing_authority: str
+    state_reason: str

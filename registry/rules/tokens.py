@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from registry.db.agencies import Agency
+from registry.rules.agencies import Agency
 from registry.rules.errors import RegistryError, unauthenticated
 from registry.rules.model import CHANGE_TYPES, Caller
 

@@ -10,10 +10,9 @@ import asyncpg
 
 from registry.db import cards as store
 from registry.db import citizens, idempotency
-from registry.db.cards import Card
 from registry.db.pool import Database
 from registry.rules import cards as rules
-from registry.rules.cards import CardIssue, CardKind, CardState, LegacyLink, StateChange
+from registry.rules.cards import Card, CardIssue, CardKind, CardState, LegacyLink, StateChange
 from registry.rules.civil_registration import request_hash
 from registry.rules.errors import (
     Code,
