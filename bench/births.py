@@ -20,8 +20,8 @@ from bench.common import (
     server_process,
     token,
 )
-from registry.clock import today
-from registry.pin import PrefixTable
+from registry.rules.pin import PrefixTable
+from registry.runtime.clock import today
 from registry.v1 import civil_registration_service_pb2 as pb
 from registry.v1 import civil_registration_service_pb2_grpc as pb_grpc
 

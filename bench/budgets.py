@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from bench.common import bench_database, prepare
-from registry import limits
 from registry.db import budgets
 from registry.db.verification import _MANY, _ONE
+from registry.rules import limits
 
 PEOPLE = 100_000
 
@@ -71,7 +71,7 @@ async def _per_claim(
 
 async def _run(dsn: str) -> None:
     agency_id, _, _ = await prepare(dsn)
-    # As the server's `counters` pool commits the budget writes (registry.budgets).
+    # As the server's `counters` pool commits the budget writes (registry.usecases.budgets).
     conn = await asyncpg.connect(dsn, server_settings={"synchronous_commit": "off"})
     try:
         pins = await _seed(conn)

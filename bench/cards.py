@@ -15,7 +15,7 @@ import grpc
 from google.type import date_pb2
 
 from bench.common import bench_database, closed_loop, prepare, report, server_process, token
-from registry.clock import today
+from registry.runtime.clock import today
 from registry.v1 import card_pb2
 from registry.v1 import card_service_pb2 as pb
 from registry.v1 import card_service_pb2_grpc as pb_grpc

@@ -27,7 +27,7 @@ from registry.config import Settings
 from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.embedded import EmbeddedCluster
-from registry.tokens import SCOPES
+from registry.rules.tokens import SCOPES
 
 ROOT = Path(__file__).resolve().parents[1]
 

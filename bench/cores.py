@@ -25,8 +25,8 @@ from google.type import date_pb2
 from bench import verify as verify_bench
 from bench.common import bench_database, closed_loop, open_channels, prepare, server_process, token
 from bench.verify import ensure_citizens
-from registry.clock import today
-from registry.pin import PrefixTable
+from registry.rules.pin import PrefixTable
+from registry.runtime.clock import today
 from registry.v1 import civil_registration_service_pb2 as civil_pb
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb

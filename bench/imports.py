@@ -21,7 +21,7 @@ from google.type import date_pb2
 
 from bench import verify
 from bench.common import bench_database, prepare, server_process, token
-from registry.pin import PrefixTable
+from registry.rules.pin import PrefixTable
 from registry.v1 import citizen_pb2
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc

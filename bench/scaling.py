@@ -34,11 +34,11 @@ from bench.common import (
     server_process,
     token,
 )
-from registry import audit
-from registry.clock import today
 from registry.db import audit as audit_db
 from registry.embedded import EmbeddedCluster
-from registry.pin import PrefixTable
+from registry.rules import audit
+from registry.rules.pin import PrefixTable
+from registry.runtime.clock import today
 from registry.v1 import civil_registration_service_pb2 as civil_pb
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb

@@ -46,8 +46,8 @@ from bench.common import (
     server_process,
     token,
 )
-from registry.clock import today
-from registry.pin import PrefixTable, Sex, bucket_for
+from registry.rules.pin import PrefixTable, Sex, bucket_for
+from registry.runtime.clock import today
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 

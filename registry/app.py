@@ -13,25 +13,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from registry import metrics, pin_secret
-from registry.api.access_log import AccessLog
-from registry.api.audit_service import AuditServicer
-from registry.api.audit_writer import AuditWriter
-from registry.api.caches import AgencyDirectory, PrefixCache
-from registry.api.cards import CardServicer
-from registry.api.checkpointer import Checkpointer
-from registry.api.civil_registration import CivilRegistrationServicer
-from registry.api.feed import ChangeFeed
-from registry.api.gate import BATCH_MAX_BYTES, CallGate
-from registry.api.identity import IdentityServicer
-from registry.api.metrics import MetricsInterceptor
-from registry.api.population import PopulationServicer
-from registry.attestation import SigningKeys
-from registry.budgets import Budgets
 from registry.config import Settings
 from registry.db import gauges as gauges_db
 from registry.db.pool import Database
-from registry.tokens import TokenVerifier
+from registry.grpc.audit import AuditServicer
+from registry.grpc.cards import CardServicer
+from registry.grpc.civil_registration import CivilRegistrationServicer
+from registry.grpc.gate import BATCH_MAX_BYTES, CallGate
+from registry.grpc.identity import IdentityServicer
+from registry.grpc.metrics import MetricsInterceptor
+from registry.grpc.population import PopulationServicer
+from registry.rules.tokens import TokenVerifier
+from registry.runtime import metrics, pin_secret
+from registry.runtime.access_log import AccessLog
+from registry.runtime.attestation import SigningKeys
+from registry.runtime.audit_writer import AuditWriter
+from registry.runtime.caches import AgencyDirectory, PrefixCache
+from registry.runtime.checkpointer import Checkpointer
+from registry.runtime.feed import ChangeFeed
+from registry.usecases.budgets import Budgets
 from registry.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -59,7 +59,7 @@ SERVICE_NAMES = (
 # Request metadata, all of it: above gRPC's default (8 KiB, refused at random up to 16 KiB)
 # an oversized token was refused by the transport with a detail-less RESOURCE_EXHAUSTED.
 # With one fixed limit a token of a few kilobytes too many reaches the gate and is answered
-# UNAUTHENTICATED with its reason (registry.tokens.MAX_TOKEN_CHARS), and beyond 16 KiB the
+# UNAUTHENTICATED with its reason (registry.rules.tokens.MAX_TOKEN_CHARS), and beyond 16 KiB the
 # transport refuses every time, never at random.
 MAX_METADATA_BYTES = 16 * 1024
 # A batch of the chunked RPCs may hold 4 MiB (gate.BATCH_MAX_BYTES). The transport takes up to

@@ -23,8 +23,7 @@ from typing import Any
 import asyncpg
 import uvloop
 
-from registry import audit, checkpoints, clock, imports, logs, pin, pin_secret, status
-from registry.attestation import SigningKeys, public_keys
+from registry import logs, status
 from registry.config import ConfigError, Settings
 from registry.db import agencies
 from registry.db import audit as audit_db
@@ -33,12 +32,16 @@ from registry.db.pins import SecretMismatch
 from registry.db.pool import Database
 from registry.db.roles import RoleError, check_runtime_role
 from registry.embedded import EmbeddedCluster, EmbeddedError
-from registry.errors import RegistryError
-from registry.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
-from registry.model import CHANGE_TYPES
-from registry.pin_secret import PinSecretError
+from registry.rules import audit, imports, pin
+from registry.rules.agencies import KINDS, Agency
+from registry.rules.errors import RegistryError
+from registry.rules.limits import DEFAULT_MISS_BUDGET_PER_MIN, DEFAULT_RATE_LIMIT_PER_S
+from registry.rules.model import CHANGE_TYPES
+from registry.rules.tokens import MAX_KID_CHARS, SCOPES, KeyError_, load_public_key, valid_kid
+from registry.runtime import checkpoints, clock, pin_secret
+from registry.runtime.attestation import SigningKeys, public_keys
+from registry.runtime.pin_secret import PinSecretError
 from registry.supervisor import SupervisorError
-from registry.tokens import MAX_KID_CHARS, SCOPES, KeyError_, load_public_key, valid_kid
 from registry.v1 import citizen_pb2
 
 log = logging.getLogger("registry")
@@ -384,7 +387,7 @@ def _csv_date(text: str) -> tuple[int, int, int]:
 
 
 def csv_values(row: dict[str, str]) -> tuple[str, dict[str, object]] | tuple[str, str]:
-    """Turn a CSV row into (source_id, raw values) for registry.imports, or (source_id, error)."""
+    """Turn a CSV row into (source_id, raw values) for rules.imports, or (source_id, error)."""
     source_id = (row.get("source_id") or "").strip()
     values: dict[str, object] = {}
     try:
@@ -502,7 +505,7 @@ async def _import(
                 summary.add_batch(
                     done.created, done.assigned, done.duplicates, done.mismatched, done.rejects
                 )
-                # As ImportCitizens records them (registry.api.population.import_audit_entries).
+                # As ImportCitizens records them (registry.grpc.population.import_audit_entries).
                 entries = [
                     audit.Entry(
                         datetime.now(UTC), args.agency, "registry import", pins, outcome,
@@ -616,7 +619,7 @@ def _check_kid(kid: str) -> None:
         raise CliError(f"--kid must be 1 to {MAX_KID_CHARS} printable characters")
 
 
-def _limits(agency: agencies.Agency | argparse.Namespace) -> str:
+def _limits(agency: Agency | argparse.Namespace) -> str:
     """The agency's rate limit and miss budget as the server applies them."""
     rate = (
         f"{agency.rate_limit} calls/s"
@@ -802,7 +805,7 @@ def _parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="register an agency with its first public key")
     add.add_argument("--id", required=True, help="agency id; tokens carry it as iss")
     add.add_argument("--name", required=True)
-    add.add_argument("--kind", required=True, choices=agencies.KINDS)
+    add.add_argument("--kind", required=True, choices=KINDS)
     add.add_argument("--scopes", required=True, help="comma-separated: " + ",".join(SCOPES))
     add.add_argument("--fields", help="comma-separated citizen fields it may read")
     add.add_argument("--public-key", required=True, help="PEM file (ES256/P-256, Ed25519, RSA)")

@@ -65,7 +65,7 @@ class Settings:
 
     hosts: int = 1
     """Hosts serving behind one load balancer: per-agency rate limits and miss budgets are
-    split exactly over hosts x workers processes (registry.limits)."""
+    split exactly over hosts x workers processes (registry.rules.limits)."""
 
     data_dir: Path = Path("var")
     """Where the embedded cluster, its credentials and the registry's keys live."""

@@ -16,7 +16,7 @@ import asyncpg
 
 from registry.config import Settings
 from registry.db.migrate import load_migrations
-from registry.pin import BUCKET_SIZE
+from registry.rules.pin import BUCKET_SIZE
 
 # Thresholds of the verdicts, with why.
 FEED_LAG_WARN_S = 5.0  # the sequencer numbers events at least every second

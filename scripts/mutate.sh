@@ -3,7 +3,7 @@
 # each against the unit tests that cover it, and a score per module. Not part of `make test`.
 #
 #   make mutate                          # every module below
-#   scripts/mutate.sh registry/pin.py    # only the modules named
+#   scripts/mutate.sh registry/rules/pin.py    # only the modules named
 #
 # mutmut edits each module in place while it runs (and puts it back): do not edit or commit the
 # tree meanwhile. Surviving mutants: `.venv/bin/mutmut show <id>` while .mutmut-cache is there.
@@ -19,19 +19,19 @@ PYTEST="$BIN/python -B -m pytest -x -q -p no:cacheprovider"
 
 # module = the tests that must kill its mutants (pure modules: unit tests, seconds per run).
 declare -A TESTS=(
-  [registry/pin.py]="tests/unit/test_pin.py"
-  [registry/audit.py]="tests/unit/test_audit_chain.py"
-  [registry/cards.py]="tests/unit/test_cards.py"
-  [registry/verification.py]="tests/unit/test_verification.py"
-  [registry/limits.py]="tests/unit/test_limits.py"
-  [registry/dates.py]="tests/unit/test_dates.py"
-  [registry/tokens.py]="tests/api/test_auth.py tests/api/test_gate_guards.py"
+  [registry/rules/pin.py]="tests/unit/test_pin.py"
+  [registry/rules/audit.py]="tests/unit/test_audit_chain.py"
+  [registry/rules/cards.py]="tests/unit/test_cards.py"
+  [registry/rules/identity.py]="tests/unit/test_verification.py"
+  [registry/rules/limits.py]="tests/unit/test_limits.py"
+  [registry/rules/dates.py]="tests/unit/test_dates.py"
+  [registry/rules/tokens.py]="tests/api/test_auth.py tests/api/test_gate_guards.py"
   [registry/db/verification.py]="tests/api/test_batch_card_ownership.py tests/api/test_identity.py"
-  [registry/api/gate.py]="tests/api/test_auth.py tests/api/test_audit_log.py tests/api/test_cancelled_calls_audited.py"
+  [registry/grpc/gate.py]="tests/api/test_auth.py tests/api/test_audit_log.py tests/api/test_cancelled_calls_audited.py"
 )
-ORDER=(registry/pin.py registry/audit.py registry/cards.py registry/verification.py
-       registry/limits.py registry/dates.py registry/tokens.py registry/db/verification.py
-       registry/api/gate.py)
+ORDER=(registry/rules/pin.py registry/rules/audit.py registry/rules/cards.py registry/rules/identity.py
+       registry/rules/limits.py registry/rules/dates.py registry/rules/tokens.py registry/db/verification.py
+       registry/grpc/gate.py)
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
 

@@ -26,7 +26,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from registry import pin_secret
 from registry.app import RegistryServer, build_server
 from registry.cli import new_event_loop
 from registry.config import Settings
@@ -34,8 +33,9 @@ from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.db.pool import Database
 from registry.embedded import EmbeddedCluster
-from registry.model import CHANGE_TYPES, CITIZEN_FIELDS
-from registry.tokens import SCOPES
+from registry.rules.model import CHANGE_TYPES, CITIZEN_FIELDS
+from registry.rules.tokens import SCOPES
+from registry.runtime import pin_secret
 from registry.v1 import (
     card_service_pb2_grpc,
     civil_registration_service_pb2_grpc,

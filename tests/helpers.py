@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from google.type import date_pb2
 from grpc_status import rpc_status
 
-from registry.clock import today
+from registry.runtime.clock import today
 from registry.v1 import citizen_pb2
 from registry.v1 import civil_registration_service_pb2 as civil_pb
 

@@ -2,45 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 import asyncpg
 
-from registry.errors import Code, RegistryError
-
-KINDS = ("JUSTICE", "POLICE", "PORTAL", "OTHER")
-
-
-@dataclass(frozen=True)
-class AgencyKey:
-    """One registered public key of an agency."""
-
-    kid: str
-    algorithm: str
-    public_key_pem: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Agency:
-    """A registered calling system."""
-
-    id: str
-    name: str
-    kind: str
-    scopes: tuple[str, ...]
-    fields: tuple[str, ...]
-    rate_limit: int | None
-    enabled: bool
-    keys: tuple[AgencyKey, ...]
-    name_matching: str = "STRICT"
-    miss_budget: int | None = None
-    enabled_at: datetime | None = None
-    """When the agency was last enabled again after being disabled (migration 0012)."""
-    watch_types: tuple[str, ...] = ()
-    confidential: bool = False
+from registry.rules.agencies import Agency, AgencyKey
+from registry.rules.errors import Code, RegistryError
 
 
 async def list_all(pool_or_conn: asyncpg.Connection | asyncpg.Pool) -> list[Agency]:

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import asyncpg
 
-from registry.audit import Entry, link
+from registry.rules.audit import Entry, link
 
 # One statement, one round trip: move the head from the link this writer last saw to the new
 # last link and, only if that worked, insert the entries. If another server process appended

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
 
-from registry.cards import CardIssue, CardKind, CardState
+from registry.rules.cards import Card, CardIssue, CardKind, CardState
 
 _COLUMNS = "serial, pin, kind, state, issue_date, expiry_date, issuing_authority, state_reason"
-
-
-@dataclass(frozen=True)
-class Card:
-    """A card as stored (state is the stored one: EXPIRED is derived by the caller)."""
-
-    serial: str
-    pin: str
-    kind: CardKind
-    state: CardState
-    issue_date: date
-    expiry_date: date | None
-    issuing_authority: str
-    state_reason: str
 
 
 def _card(row: asyncpg.Record) -> Card:

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import asyncpg
 
-from registry.dates import PartialDate
-from registry.errors import Code, RegistryError
-from registry.model import (
+from registry.rules.dates import PartialDate
+from registry.rules.errors import Code, RegistryError
+from registry.rules.model import (
     BirthRegistration,
     BloodType,
     Citizen,

@@ -1,10 +1,10 @@
-"""Queries behind the registry's sampled gauges (registry.metrics)."""
+"""Queries behind the registry's sampled gauges (registry.runtime.metrics)."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from registry.pin import BUCKET_SIZE
+from registry.rules.pin import BUCKET_SIZE
 
 _FEED_LAG = """
 SELECT coalesce(extract(epoch FROM clock_timestamp() - min(time)), 0)::float8

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from registry.errors import Code, RegistryError
+from registry.rules.errors import Code, RegistryError
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""SQL of bulk imports: one transaction per batch of records (registry.imports)."""
+"""SQL of bulk imports: one transaction per batch of records (registry.rules.imports)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from registry import imports, names
-from registry import pin as pins
 from registry.db import pins as buckets
 from registry.db.pool import Database
+from registry.rules import imports, names
+from registry.rules import pin as pins
 
 log = logging.getLogger(__name__)
 

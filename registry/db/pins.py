@@ -16,7 +16,13 @@ import secrets
 
 import asyncpg
 
-from registry.pin import BUCKET_SIZE, KEY_VERSION_SECRET, Bucket, bucket_key, secret_fingerprint
+from registry.rules.pin import (
+    BUCKET_SIZE,
+    KEY_VERSION_SECRET,
+    Bucket,
+    bucket_key,
+    secret_fingerprint,
+)
 
 # New buckets are keyed with the PIN secret (key_version 1, the stored key is a salt); the
 # version is written explicitly, never left to the column default (0), so that a server of
@@ -127,7 +133,7 @@ class CounterRanges:
         self._pool = pool
         self._size = size
         self.secret: bytes | None = None
-        """The registry's PIN secret (registry.pin_secret); set once the server has it."""
+        """The registry's PIN secret (registry.runtime.pin_secret); set once the server has it."""
         self._ranges: dict[Bucket, tuple[int, int, bytes]] = {}  # next, end, key
         self._locks: dict[Bucket, asyncio.Lock] = {}
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from registry.db.pins import CounterRanges, check_secret
 from registry.db.replicas import Replicas
-from registry.errors import Code, RegistryError
+from registry.rules.errors import Code, RegistryError
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class Database:
     """PIN counter values reserved ahead for births (from `counters`)."""
 
     pin_secret: bytes | None = field(default=None, init=False)
-    """The registry's PIN secret (registry.pin_secret), once use_pin_secret gave it."""
+    """The registry's PIN secret (registry.runtime.pin_secret), once use_pin_secret gave it."""
 
     replicas: Replicas | None = field(default=None, init=False)
     """Read replicas for the read-only RPCs, once use_replicas gave them."""

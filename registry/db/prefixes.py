@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from registry.pin import Prefix, PrefixTable
+from registry.rules.pin import Prefix, PrefixTable
 
 
 async def load(conn: asyncpg.Connection | asyncpg.Pool) -> PrefixTable:

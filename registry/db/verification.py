@@ -2,7 +2,7 @@
 
 The query also reads what the oracle budgets need to decide before answering (the agency's
 miss-budget wait, the agency's recent failures about each citizen), so that a MATCH costs no
-statement beyond it (registry.budgets).
+statement beyond it (registry.usecases.budgets).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from registry.cards import CardState
-from registry.dates import PartialDate
-from registry.model import CitizenStatus, Sex
-from registry.verification import Record
+from registry.rules.cards import CardState
+from registry.rules.dates import PartialDate
+from registry.rules.identity import Record
+from registry.rules.model import CitizenStatus, Sex
 
 # $3 agency, $4 seconds per miss, $5 the miss budget's period. The failures come as stored
 # (at most the limit) and are aged in Python: a subquery per row doubled the query's cost.

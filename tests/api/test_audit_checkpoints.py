@@ -29,8 +29,8 @@ import grpc
 import jwt
 import pytest
 
-from registry.audit import Entry, link
 from registry.config import Settings
+from registry.rules.audit import Entry, link
 from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import (
     audit_service_pb2_grpc,

@@ -34,9 +34,9 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from registry.audit import GENESIS, Entry, link
 from registry.config import Settings
 from registry.db.migrate import migrate
+from registry.rules.audit import GENESIS, Entry, link
 from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import (
     audit_service_pb2_grpc,

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 import grpc
 
-from registry import audit
 from registry.db import audit as audit_db
+from registry.rules import audit
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, run, server_settings, wait_serving

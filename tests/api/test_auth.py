@@ -600,7 +600,7 @@ def _admitted_right_after(
 
     One connection, and the call follows the commit without delay, the way a provisioning
     script registers an agency and then uses it. Rounds are paced below the server's bound on
-    unknown-key lookups (20 per second, registry/api/caches.py), which protects the database
+    unknown-key lookups (20 per second, registry/runtime/caches.py), which protects the database
     from floods of invented key ids and is not what is tested here.
     """
 

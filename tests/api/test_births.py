@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 import pytest
 
-from registry import clock
-from registry import pin as pins
 from registry.db.pins import RANGE
+from registry.rules import pin as pins
+from registry.runtime import clock
 from registry.v1 import citizen_pb2
 from tests.conftest import SESSION_PIN_SECRET
 from tests.helpers import birth_request, call_error, date, death_request

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from registry import clock
+from registry.runtime import clock
 from registry.v1 import card_pb2
 from registry.v1 import card_service_pb2 as pb
 from registry.v1 import identity_service_pb2 as id_pb
@@ -218,7 +218,7 @@ def is_error(result: Any) -> bool:
 
 @pytest.fixture
 def frozen_today(monkeypatch: pytest.MonkeyPatch) -> Callable[[dt.date], None]:
-    """Freeze the registry's "today" (registry.clock, read by the in-process server and by
+    """Freeze the registry's "today" (registry.runtime.clock, read by the in-process server and by
     today() here), so that expected expiries and states do not drift with the calendar."""
 
     def freeze(day: dt.date) -> None:
@@ -300,7 +300,7 @@ def test_card_issued_at_70_never_expires(civil, cards, agency, db):
         pytest.param((2004, 2, 29), (2016, 2, 28), (2018, 2, 28), id="leap-age11-until-14"),
         pytest.param((2004, 2, 29), (2016, 2, 29), (2029, 2, 28), id="leap-age12-until-25"),
         # Partial dates of birth: the earliest expiry over every possible birth day up to the
-        # issue date (registry/cards.py docstring).
+        # issue date (registry/rules/cards.py docstring).
         pytest.param((1990,), (2025, 1, 5), (2029, 12, 31), id="year-only"),
         pytest.param((1990, 6), (2025, 1, 5), (2030, 5, 31), id="year-month"),
         # Born 2000-01-01..06-01: 12 already, until 2025; born 2000-06-02: 11, until 2014-06-01.

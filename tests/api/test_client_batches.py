@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from registry.model import CITIZEN_FIELDS
+from registry.rules.model import CITIZEN_FIELDS
 from tests.api.test_client_package import _LostResponse
 from tests.api.test_import import name
 from tests.conftest import private_pem

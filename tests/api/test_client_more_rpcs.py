@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 
-from registry.model import CITIZEN_FIELDS
+from registry.rules.model import CITIZEN_FIELDS
 from tests.conftest import private_pem
 
 

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from registry.model import CITIZEN_FIELDS
+from registry.rules.model import CITIZEN_FIELDS
 from tests.conftest import private_pem
 
 GIVEN_ID = f"i14-{uuid.uuid4()}"

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from registry import clock
+from registry.runtime import clock
 from registry.v1 import citizen_pb2
 from tests.helpers import birth_request, call_error, date, death_request
 

@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from registry.model import CITIZEN_FIELDS
+from registry.rules.model import CITIZEN_FIELDS
 from registry.v1 import (
     audit_service_pb2,
     card_pb2,

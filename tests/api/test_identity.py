@@ -33,7 +33,7 @@ from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
 from registry.db.migrate import migrate
-from registry.model import CITIZEN_FIELDS
+from registry.rules.model import CITIZEN_FIELDS
 from registry.v1 import (
     card_pb2,
     card_service_pb2_grpc,
@@ -987,7 +987,7 @@ def test_batch_verify_batches_its_database_work(private_dsn):
         serving.stop()
     delta = commits(private_dsn) - before
     check_answers(answers, expected, "row-00777")
-    # A batch with misses also charges them and records its NO_MATCH answers (registry.budgets):
+    # A batch with misses also charges them and records its NO_MATCH answers (usecases.budgets):
     # at most 3 statements per batch. Under 1,500: at least 4 requests per batch on average,
     # even counting the background work; unbatched, this campaign (2/3 misses, half of them
     # NO_MATCH) would cost about 2,000 + 1,333 + 1,000 = 4,333.

@@ -8,8 +8,8 @@ import uuid
 import grpc
 import pytest
 
-from registry import pin as pins
-from registry.pin import PrefixTable
+from registry.rules import pin as pins
+from registry.rules.pin import PrefixTable
 from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pb

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry import pin
+from registry.rules import pin
 from tests.conftest import private_pem
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "civil_status.py"

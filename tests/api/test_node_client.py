@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from registry import pin
+from registry.rules import pin
 from tests.conftest import private_pem
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "examples" / "node"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from registry import pin as pins
-from registry import pin_secret
 from registry.db.pins import SecretMismatch
+from registry.rules import pin as pins
+from registry.runtime import pin_secret
 from registry.v1 import citizen_pb2
 from tests.conftest import SESSION_PIN_SECRET, ServerThread, server_settings
 from tests.helpers import birth_request, date

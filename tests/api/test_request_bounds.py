@@ -1,4 +1,4 @@
-"""Bounded work before validation (registry/api/bounds.py), through the channel: unary requests
+"""Bounded work before validation (registry/grpc/bounds.py), through the channel: unary requests
 over 64 KiB are refused unparsed, every list beyond its maximum count is refused naming it, and
 the review's attack (megabytes of read_mask paths and WatchChanges types) neither stalls other
 agencies nor grows the server."""
@@ -17,7 +17,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from registry.api.bounds import MAX_UNARY_REQUEST_BYTES
+from registry.grpc.bounds import MAX_UNARY_REQUEST_BYTES
 from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pop_pb

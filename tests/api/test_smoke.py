@@ -1,6 +1,6 @@
 """The server answers a birth registration end to end through a real channel."""
 
-from registry import pin
+from registry.rules import pin
 from tests.helpers import birth_request
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from registry.api import feed
+from registry.runtime import feed
 from registry.v1 import card_service_pb2 as card_pb
 from registry.v1 import change_pb2
 from registry.v1 import population_service_pb2 as pb

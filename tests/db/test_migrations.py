@@ -11,7 +11,7 @@ import pytest
 
 from registry.db.migrate import MigrationError, load_migrations, migrate
 from registry.embedded import EmbeddedCluster
-from registry.pin import PrefixTable
+from registry.rules.pin import PrefixTable
 
 
 async def _fresh_database(cluster: EmbeddedCluster) -> str:

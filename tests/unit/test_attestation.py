@@ -1,4 +1,4 @@
-"""Tests for registry.attestation: the registry's key ring and the attestations it signs.
+"""Tests for registry.runtime.attestation: the registry's key ring and the attestations it signs.
 
 Tokens are signed by the product with pyjwt and verified here with joserfc, a different JOSE
 implementation, from the published JWKS alone: exactly what a third party does offline.
@@ -21,7 +21,7 @@ from joserfc import jwt
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
-from registry.attestation import ALGORITHM, ISSUER, SigningKeys
+from registry.runtime.attestation import ALGORITHM, ISSUER, SigningKeys
 
 LIFETIME = 3600
 CLAIMS = {

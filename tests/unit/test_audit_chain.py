@@ -1,4 +1,4 @@
-"""The audit log's hash chain (registry/audit.py), without a database.
+"""The audit log's hash chain (registry/rules/audit.py), without a database.
 
 Pins down the canonical encoding (format version 1) with a known-answer vector worked out
 here by hand, then checks that `walk` — what `registry audit verify` runs — accepts an intact
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.audit import GENESIS, ChainCheck, Entry, canonical, link, walk
+from registry.rules.audit import GENESIS, ChainCheck, Entry, canonical, link, walk
 
 ICT = timezone(timedelta(hours=7))
 FIELDS = Entry._fields

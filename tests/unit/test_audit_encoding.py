@@ -1,5 +1,5 @@
-"""The audit entry's recorded text and bytes, pinned exactly (mutants of registry/audit.py that
-the chain tests let through, docs/testing.md)."""
+"""The audit entry's recorded text and bytes, pinned exactly (mutants of
+registry/rules/audit.py that the chain tests let through, docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from registry.audit import GENESIS, MAX_TEXT, ChainCheck, Entry, canonical, clean_text, link, walk
+from registry.rules.audit import (
+    GENESIS,
+    MAX_TEXT,
+    ChainCheck,
+    Entry,
+    canonical,
+    clean_text,
+    link,
+    walk,
+)
 
 ENTRY = Entry(
     time=datetime(2026, 1, 2, 10, 4, 5, 6, tzinfo=timezone(timedelta(hours=7))),

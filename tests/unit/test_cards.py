@@ -1,4 +1,4 @@
-"""Tests for registry.cards: the card expiry rule, derived state and request validation.
+"""Tests for registry.rules.cards: the card expiry rule, derived state and request validation.
 
 Pure: no server, no database. Every expected expiry below was worked out by hand from the rule
 (Law on Identification 2023 art. 21, SPEC §4), never by calling the function under test:
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.cards import (
+from registry.rules.cards import (
     MILESTONES,
     CardIssue,
     CardKind,
@@ -40,9 +40,9 @@ from registry.cards import (
     validate_link,
     validate_state_change,
 )
-from registry.dates import PartialDate
-from registry.errors import Code, FieldViolation, RegistryError
-from registry.registration import Violations
+from registry.rules.civil_registration import Violations
+from registry.rules.dates import PartialDate
+from registry.rules.errors import Code, FieldViolation, RegistryError
 
 VALID_PIN = "001090000123"
 AUTH = "issuing_authority"
@@ -573,7 +573,7 @@ def test_control_characters_around_identifiers_are_refused_not_trimmed(control):
 
 # -- an independent oracle: SPEC §4 brute-forced day by day ---------------------------------------
 #
-# Written from the rule's words, not from registry/cards.py: "cards are exchanged at ages 14, 25,
+# Written from the rule's words, not from rules/cards.py: "cards are exchanged at ages 14, 25,
 # 40 and 60. A card is valid until the day before the next milestone birthday; a card issued
 # within the two years before a milestone is valid until the milestone after it; a card issued
 # at 58 or later never expires." Ages are completed years, a birthday that does not exist in a

@@ -1,4 +1,4 @@
-"""Checkpoint JWS encoding (registry.checkpoints): round trip, and keys retired by prune."""
+"""Checkpoint JWS encoding (registry.runtime.checkpoints): round trip, and keys retired by prune."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from registry import checkpoints
-from registry.attestation import SigningKeys, public_keys
 from registry.config import ConfigError, Settings
+from registry.runtime import checkpoints
+from registry.runtime.attestation import SigningKeys, public_keys
 
 HEAD = bytes(range(32))
 

@@ -1,4 +1,4 @@
-"""Tests for registry.dates: partial dates, google.type.Date parts and time checks."""
+"""Tests for registry.rules.dates: partial dates, google.type.Date parts and time checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.dates import (
+from registry.rules.dates import (
     DatePrecision,
     PartialDate,
     certainly_before,

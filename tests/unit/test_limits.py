@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from registry.errors import Code, RegistryError
-from registry.limits import (
+from registry.rules.errors import Code, RegistryError
+from registry.rules.limits import (
     DEFAULT_MISS_BUDGET_PER_MIN,
     DEFAULT_RATE_LIMIT_PER_S,
     RateLimiter,
@@ -77,7 +77,7 @@ def test_agencies_do_not_share_buckets_and_one_without_a_limit_gets_the_default(
 
 def test_the_default_miss_budget_is_600_a_minute_refilled_at_10_a_second():
     """docs/operations.md: agencies registered without --miss-budget get 600 per minute (the
-    budget's state is in the database, registry.budgets; its rule is here)."""
+    budget's state is in the database, registry.usecases.budgets; its rule is here)."""
     assert DEFAULT_MISS_BUDGET_PER_MIN == 600
     assert miss_interval_s(None) == pytest.approx(0.1)  # one miss refills in 60/600 s
     error = miss_budget_exhausted("portal", None, 0.1)

@@ -1,4 +1,4 @@
-"""Tests for registry.names: normalisation, validation and comparison keys."""
+"""Tests for registry.rules.names: normalisation, validation and comparison keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry.names import (
+from registry.rules.names import (
     fold_diacritics,
     match_key,
     normalize_name,

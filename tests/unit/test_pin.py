@@ -1,4 +1,4 @@
-"""Tests for registry.pin: structure, prefix table and allocation."""
+"""Tests for registry.rules.pin: structure, prefix table and allocation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry import pin
-from registry.pin import (
+from registry.rules import pin
+from registry.rules.pin import (
     BUCKET_SIZE,
     Bucket,
     BucketExhausted,

@@ -1,4 +1,5 @@
-"""Tests for registry.registration: validation and normalisation of birth and death requests.
+"""Tests for registry.rules.civil_registration: validation and normalisation of birth and
+death requests.
 
 Pure: no server, no database. Every rule must name the exact field it is about, and a request
 with many bad fields must name all of them in one error.
@@ -13,12 +14,18 @@ from typing import Any
 
 import pytest
 
-from registry import registration
-from registry.dates import PartialDate
-from registry.errors import Code, RegistryError
-from registry.model import BirthRegistration
-from registry.pin import Prefix, PrefixTable, Sex
-from registry.registration import Checked, RawBirth, RawDeath, request_hash, validate_death
+from registry.rules import civil_registration as registration
+from registry.rules.civil_registration import (
+    Checked,
+    RawBirth,
+    RawDeath,
+    request_hash,
+    validate_death,
+)
+from registry.rules.dates import PartialDate
+from registry.rules.errors import Code, RegistryError
+from registry.rules.model import BirthRegistration
+from registry.rules.pin import Prefix, PrefixTable, Sex
 
 TODAY = date(2026, 6, 15)
 
@@ -557,9 +564,9 @@ def test_registered_on_not_given_stays_unset_so_a_retry_tomorrow_is_the_same_req
 # recognised as the same request. These were made by the first implementation
 # (json.dumps(dataclasses.asdict(request), sort_keys=True, default=str, ensure_ascii=False)).
 def _known_requests() -> dict[str, tuple[str, object, str]]:
-    from registry.cards import CardIssue, CardKind, LegacyLink
-    from registry.model import DeathRegistration
-    from registry.updates import Update
+    from registry.rules.cards import CardIssue, CardKind, LegacyLink
+    from registry.rules.model import DeathRegistration
+    from registry.rules.updates import Update
 
     pin = "001090000123"
     return {

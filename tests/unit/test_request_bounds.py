@@ -1,5 +1,5 @@
 """Every repeated field a request can carry has a maximum count, stated in its proto comment,
-and the check names the field beyond it (registry/api/bounds.py)."""
+and the check names the field beyond it (registry/grpc/bounds.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from google.protobuf import field_mask_pb2
 
-from registry.api.bounds import MAX_REPEATED, oversized_fields
+from registry.grpc.bounds import MAX_REPEATED, oversized_fields
 from registry.v1 import (
     audit_service_pb2,
     card_service_pb2,

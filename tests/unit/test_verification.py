@@ -1,4 +1,4 @@
-"""Tests for registry.verification and registry.lookup.resolve_read_mask: pure rules.
+"""Tests for registry.rules.identity and registry.usecases.lookup.resolve_read_mask: pure rules.
 
 No server, no database. Expectations come from the rules (issue 4, SPEC §5 and §9):
 
@@ -23,13 +23,10 @@ from typing import Any
 
 import pytest
 
-from registry.cards import CardState
-from registry.dates import PartialDate
-from registry.errors import Code, RegistryError
-from registry.lookup import resolve_read_mask
-from registry.model import CITIZEN_FIELDS, CitizenStatus, Sex
-from registry.v1 import citizen_pb2
-from registry.verification import (
+from registry.rules.cards import CardState
+from registry.rules.dates import PartialDate
+from registry.rules.errors import Code, RegistryError
+from registry.rules.identity import (
     MAX_CORRELATION_ID,
     Claim,
     RawClaim,
@@ -39,6 +36,9 @@ from registry.verification import (
     validate_claim,
     verify,
 )
+from registry.rules.model import CITIZEN_FIELDS, CitizenStatus, Sex
+from registry.usecases.lookup import resolve_read_mask
+from registry.v1 import citizen_pb2
 
 TODAY = date(2026, 6, 15)
 PIN = "001090000123"

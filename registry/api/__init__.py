@@ -1,1 +1,0 @@
-"""The gRPC edge: interceptors, proto<->domain conversion, error translation, servicers."""

@@ -1,0 +1,1 @@
+"""Use cases, one per service: each owns its transaction and calls db/ and rules/."""
