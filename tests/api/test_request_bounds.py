@@ -278,6 +278,10 @@ def test_megabytes_of_list_items_neither_stall_other_agencies_nor_grow_the_serve
     growth = peak[0] - baseline
     print(f"{len(answers)} attack calls; slowest verification {slowest * 1000:.0f} ms; "
           f"RSS {baseline / 2**20:.0f} -> {peak[0] / 2**20:.0f} MB")  # fmt: skip
-    assert slowest < 0.25, f"verifications took up to {slowest * 1000:.0f} ms under the attack"
+    # The target is 250 ms (measured 67-164 ms on the quiet 2-core machine); the assertion allows
+    # 1 s so that a CI box loaded by other work cannot fail it (304 ms was seen once with the
+    # whole suite and two other suites running), while the unbounded server stalled 2.3-3.0 s
+    # and its victims then missed a 10 s deadline: the regression still turns this red.
+    assert slowest < 1.0, f"verifications took up to {slowest * 1000:.0f} ms under the attack"
     assert growth < 100 * 1024 * 1024, f"the server grew by {growth / 2**20:.0f} MB"
     assert set(answers) == {("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE")}, set(answers)
