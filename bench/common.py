@@ -33,25 +33,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
+def bench_database(subdir: str | None = None) -> Iterator[str]:
     """Yield the DSN of the bench database: REGISTRY_DATABASE_URL, or an embedded cluster.
 
     The embedded one is kept between runs under REGISTRY_BENCH_DIR (default under /var/tmp,
-    which the unprivileged PostgreSQL account can reach when we run as root).
+    which the unprivileged PostgreSQL account can reach when we run as root); ``subdir`` names
+    another cluster below it (bench.sizes keeps one register per size).
     """
-    with database_url(_bench_settings()) as dsn:
+    with database_url(_bench_settings(subdir)) as dsn:
+        _RUNTIME_DSNS[dsn] = runtime_dsn(dsn, subdir)
         yield dsn
 
 
-def _bench_settings() -> Settings:
+# owner DSN -> the runtime DSN of the same bench database (server_process serves with it)
+_RUNTIME_DSNS: dict[str, str] = {}
+
+
+def _bench_settings(subdir: str | None = None) -> Settings:
     data_dir = Path(os.environ.get("REGISTRY_BENCH_DIR", "/var/tmp/citizen-registry-bench"))
+    if subdir is not None:
+        data_dir = data_dir / subdir
     return replace(Settings.from_env(), data_dir=data_dir)
 
 
-def runtime_dsn(owner_dsn: str) -> str:
+def runtime_dsn(owner_dsn: str, subdir: str | None = None) -> str:
     """The DSN the server serves with for the bench database whose owner DSN is owner_dsn:
     REGISTRY_DATABASE_URL when configured, else the embedded cluster's runtime role."""
-    settings = _bench_settings()
+    if owner_dsn in _RUNTIME_DSNS:
+        return _RUNTIME_DSNS[owner_dsn]
+    settings = _bench_settings(subdir)
     if settings.database_url is not None:
         return settings.database_url
     return EmbeddedCluster(settings.data_dir, settings.pg_bin_dir).runtime_dsn

@@ -15,22 +15,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import random
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 
-from google.type import date_pb2
-
+from bench import loads
 from bench import verify as verify_bench
-from bench.common import bench_database, closed_loop, open_channels, prepare, server_process, token
+from bench.common import bench_database, prepare, server_process, token
 from bench.verify import ensure_citizens
-from registry.rules.pin import PrefixTable
-from registry.runtime.clock import today
-from registry.v1 import civil_registration_service_pb2 as civil_pb
-from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb
-from registry.v1 import identity_service_pb2_grpc as id_grpc
 
 CORES = os.cpu_count() or 1
 WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
@@ -45,62 +37,18 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def _births(target: str, md: Metadata, seed: int) -> tuple[int, int]:
-    provinces = sorted(PrefixTable.load_default())
-    d = today()
-    rng = random.Random(seed)
-
-    async def run() -> tuple[int, int]:
-        channels = open_channels(target, CHANNELS)
-        stubs = [civil_grpc.CivilRegistrationServiceStub(c) for c in channels]
-
-        async def call(i: int, n: int) -> None:
-            await stubs[i % CHANNELS].RegisterBirth(
-                civil_pb.RegisterBirthRequest(
-                    request_id=uuid.uuid4().hex,
-                    full_name="Nguyễn Thị Bình",
-                    sex=rng.choice((1, 2)),
-                    date_of_birth=date_pb2.Date(year=d.year, month=d.month, day=1),
-                    place_of_birth="Trạm y tế xã",
-                    registration_province_code=rng.choice(provinces),
-                    hometown="Nam Định",
-                    ethnicity="Kinh",
-                    nationality="VN",
-                    registration_authority="UBND xã",
-                    registration_number=f"{seed}-{i}-{n}",
-                ),
-                metadata=md,
-                timeout=30,
-            )
-
-        try:
-            completed, _, errors = await closed_loop(call, CALLERS, DURATION_S)
-        finally:
-            for channel in channels:
-                await channel.close()
-        return completed, errors
-
-    return asyncio.run(run())
+    completed, _, errors = asyncio.run(
+        loads.births(target, md, CALLERS, DURATION_S, seed, CHANNELS)
+    )
+    return completed, errors
 
 
 def _verifications(target: str, md: Metadata, claims: list[bytes], seed: int) -> tuple[int, int]:
     requests = [id_pb.VerifyIdentityRequest.FromString(c) for c in claims]
-
-    async def run() -> tuple[int, int]:
-        channels = open_channels(target, CHANNELS)
-        stubs = [id_grpc.IdentityServiceStub(c) for c in channels]
-
-        async def call(i: int, n: int) -> None:
-            request = requests[(seed * 104_729 + i * 7919 + n) % len(requests)]
-            await stubs[i % CHANNELS].VerifyIdentity(request, metadata=md, timeout=30)
-
-        try:
-            completed, _, errors = await closed_loop(call, CALLERS, DURATION_S)
-        finally:
-            for channel in channels:
-                await channel.close()
-        return completed, errors
-
-    return asyncio.run(run())
+    completed, _, errors = asyncio.run(
+        loads.verifications(target, md, requests, CALLERS, DURATION_S, seed, CHANNELS)
+    )
+    return completed, errors
 
 
 def _load(pool: ProcessPoolExecutor, work, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -117,17 +65,7 @@ def main() -> dict[str, float]:
         agency_id, kid, key = asyncio.run(prepare(dsn))
         md: Metadata = (("authorization", f"Bearer {token(agency_id, kid, key)}"),)
         samples = asyncio.run(ensure_citizens(dsn))
-        claims = [
-            id_pb.VerifyIdentityRequest(
-                pin=s.pin,
-                full_name=s.full_name,
-                date_of_birth=date_pb2.Date(
-                    year=s.birth_year, month=s.birth_month or 0, day=s.birth_day or 0
-                ),
-                sex=s.sex,
-            ).SerializeToString()
-            for s in samples[:20_000]
-        ]
+        claims = [c.SerializeToString() for c in verify_bench.true_claims(samples)]
         for workers in WORKERS:
             with server_process(dsn, REGISTRY_WORKERS=str(workers)) as server:
                 started = time.monotonic()
@@ -146,17 +84,7 @@ def main() -> dict[str, float]:
             started = time.monotonic()
             samples = asyncio.run(ensure_citizens(dsn))
             loaded_s = time.monotonic() - started
-            sized = [
-                id_pb.VerifyIdentityRequest(
-                    pin=s.pin,
-                    full_name=s.full_name,
-                    date_of_birth=date_pb2.Date(
-                        year=s.birth_year, month=s.birth_month or 0, day=s.birth_day or 0
-                    ),
-                    sex=s.sex,
-                ).SerializeToString()
-                for s in samples[:20_000]
-            ]
+            sized = [c.SerializeToString() for c in verify_bench.true_claims(samples)]
             print(f"register at {size:,}: ready in {loaded_s:.0f} s", flush=True)
             print(asyncio.run(_explain(dsn, samples[0].pin)), flush=True)
             with server_process(dsn, REGISTRY_WORKERS=str(WORKERS[-1])) as server:

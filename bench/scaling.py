@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +23,11 @@ from pathlib import Path
 import asyncpg
 from google.type import date_pb2
 
+from bench import loads
 from bench.common import (
     CHANNELS,
     _bench_settings,
     bench_database,
-    closed_loop,
-    open_channels,
     prepare,
     server_process,
     token,
@@ -37,12 +35,7 @@ from bench.common import (
 from registry.db import audit as audit_db
 from registry.embedded import EmbeddedCluster
 from registry.rules import audit
-from registry.rules.pin import PrefixTable
-from registry.runtime.clock import today
-from registry.v1 import civil_registration_service_pb2 as civil_pb
-from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb
-from registry.v1 import identity_service_pb2_grpc as id_grpc
 from tests.replicas import ReplicaCluster, wait_caught_up
 
 BIRTH_CALLERS = 32
@@ -52,35 +45,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 async def _births(target: str, md: Metadata) -> float:
-    provinces = sorted(PrefixTable.load_default())
-    d = today()
-    channels = open_channels(target)
-    stubs = [civil_grpc.CivilRegistrationServiceStub(c) for c in channels]
-
-    async def call(i: int, n: int) -> None:
-        await stubs[i % CHANNELS].RegisterBirth(
-            civil_pb.RegisterBirthRequest(
-                request_id=uuid.uuid4().hex,
-                full_name="Nguyễn Thị Bình",
-                sex=random.choice((1, 2)),
-                date_of_birth=date_pb2.Date(year=d.year, month=d.month, day=1),
-                place_of_birth="Trạm y tế xã",
-                registration_province_code=random.choice(provinces),
-                hometown="Nam Định",
-                ethnicity="Kinh",
-                nationality="VN",
-                registration_authority="UBND xã",
-                registration_number=f"{i}-{n}",
-            ),
-            metadata=md,
-            timeout=30,
-        )
-
-    try:
-        completed, _, errors = await closed_loop(call, BIRTH_CALLERS, DURATION_S)
-    finally:
-        for channel in channels:
-            await channel.close()
+    completed, _, errors = await loads.births(target, md, BIRTH_CALLERS, DURATION_S)
     assert errors == 0, f"{errors} births failed"
     return completed / DURATION_S
 
@@ -88,18 +53,9 @@ async def _births(target: str, md: Metadata) -> float:
 async def _verify(
     target: str, md: Metadata, requests: Sequence[id_pb.VerifyIdentityRequest]
 ) -> float:
-    channels = open_channels(target)
-    stubs = [id_grpc.IdentityServiceStub(c) for c in channels]
-
-    async def call(i: int, n: int) -> None:
-        request = requests[(i * 7919 + n) % len(requests)]
-        await stubs[i % CHANNELS].VerifyIdentity(request, metadata=md, timeout=30)
-
-    try:
-        completed, _, errors = await closed_loop(call, VERIFY_CALLERS, DURATION_S)
-    finally:
-        for channel in channels:
-            await channel.close()
+    completed, _, errors = await loads.verifications(
+        target, md, requests, VERIFY_CALLERS, DURATION_S
+    )
     assert errors == 0, f"{errors} verifications failed"
     return completed / DURATION_S
 

@@ -502,6 +502,22 @@ async def ensure_citizens(dsn: str) -> list[Sample]:
 # -- requests -----------------------------------------------------------------------------------
 
 
+def true_claims(samples: Sequence[Sample], count: int = 20_000) -> list[pb.VerifyIdentityRequest]:
+    """Claims that are true of the sampled citizens (each a MATCH, which writes only its audit
+    entry): the serving path's cost, not the budgets'."""
+    return [
+        pb.VerifyIdentityRequest(
+            pin=s.pin,
+            full_name=s.full_name,
+            date_of_birth=date_pb2.Date(
+                year=s.birth_year, month=s.birth_month or 0, day=s.birth_day or 0
+            ),
+            sex=s.sex,
+        )
+        for s in samples[:count]
+    ]
+
+
 def build_requests(
     samples: Sequence[Sample], count: int, seed: int
 ) -> list[pb.VerifyIdentityRequest]:
