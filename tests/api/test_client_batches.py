@@ -157,3 +157,36 @@ def test_verify_many_answers_every_claim_in_order(rc, server, importer, db):
 
     async_answers = asyncio.run(go())
     assert [a.result for a in async_answers] == [a.result for a in answers]
+
+
+def test_verify_many_resends_unanswered_batches_after_unavailable(rc, server, importer, db):
+    """The stream is lost after two answers: the next stream carries the batches not answered
+    yet, and every claim is answered exactly once, in order."""
+    records = rows(25, tag="Lại")
+    with connect(rc, server, importer) as client:
+        client.import_citizens_batched(records, import_id="verify-resume", batch_size=25)
+    pins = dict(
+        db.fetch(
+            "SELECT source_id, pin FROM import_sources WHERE agency_id = $1 "
+            "AND source_id = ANY($2)",
+            importer.id,
+            [s for s, _ in records],
+        )
+    )
+    claims = [
+        rc.VerifyRequest(pins[source], full_name=fields["full_name"], correlation_id=f"r{i}")
+        for i, (source, fields) in enumerate(records)
+    ]
+    breaker = _BreakFirstStream(keep=2)
+    with connect(rc, server, importer, interceptors=[breaker]) as client:
+        answers = list(client.verify_many(claims, batch_size=4))
+    assert breaker.calls == 2
+    assert [a.correlation_id for a in answers] == [c.correlation_id for c in claims]
+    assert all(a.result is rc.VerifyResult.MATCH for a in answers)
+    with (
+        connect(
+            rc, server, importer, interceptors=[_BreakFirstStream(keep=1)], max_attempts=1
+        ) as client,
+        pytest.raises(rc.Unavailable),
+    ):
+        list(client.verify_many(claims, batch_size=4))

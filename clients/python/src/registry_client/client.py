@@ -449,6 +449,44 @@ class _ImportRun:
         return ImportSummary(*self.totals, self.rejects)
 
 
+class _VerifyRun:
+    """The client side of one VerifyIdentityBatches run: claims numbered from 0 in batches,
+    the ones sent but not answered kept for resending."""
+
+    def __init__(self, claims: Iterable[VerifyRequest | str], size: int):
+        _check_batch_size(size)
+        self._chunks = _chunks(claims, size)
+        self._first = 0  # the number of the next new claim
+        self.unacked: deque[Any] = deque()
+
+    def resend(self) -> list[Any]:
+        """The batches to send first on a new stream: those sent and not answered."""
+        return list(self.unacked)
+
+    def next_batch(self) -> Any | None:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return None
+        batch = _verify_batch(chunk, self._first)
+        self._first += len(chunk)
+        self.unacked.append(batch)
+        return batch
+
+    def ack(self, r: Any) -> None:
+        self.unacked.popleft()
+
+
+_BatchRun = _ImportRun | _VerifyRun
+
+
+def _ended_early() -> RegistryError:
+    return RegistryError(
+        grpc.StatusCode.INTERNAL,
+        "STREAM_ENDED_EARLY",
+        "the server ended the stream before answering every batch",
+    )
+
+
 def _take(window: threading.Semaphore, stopped: threading.Event) -> bool:
     """Wait for room in the window (the request thread of a stream); False once it ended."""
     while not window.acquire(timeout=0.1):
@@ -909,6 +947,34 @@ class RegistryClient(_Base):
             request_serializer=population_service_pb2.ImportCitizenBatchesRequest.SerializeToString,
             response_deserializer=population_service_pb2.ImportCitizenBatchesResponse.FromString,
         )
+        for _ in self._batched(rpc, run, timeout):
+            pass
+        return run.summary()
+
+    def verify_many(
+        self, claims: Iterable[VerifyRequest | str], batch_size: int = 1000
+    ) -> Iterator[Verification]:
+        """Verify many identities over VerifyIdentityBatches, ``batch_size`` claims a message;
+        yields one Verification per claim, in order (``error`` set on a refused one).
+
+        Claims without a correlation_id are numbered "0", "1", ... After UNAVAILABLE it resends
+        the batches not yet answered on a new stream (up to max_attempts times without
+        progress); each check answered is audited once per answer received.
+        """
+        run = _VerifyRun(claims, batch_size)
+        rpc = self._channel.stream_stream(
+            _IDENTITY + "VerifyIdentityBatches",
+            request_serializer=identity_service_pb2.VerifyIdentityBatchesRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.VerifyIdentityBatchesResponse.FromString,
+        )
+        for response in self._batched(rpc, run):
+            for item in response.responses:
+                yield Verification.from_proto(item)
+
+    def _batched(self, rpc: Any, run: _BatchRun, timeout: float | None = None) -> Iterator[Any]:
+        """Drive a chunked stream: send run's batches at most _WINDOW ahead of the answers and
+        yield each answer once run has taken it; after UNAVAILABLE (up to max_attempts times
+        without progress) resend the unanswered batches on a new stream."""
         attempt = 0
         while True:
             window = threading.Semaphore(_WINDOW)
@@ -922,76 +988,10 @@ class RegistryClient(_Base):
                         run.ack(response)
                     window.release()
                     attempt = 0
+                    yield response
                 if not run.unacked:
-                    return run.summary()
-                raise RegistryError(
-                    grpc.StatusCode.INTERNAL,
-                    "STREAM_ENDED_EARLY",
-                    "the server ended the stream before answering every batch",
-                )
-            except grpc.RpcError as exc:
-                error = error_from_rpc_error(exc)
-            finally:
-                stopped.set()
-                stream.cancel()
-            attempt += 1
-            delay = self._retry_delay(error, attempt)
-            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
-                raise error
-            time.sleep(delay)
-
-    def verify_many(
-        self, claims: Iterable[VerifyRequest | str], batch_size: int = 1000
-    ) -> Iterator[Verification]:
-        """Verify many identities over VerifyIdentityBatches, ``batch_size`` claims a message;
-        yields one Verification per claim, in order (``error`` set on a refused one).
-
-        Claims without a correlation_id are numbered "0", "1", ... After UNAVAILABLE it resends
-        the batches not yet answered on a new stream (up to max_attempts times without
-        progress); each check answered is audited once per answer received.
-        """
-        _check_batch_size(batch_size)
-        rpc = self._channel.stream_stream(
-            _IDENTITY + "VerifyIdentityBatches",
-            request_serializer=identity_service_pb2.VerifyIdentityBatchesRequest.SerializeToString,
-            response_deserializer=identity_service_pb2.VerifyIdentityBatchesResponse.FromString,
-        )
-        chunks = _chunks(claims, batch_size)
-        unanswered: deque[Any] = deque()
-        first = 0
-
-        def next_batch() -> Any | None:
-            nonlocal first
-            chunk = next(chunks, None)
-            if chunk is None:
-                return None
-            batch = _verify_batch(chunk, first)
-            first += len(chunk)
-            unanswered.append(batch)
-            return batch
-
-        attempt = 0
-        while True:
-            window = threading.Semaphore(_WINDOW)
-            lock = threading.Lock()
-            stopped = threading.Event()
-            batches = _sync_batches(list(unanswered), window, stopped, lock, next_batch)
-            stream = rpc(batches, metadata=self._metadata())
-            try:
-                for response in stream:
-                    with lock:
-                        unanswered.popleft()
-                    window.release()
-                    attempt = 0
-                    for item in response.responses:
-                        yield Verification.from_proto(item)
-                if not unanswered:
                     return
-                raise RegistryError(
-                    grpc.StatusCode.INTERNAL,
-                    "STREAM_ENDED_EARLY",
-                    "the server ended the stream before answering every batch",
-                )
+                raise _ended_early()
             except grpc.RpcError as exc:
                 error = error_from_rpc_error(exc)
             finally:
@@ -1194,76 +1194,41 @@ class AsyncRegistryClient(_Base):
             request_serializer=population_service_pb2.ImportCitizenBatchesRequest.SerializeToString,
             response_deserializer=population_service_pb2.ImportCitizenBatchesResponse.FromString,
         )
-        attempt = 0
-        while True:
-            window = asyncio.Semaphore(_WINDOW)
-            abatches = _async_batches(run.resend(), window, run.next_batch)
-            stream = rpc(abatches, metadata=self._metadata())
-            try:
-                async for response in stream:
-                    run.ack(response)
-                    window.release()
-                    attempt = 0
-                if not run.unacked:
-                    return run.summary()
-                raise RegistryError(
-                    grpc.StatusCode.INTERNAL,
-                    "STREAM_ENDED_EARLY",
-                    "the server ended the stream before answering every batch",
-                )
-            except grpc.RpcError as exc:
-                error = error_from_rpc_error(exc)
-            finally:
-                stream.cancel()
-            attempt += 1
-            delay = self._retry_delay(error, attempt)
-            if delay is None or error.code != grpc.StatusCode.UNAVAILABLE:
-                raise error
-            await asyncio.sleep(delay)
+        async for _ in self._batched(rpc, run):
+            pass
+        return run.summary()
 
     async def verify_many(
         self, claims: Iterable[VerifyRequest | str], batch_size: int = 1000
     ) -> AsyncIterator[Verification]:
         """See RegistryClient.verify_many."""
-        _check_batch_size(batch_size)
+        run = _VerifyRun(claims, batch_size)
         rpc = self._channel.stream_stream(
             _IDENTITY + "VerifyIdentityBatches",
             request_serializer=identity_service_pb2.VerifyIdentityBatchesRequest.SerializeToString,
             response_deserializer=identity_service_pb2.VerifyIdentityBatchesResponse.FromString,
         )
-        chunks = _chunks(claims, batch_size)
-        unanswered: deque[Any] = deque()
-        first = 0
+        async for response in self._batched(rpc, run):
+            for item in response.responses:
+                yield Verification.from_proto(item)
 
-        def next_batch() -> Any | None:
-            nonlocal first
-            chunk = next(chunks, None)
-            if chunk is None:
-                return None
-            batch = _verify_batch(chunk, first)
-            first += len(chunk)
-            unanswered.append(batch)
-            return batch
-
+    async def _batched(self, rpc: Any, run: _BatchRun) -> AsyncIterator[Any]:
+        """See RegistryClient._batched."""
         attempt = 0
         while True:
             window = asyncio.Semaphore(_WINDOW)
-            abatches = _async_batches(list(unanswered), window, next_batch)
-            stream = rpc(abatches, metadata=self._metadata())
+            stream = rpc(
+                _async_batches(run.resend(), window, run.next_batch), metadata=self._metadata()
+            )
             try:
                 async for response in stream:
-                    unanswered.popleft()
+                    run.ack(response)
                     window.release()
                     attempt = 0
-                    for item in response.responses:
-                        yield Verification.from_proto(item)
-                if not unanswered:
+                    yield response
+                if not run.unacked:
                     return
-                raise RegistryError(
-                    grpc.StatusCode.INTERNAL,
-                    "STREAM_ENDED_EARLY",
-                    "the server ended the stream before answering every batch",
-                )
+                raise _ended_early()
             except grpc.RpcError as exc:
                 error = error_from_rpc_error(exc)
             finally:
