@@ -21,7 +21,7 @@ $(GENERATED): $(PROTOS) $(INSTALLED)
 proto: $(GENERATED)
 
 ## docs: regenerate docs/api.md from the proto comments
-docs: $(INSTALLED)
+docs: $(GENERATED)
 	$(BIN)/python scripts/proto_docs.py
 
 ## run: serve on REGISTRY_LISTEN (default 127.0.0.1:50051), embedded PostgreSQL unless REGISTRY_DATABASE_URL

@@ -15,6 +15,9 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from registry.v1 import options_pb2  # noqa: E402  (registers the (registry.v1.access) option)
+
 PROTO_DIR = ROOT / "proto"
 OUT = ROOT / "docs" / "api.md"
 
@@ -46,6 +49,16 @@ def _text(comment: str) -> str:
     return "\n".join(line for line in lines if not line.startswith("buf:lint"))
 
 
+def _access(options: descriptor_pb2.MethodOptions) -> str:
+    """The RPC's `(registry.v1.access)` option in words (the server enforces the same)."""
+    if not options.HasExtension(options_pb2.access):
+        return "Scope: **none declared — the server refuses this RPC to everyone**."
+    access = options.Extensions[options_pb2.access]
+    if access.WhichOneof("rule") == "scope":
+        return f"Scope: `{access.scope}`."
+    return "Scope: none; any authenticated agency may call it."
+
+
 def render() -> str:
     """Return the Markdown page."""
     out = [
@@ -71,6 +84,7 @@ def render() -> str:
                     + method.output_type.rsplit(".", 1)[-1]
                 )
                 out += [f"#### {service.name}.{method.name}", "", f"`{streams}`", ""]
+                out += [_access(method.options), ""]
                 out += [_text(comments.get((6, si, 2, mi), "")), ""]
         for ei, enum in enumerate(file.enum_type):
             out += [f"### enum {enum.name}", "", _text(comments.get((5, ei), "")), ""]

@@ -50,35 +50,49 @@ from registry.runtime import metrics
 from registry.runtime.access_log import AccessLog
 from registry.runtime.audit_writer import AuditUnavailable, AuditWriter
 from registry.runtime.caches import AgencyDirectory
+from registry.v1 import (
+    audit_service_pb2,
+    card_service_pb2,
+    civil_registration_service_pb2,
+    identity_service_pb2,
+    options_pb2,
+    population_service_pb2,
+)
 
 log = logging.getLogger(__name__)
 
 _V1 = "/registry.v1."
-# The scope each RPC needs (SPEC §5). None: any authenticated agency. A method missing here
-# is refused: new RPCs must be given a scope deliberately.
-METHOD_SCOPES: dict[str, str | None] = {
-    f"{_V1}CivilRegistrationService/RegisterBirth": "birth:register",
-    f"{_V1}CivilRegistrationService/RegisterDeath": "death:register",
-    f"{_V1}CivilRegistrationService/AnnulDeathRegistration": "death:register",
-    f"{_V1}CardService/IssueCard": "card:issue",
-    f"{_V1}CardService/RevokeCard": "card:revoke",
-    f"{_V1}CardService/WithholdCard": "card:revoke",
-    f"{_V1}CardService/ReleaseCard": "card:revoke",
-    f"{_V1}CardService/ListCards": "card:read",
-    f"{_V1}CardService/LinkLegacyId": "card:issue",
-    f"{_V1}IdentityService/VerifyIdentity": "identity:verify",
-    f"{_V1}IdentityService/BatchVerify": "identity:verify",
-    f"{_V1}IdentityService/VerifyIdentityBatches": "identity:verify",
-    f"{_V1}IdentityService/GetCitizen": "citizen:read",
-    f"{_V1}IdentityService/ResolveLegacyId": "citizen:read",
-    f"{_V1}IdentityService/GetSigningKeys": None,
-    f"{_V1}PopulationService/ImportCitizens": "population:import",
-    f"{_V1}PopulationService/ImportCitizenBatches": "population:import",
-    f"{_V1}PopulationService/UpdateCitizen": "citizen:update",
-    f"{_V1}PopulationService/WatchChanges": "changes:watch",
-    f"{_V1}AuditService/ListAccessLog": "audit:read",
-    f"{_V1}AuditService/GetAuditCheckpoint": None,
-}
+_SERVICE_FILES = (
+    audit_service_pb2,
+    card_service_pb2,
+    civil_registration_service_pb2,
+    identity_service_pb2,
+    population_service_pb2,
+)
+
+
+def method_scopes() -> dict[str, str | None]:
+    """The scope each RPC needs, read from its ``(registry.v1.access)`` option (SPEC §5; the
+    protos are where a rule is declared, once). None: any authenticated agency. A method
+    without the option is left out, and the gate refuses a method it does not find here: a
+    new RPC must be given its rule deliberately."""
+    scopes: dict[str, str | None] = {}
+    for file in _SERVICE_FILES:
+        for service in file.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if not options.HasExtension(options_pb2.access):
+                    continue
+                access = options.Extensions[options_pb2.access]
+                path = f"/{service.full_name}/{method.name}"
+                if access.WhichOneof("rule") == "scope" and access.scope:
+                    scopes[path] = access.scope
+                elif access.WhichOneof("rule") == "any_agency" and access.any_agency:
+                    scopes[path] = None
+    return scopes
+
+
+METHOD_SCOPES = method_scopes()
 # Scopes that widen what a method answers, checked by its servicer: with it, ListAccessLog
 # shows confidential agencies' entries in full (SPEC §6; oversight bodies).
 READ_CONFIDENTIAL_SCOPE = "audit:read-confidential"
