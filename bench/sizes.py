@@ -90,12 +90,17 @@ async def _explain(dsn: str, pins: list[str]) -> str:
     try:
         size = await conn.fetchval("SELECT count(*) FROM citizens")
         one = await conn.fetch(
-            "EXPLAIN ANALYZE " + verification._ONE, pins[0], "", "bench", 0.1, 60.0
+            "EXPLAIN (ANALYZE, BUFFERS) " + verification._ONE, pins[0], "", "bench", 0.1, 60.0
         )
         lines = [f"EXPLAIN ANALYZE of the unary verification query at {size:,} citizens:"]
         lines += ["    " + r[0] for r in one]
         many = await conn.fetch(
-            "EXPLAIN ANALYZE " + verification._MANY, pins, [""] * len(pins), "bench", 0.1, 60.0
+            "EXPLAIN (ANALYZE, BUFFERS) " + verification._MANY,
+            pins,
+            [""] * len(pins),
+            "bench",
+            0.1,
+            60.0,
         )
         lines += [f"EXPLAIN ANALYZE of the batched query, {len(pins)} claims:"]
         lines += ["    " + r[0] for r in many]

@@ -6,10 +6,8 @@ so every rule is testable without a network or a database.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from datetime import date
 from typing import Generic, TypeVar
 
@@ -301,35 +299,3 @@ def validate_annulment(raw: RawAnnulment) -> DeathAnnulment:
     )
     v.raise_if_any()
     return DeathAnnulment(pin=value, reason=reason, decision_reference=reference)
-
-
-def request_hash(method: str, request: object) -> bytes:
-    """Fingerprint a validated request, so a replayed request_id can be told from a reused one.
-
-    It covers the normalised content, so a retry that spells the same name in NFD instead of
-    NFC is the same request.
-    """
-    body = json.dumps(_plain(request), sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(f"{method}\n{body}".encode()).digest()
-
-
-# Field names per dataclass, found once: `dataclasses.asdict` (which the stored fingerprints
-# were first made with) looks them up and deep-copies every value on each call, 50 µs a birth.
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _plain(value: object) -> object:
-    """What `dataclasses.asdict` makes of `value`, as JSON sees it (dataclasses as dicts,
-    tuples and lists as lists): the fingerprints stay byte for byte the same (known-answer
-    vectors in tests/unit/test_registration.py)."""
-    cls = type(value)
-    names = _FIELD_NAMES.get(cls)
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(value))
-    if names is not None:
-        return {name: _plain(getattr(value, name)) for name in names}
-    if cls is tuple or cls is list:
-        return [_plain(item) for item in value]  # type: ignore[attr-defined]
-    if cls is dict:
-        return {key: _plain(item) for key, item in value.items()}  # type: ignore[attr-defined]
-    return value

@@ -198,8 +198,11 @@ class Sex(enum.IntEnum):
     FEMALE = 2
 
 
-def century_sex_digit(sex: Sex, year: int) -> int:
-    """Return the digit ``G`` for a person of ``sex`` born in ``year``.
+def century_sex_digit(year: int, sex: Sex) -> int:
+    """Return the digit ``G`` for a person born in ``year`` of ``sex``.
+
+    The arguments come in the order of the client package's ``century_sex_digit`` (issue 15:
+    one order on both sides; tests/vectors/pin.json holds both to the same answers).
 
     Raises:
         ValueError: ``year`` is outside 1900–2399, which the PIN cannot encode.
@@ -387,7 +390,7 @@ class Bucket:
 
 def bucket_for(province_code: str, sex: Sex, birth_year: int) -> Bucket:
     """Return the bucket for a birth registered under ``province_code``."""
-    return Bucket(province_code, century_sex_digit(sex, birth_year), birth_year % 100)
+    return Bucket(province_code, century_sex_digit(birth_year, sex), birth_year % 100)
 
 
 class BucketExhausted(Exception):

@@ -13,7 +13,6 @@ from registry.db import citizens, idempotency
 from registry.db.pool import Database
 from registry.rules import cards as rules
 from registry.rules.cards import Card, CardIssue, CardKind, CardState, LegacyLink, StateChange
-from registry.rules.civil_registration import request_hash
 from registry.rules.errors import (
     Code,
     PreconditionViolation,
@@ -21,6 +20,7 @@ from registry.rules.errors import (
     failed_precondition,
     not_found,
 )
+from registry.rules.fingerprints import request_hash
 from registry.rules.model import Caller, Citizen, CitizenStatus
 
 ISSUE_CARD = "IssueCard"

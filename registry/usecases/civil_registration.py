@@ -18,7 +18,7 @@ import asyncpg
 from registry.db import citizens, idempotency
 from registry.db.pool import Database
 from registry.rules import pin as pins
-from registry.rules.civil_registration import Checked, request_hash
+from registry.rules.civil_registration import Checked
 from registry.rules.errors import (
     Code,
     PreconditionViolation,
@@ -27,6 +27,7 @@ from registry.rules.errors import (
     failed_precondition,
     not_found,
 )
+from registry.rules.fingerprints import request_hash
 from registry.rules.model import (
     BirthRegistration,
     Caller,

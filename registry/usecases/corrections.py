@@ -10,7 +10,7 @@ import asyncpg
 from registry.db import citizens, idempotency
 from registry.db.pool import Database
 from registry.rules import pin as pins
-from registry.rules.civil_registration import Violations, request_hash
+from registry.rules.civil_registration import Violations
 from registry.rules.errors import (
     Code,
     PreconditionViolation,
@@ -18,6 +18,7 @@ from registry.rules.errors import (
     failed_precondition,
     not_found,
 )
+from registry.rules.fingerprints import request_hash
 from registry.rules.model import REFERENCE_PIN_FIELDS, Caller, Citizen, CitizenStatus
 from registry.rules.updates import Update, apply, check_related, needs_new_pin
 

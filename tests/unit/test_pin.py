@@ -125,8 +125,8 @@ def test_table_from_csv() -> None:
     ],
 )
 def test_century_sex_digit(year: int, male: int, female: int) -> None:
-    assert pin.century_sex_digit(Sex.MALE, year) == male
-    assert pin.century_sex_digit(Sex.FEMALE, year) == female
+    assert pin.century_sex_digit(year, Sex.MALE) == male
+    assert pin.century_sex_digit(year, Sex.FEMALE) == female
     assert pin.sex_of_digit(male) is Sex.MALE
     assert pin.sex_of_digit(female) is Sex.FEMALE
     assert pin.century_of_digit(male) == pin.century_of_digit(female) == year - year % 100
@@ -136,7 +136,7 @@ def test_century_sex_digit(year: int, male: int, female: int) -> None:
 @pytest.mark.parametrize("year", [1899, 2400, 0, -1990])
 def test_century_sex_digit_out_of_range(year: int) -> None:
     with pytest.raises(ValueError, match="1900"):
-        pin.century_sex_digit(Sex.MALE, year)
+        pin.century_sex_digit(year, Sex.MALE)
 
 
 def test_sex_values_match_proto() -> None:

@@ -1,0 +1,1 @@
+"""Tests of the client package (clients/python), apart from the server."""
