@@ -13,9 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from registry.config import Settings
+from registry.config import ConfigError, Settings
 from registry.db import gauges as gauges_db
 from registry.db.pool import Database
+from registry.grpc import tracing
 from registry.grpc.audit import AuditServicer
 from registry.grpc.cards import CardServicer
 from registry.grpc.civil_registration import CivilRegistrationServicer
@@ -90,6 +91,8 @@ class RegistryServer:
     metrics_server: Any = None
     """The Prometheus endpoint's HTTP server (REGISTRY_METRICS_LISTEN), when this process
     serves it (not in multiprocess mode, where the supervisor does)."""
+    stop_tracing: Any = None
+    """Flushes the spans not yet exported (OTEL_EXPORTER_OTLP_ENDPOINT), when tracing is on."""
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once the database answers."""
@@ -128,6 +131,11 @@ class RegistryServer:
                     metrics.CHECKPOINT_AGE.set(checkpoint_age)
                 for bucket, ratio in fullest:
                     metrics.BUCKET_FILL.labels(bucket).set(ratio)
+                if self.db.replicas is not None:
+                    for replica in self.db.replicas.replicas:
+                        metrics.REPLICA_SERVING.labels(replica.address).set(replica.healthy)
+                        if replica.lag_s is not None:
+                            metrics.REPLICA_LAG.labels(replica.address).set(replica.lag_s)
             except Exception as exc:  # a failed sample must not stop the next one
                 log.warning("metrics sample failed: %s", type(exc).__name__)
             await asyncio.sleep(self.settings.metrics_sample_s)
@@ -179,6 +187,8 @@ class RegistryServer:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.stop_tracing is not None:
+            await asyncio.to_thread(self.stop_tracing)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -195,6 +205,10 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def build_server(settings: Settings, db: Database) -> RegistryServer:
     """Build (not start) the server on a migrated database."""
+    try:  # first: it may refuse to start
+        traced, stop_tracing = tracing.interceptors(settings.worker_index)
+    except tracing.TracingNotInstalled as exc:
+        raise ConfigError(str(exc)) from None
     directory = AgencyDirectory(db, refresh_s=settings.agency_refresh_s)
     prefixes = PrefixCache(db)
     await directory.start()
@@ -218,10 +232,10 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         on_change=feed.kick,
         limit_shares=settings.limit_shares,
     )
-    # Outermost, so it sees every call's final status; not installed without an endpoint.
+    # Outermost, so they see every call's final status; neither installed without an endpoint.
     counting = [MetricsInterceptor()] if settings.metrics_listen is not None else []
     server = grpc.aio.server(
-        interceptors=[*counting, gate],
+        interceptors=[*traced, *counting, gate],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -284,4 +298,5 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         audit,
         feed,
         checkpointer,
+        stop_tracing=stop_tracing if traced else None,
     )

@@ -344,7 +344,7 @@ async def _status_database(dsn: str, settings: Settings) -> list[status.Finding]
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> None:
-    findings = [status.server_health(settings)]
+    findings = [status.server_health(settings), status.workers(settings)]
     dsn = settings.owner_database_url or settings.database_url
     if dsn is None:
         # Never start the embedded cluster just to look at it.

@@ -1,13 +1,15 @@
 """`registry status`: the first command an operator runs — is anything wrong, and where.
 
-Gathers, without changing anything: the server's gRPC health, the schema version, the audit
-log's head and the age of its last entry, the change feed's head and lag, agencies, and the
-fullest PIN bucket. Each finding carries a verdict (ok / warn / fail); the command exits 1 when
-any check fails.
+Gathers, without changing anything: the server's gRPC health, its worker processes, the schema
+version, the audit log's head and the age of its last entry, the change feed's head and lag,
+agencies, the fullest PIN bucket and the read replicas. Each finding carries a verdict (ok /
+warn / fail); the command exits 1 when any check fails.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +172,47 @@ async def database(conn: asyncpg.Connection) -> list[Finding]:
             )
         )
     return found
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def workers(settings: Settings) -> Finding:
+    """The worker processes of the supervisor serving from this data directory (the state it
+    keeps in workers.json): each one's pid, whether it serves, and its restarts."""
+    from registry.supervisor import STATE_FILE  # no grpc, no asyncio work at import
+
+    path = settings.data_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return Finding("workers", "ok", f"no supervisor here ({path} absent): one process serves")
+    except (OSError, ValueError) as exc:
+        return Finding("workers", "warn", f"{path} unreadable ({type(exc).__name__})")
+    supervisor = state.get("supervisor_pid")
+    if not _alive(supervisor):
+        return Finding(
+            "workers", "warn", f"stale {path}: its supervisor (pid {supervisor}) is not running"
+        )
+    listed = state.get("workers", [])
+    serving = [w for w in listed if w.get("serving") and _alive(w.get("pid"))]
+    restarts = sum(int(w.get("restarts", 0)) for w in listed)
+    pids = ", ".join(str(w.get("pid")) for w in listed)
+    summary = (
+        f"{len(serving)} of {len(listed)} serving on port {state.get('port')} "
+        f"(supervisor {supervisor}, workers {pids}), {restarts} restarts"
+    )
+    details = {"supervisor_pid": supervisor, "port": state.get("port"), "workers": listed}
+    return Finding("workers", "ok" if len(serving) == len(listed) else "warn", summary, details)
 
 
 def _where(dsn: str) -> str:

@@ -21,17 +21,23 @@ A worker that exits unasked is restarted after a backoff (0.5 s doubling to 30 s
 drains as a lone server does (health NOT_SERVING, in-flight calls finish within the grace),
 and the supervisor exits when all have. A worker whose supervisor died sees its stdin close
 and drains too. stdout says "registry listening on HOST:PORT" once, when every worker serves.
+
+What the workers are doing is kept in <data dir>/workers.json (rewritten atomically on every
+start, readiness and exit; removed when the supervisor has drained): `registry status` reads
+it to list the workers, their process ids, whether each serves and how often it restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,7 @@ STABLE_AFTER_S = 60.0
 EXIT_MARGIN_S = 15.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 _WORKER_MAIN = "import sys; from registry.cli import main; sys.exit(main(['serve']))"
+STATE_FILE = "workers.json"
 
 
 class SupervisorError(RuntimeError):
@@ -76,6 +83,10 @@ class _Worker:
     process: asyncio.subprocess.Process | None = None
     failures: int = 0
     ready: asyncio.Future[None] = field(default_factory=asyncio.Future)
+    serving: bool = False
+    restarts: int = 0
+    since: float = 0.0
+    """When the current process started (epoch seconds)."""
 
 
 class Supervisor:
@@ -88,6 +99,34 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._workers = [_Worker(i) for i in range(settings.workers)]
         self.restarts = 0
+        self._state = settings.data_dir / STATE_FILE
+        self._started = time.time()
+
+    def _write_state(self) -> None:
+        """Publish the workers' state for `registry status` (write, then rename: atomic)."""
+        state = {
+            "supervisor_pid": os.getpid(),
+            "port": self._port,
+            "started": self._started,
+            "updated": time.time(),
+            "workers": [
+                {
+                    "index": w.index,
+                    "pid": w.process.pid if w.process is not None else None,
+                    "serving": w.serving,
+                    "restarts": w.restarts,
+                    "since": w.since,
+                }
+                for w in self._workers
+            ],
+        }
+        try:
+            self._state.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._state.with_name(f".{STATE_FILE}.{os.getpid()}")
+            partial.write_text(json.dumps(state))
+            partial.replace(self._state)
+        except OSError as exc:  # status loses a line; serving goes on
+            log.warning("cannot write %s: %s", self._state, exc.strerror)
 
     def _env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "REGISTRY_OWNER_DATABASE_URL"}
@@ -126,6 +165,8 @@ class Supervisor:
         finally:
             self._stopping.set()
             await self._drain(keepers)
+            with contextlib.suppress(OSError):
+                self._state.unlink()
 
     async def _drain(self, keepers: list[asyncio.Task[None]]) -> None:
         log.info("stopping: draining %d workers", len(self._workers))
@@ -159,6 +200,7 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             self.restarts += 1
+            worker.restarts += 1
 
     async def _run_once(self, worker: _Worker) -> int | None:
         process = await asyncio.create_subprocess_exec(
@@ -170,14 +212,21 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
         )
         worker.process = process
+        worker.since = time.time()
+        self._write_state()
         if self._stopping.is_set():  # a stop arrived while it was starting
             _signal(worker, signal.SIGTERM)
         assert process.stdout is not None
         async for raw in process.stdout:
-            if raw.decode(errors="replace").startswith(READY_PREFIX) and not worker.ready.done():
-                worker.ready.set_result(None)
+            if raw.decode(errors="replace").startswith(READY_PREFIX):
+                worker.serving = True
+                self._write_state()
+                if not worker.ready.done():
+                    worker.ready.set_result(None)
         code = await process.wait()
         worker.process = None
+        worker.serving = False
+        self._write_state()
         return code
 
 

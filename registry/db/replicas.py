@@ -45,10 +45,13 @@ class Replica:
     reads: int = 0
     """Reads it answered (diagnostics and tests)."""
 
+    @property
+    def address(self) -> str:
+        """host:port: the URL holds a password, so this is how the replica is named."""
+        return self.url.rsplit("@", 1)[-1].split("/", 1)[0]
+
     def __str__(self) -> str:
-        # The URL holds a password: name the replica by host and port only.
-        address = self.url.rsplit("@", 1)[-1].split("/", 1)[0]
-        return f"replica {address}"
+        return f"replica {self.address}"
 
 
 @dataclass

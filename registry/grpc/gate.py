@@ -567,7 +567,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 error = audit_error
         outcome.status = error.code.value
         outcome.reason = error.reason
-        await context.abort_with_status(to_grpc_status(error))
+        status = to_grpc_status(error)
+        # abort() itself, not abort_with_status(): what gRPC does for the latter, but through
+        # the context a wrapping interceptor handed us (tracing records the code there).
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _as_registry_error(exc: Exception) -> RegistryError:

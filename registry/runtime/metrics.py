@@ -84,6 +84,18 @@ CHECKPOINT_AGE = Gauge(
     "Age of the newest signed audit checkpoint (signed every <= 10 s while entries are written).",
     multiprocess_mode="min",
 )
+REPLICA_LAG = Gauge(
+    "registry_replica_lag_seconds",
+    "How far each read replica's replay is behind the primary, as this process last measured.",
+    ("replica",),
+    multiprocess_mode="max",
+)
+REPLICA_SERVING = Gauge(
+    "registry_replica_serving",
+    "1 while a read replica serves reads, 0 while it is skipped (down, promoted or lagging).",
+    ("replica",),
+    multiprocess_mode="min",
+)
 BUCKET_FILL = Gauge(
     "registry_pin_bucket_fill_ratio",
     "Share of the 1,000,000 numbers issued in the fullest PIN buckets (PPP-G-YY).",

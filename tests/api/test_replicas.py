@@ -23,6 +23,7 @@ from registry.v1 import card_service_pb2_grpc as card_grpc
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
+from tests.api.test_metrics import scrape, value
 from tests.conftest import ServerThread, server_settings, wait_serving
 from tests.helpers import birth_request
 from tests.replicas import ReplicaCluster, run_sql, wait_caught_up
@@ -40,9 +41,13 @@ def replica(cluster: Any, dsn: str) -> Iterator[ReplicaCluster]:
         made.remove()
 
 
-def _serve(runtime_dsn: str, replica: ReplicaCluster, max_lag_s: float) -> ServerThread:
+def _serve(
+    runtime_dsn: str, replica: ReplicaCluster, max_lag_s: float, **metrics: Any
+) -> ServerThread:
     settings = replace(
-        server_settings(), replica_urls=(replica.runtime_dsn,), replica_max_lag_s=max_lag_s
+        server_settings(**metrics),
+        replica_urls=(replica.runtime_dsn,),
+        replica_max_lag_s=max_lag_s,
     )
     srv = ServerThread(settings, runtime_dsn).start()
     wait_serving(srv.target)
@@ -74,8 +79,11 @@ def tolerant(runtime_dsn: str, replica: ReplicaCluster) -> Iterator[ServerThread
 
 @pytest.fixture(scope="module")
 def strict(runtime_dsn: str, replica: ReplicaCluster) -> Iterator[ServerThread]:
-    """A server that skips the replica once it is a second behind."""
-    srv = _serve(runtime_dsn, replica, max_lag_s=1)
+    """A server that skips the replica once it is a second behind (the one process of this
+    module sampling the replica gauges: prometheus-client's registry is per process)."""
+    srv = _serve(
+        runtime_dsn, replica, max_lag_s=1, metrics_listen="127.0.0.1:0", metrics_sample_s=0.2
+    )
     try:
         yield srv
     finally:
@@ -100,6 +108,19 @@ def _stubs(srv: ServerThread) -> tuple[Any, Any, Any, grpc.Channel]:
         card_grpc.CardServiceStub(channel),
         channel,
     )
+
+
+def _wait_metric(srv: ServerThread, name: str, replica: str, wanted: Any) -> dict[Any, Any]:
+    """Scrape until the replica's series `name` satisfies wanted (gauges sampled every 0.2 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(srv)
+        if (name, (("replica", replica),)) in samples and wanted(
+            value(samples, name, replica=replica)
+        ):
+            return samples
+        assert time.monotonic() < deadline, f"{name} of {replica}: {value(samples, name)}"
+        time.sleep(0.1)
 
 
 def _citizen_reads(replica: ReplicaCluster) -> int:
@@ -170,6 +191,9 @@ def test_a_replica_behind_the_lag_limit_is_skipped_and_returns(
         pin = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
         _wait_health(strict, False)
         assert "behind the primary" in _replica(strict).problem
+        name = _replica(strict).address
+        skipped = _wait_metric(strict, "registry_replica_serving", name, lambda v: v == 0)
+        assert value(skipped, "registry_replica_lag_seconds", replica=name) > 1
         served = _replica(strict).reads
         for _ in range(20):
             answer = identity.VerifyIdentity(
@@ -180,6 +204,8 @@ def test_a_replica_behind_the_lag_limit_is_skipped_and_returns(
         assert _replica(strict).reads == served, "a lagging replica served reads"
         run_sql(replica.dsn, "SELECT pg_wal_replay_resume()")
         _wait_health(strict, True)
+        back = _wait_metric(strict, "registry_replica_serving", name, lambda v: v == 1)
+        assert value(back, "registry_replica_lag_seconds", replica=name) <= 1
         identity.VerifyIdentity(
             id_pb.VerifyIdentityRequest(pin=pin, full_name="Nguyễn Văn An"),
             metadata=agency.metadata(),

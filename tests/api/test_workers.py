@@ -33,6 +33,7 @@ from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
+from tests.api.test_cli import registry
 from tests.conftest import (
     SIGNING_KEY_DIR,
     AgencyFactory,
@@ -68,6 +69,7 @@ class Supervised:
     target: str
     log: IO[str]
     channels: dict[int, list[grpc.Channel]] = field(default_factory=dict)
+    data_dir: Path = Path()
 
     def log_lines(self) -> list[dict[str, Any]]:
         self.log.seek(0)
@@ -124,7 +126,7 @@ def start_supervised(dsn: str, owner_dsn: str, log: IO[str], **env: str) -> Supe
     assert line.startswith("registry listening on 127.0.0.1:"), line
     target = line.strip().removeprefix("registry listening on ")
     wait_serving(target)
-    return Supervised(process, target, log)
+    return Supervised(process, target, log, data_dir=settings.data_dir)
 
 
 def map_channels(sup: Supervised, make_agency: AgencyFactory) -> None:
@@ -351,6 +353,31 @@ def test_a_crashed_worker_is_restarted(supervised, agency) -> None:
                 return str(answer.citizen.pin)
 
         assert len(set(pool.map(born, range(16)))) == 16
+
+
+def test_registry_status_lists_the_workers_and_their_restarts(supervised, dsn) -> None:
+    # Run after test_a_crashed_worker_is_restarted: one restart, both workers serving again.
+    log = supervised.log_lines()
+    restarted = len([line for line in log if "restarting" in line.get("msg", "")])
+    env = {"REGISTRY_DATA_DIR": str(supervised.data_dir), "REGISTRY_LISTEN": supervised.target}
+    deadline = time.monotonic() + 60
+    while True:  # the restarted worker counts as serving once it has said so
+        done = registry("status", "--json", dsn=dsn, env=env)
+        assert "Traceback" not in done.stderr
+        found = {f["name"]: f for f in json.loads(done.stdout)}["workers"]
+        if found["verdict"] == "ok" or time.monotonic() > deadline:
+            break
+        assert found["verdict"] == "warn" and "1 of 2 serving" in found["summary"], found
+        time.sleep(0.5)
+    assert found["verdict"] == "ok", found
+    assert found["details"]["supervisor_pid"] == supervised.process.pid
+    listed = found["details"]["workers"]
+    assert {w["pid"] for w in listed} == supervised.workers()
+    assert all(w["serving"] for w in listed)
+    assert sum(w["restarts"] for w in listed) == restarted
+    text = registry("status", dsn=dsn, env=env).stdout
+    [line] = [line for line in text.splitlines() if line.split()[1:2] == ["workers"]]
+    assert "2 of 2 serving" in line and f"{restarted} restarts" in line
 
 
 def _hold_lock(dsn: str, locked: threading.Event, release: threading.Event) -> None:
