@@ -28,6 +28,7 @@ SERVICE_NAME = "citizen-registry"
 class TracingNotInstalled(RuntimeError):
     """An OTLP endpoint is configured but the otel extra is not installed."""
 
+
 # Span attributes that may leave the process (semantic conventions, old and new names).
 KEPT_ATTRIBUTES = frozenset(
     {
