@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench import births, budgets, bulk, cards, imports, scaling, transport, verify
+from bench import births, budgets, bulk, cards, imports, scaling, sizes, transport, verify
 
 
 def main() -> None:
@@ -20,6 +20,10 @@ def main() -> None:
     bulk.main()
     transport.main()
     scaling.main()
+    if os.environ.get("BENCH_SIZES"):
+        sizes.main()
+    else:  # building 10 M citizens takes ~16 minutes and 8.5 GB the first time
+        print("bench.sizes skipped: BENCH_SIZES=1000000,10000000 runs it (docs/scaling.md)")
 
 
 if __name__ == "__main__":

@@ -258,10 +258,10 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     checkpointer = Checkpointer(db, keys, settings.checkpoint_file, settings.audit_checkpoint_s)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(db, keys, audit, budgets), server
+        IdentityServicer(db, keys, budgets), server
     )
     population_service_pb2_grpc.add_PopulationServiceServicer_to_server(
-        PopulationServicer(db, feed, prefixes, audit), server
+        PopulationServicer(db, feed, prefixes), server
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
         AuditServicer(db, checkpointer), server

@@ -51,8 +51,19 @@ rows = dict(sqlite3.connect(".mutmut-cache").execute(
     "SELECT status, count(*) FROM Mutant GROUP BY status").fetchall())
 total = sum(rows.values())
 killed = rows.get("ok_killed", 0) + rows.get("bad_timeout", 0)
-print(f"{killed}/{total} ({100 * killed / max(total, 1):.0f}%), survived {rows.get(\"bad_survived\", 0)}")
+survived = rows.get("bad_survived", 0)
+print(f"{killed}/{total} ({100 * killed / max(total, 1):.0f}%), survived {survived}")
 ')
+  # The survivors with their lines, kept after the cache is cleared for the next module.
+  "$BIN/python" -c '
+import sqlite3, sys
+rows = sqlite3.connect(".mutmut-cache").execute(
+    "SELECT m.id, l.line_number, m.\"index\", l.line FROM Mutant m JOIN Line l ON m.line = l.id "
+    "WHERE m.status = (?) ORDER BY l.line_number", ("bad_survived",))
+for mid, number, index, text in rows:
+    print(f"mutant {mid} line {number + 1} (mutation {index} of the line): {text.strip()}")
+' > ".mutmut-survivors-$(echo "$module" | tr / _).txt"
+  echo "survivors: .mutmut-survivors-$(echo "$module" | tr / _).txt (mutmut show ID while .mutmut-cache is there)"
   summary+=("$module: killed $killed")
   echo "$results"
 done

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -164,9 +164,12 @@ def audited_pins(*values: str) -> tuple[str, ...]:
 class CallContext:
     """What the gate knows about the call being served."""
 
-    __slots__ = ("audited", "caller", "method", "pins", "request_id", "started")
+    __slots__ = ("_writer", "audited", "caller", "method", "pins", "request_id", "started")
 
-    def __init__(self, caller: Caller, method: str, request: Any, started: float):
+    def __init__(
+        self, caller: Caller, method: str, request: Any, started: float, writer: AuditWriter
+    ):
+        self._writer = writer
         self.audited = False
         self.caller = caller
         self.method = method
@@ -195,6 +198,18 @@ class CallContext:
             purpose=self.caller.purpose,
             request_id=self.request_id if request_id is None else request_id,
         )
+
+    async def audit(self, entries: Sequence[Entry]) -> None:
+        """Make these entries durable; return once they are (before the answer leaves).
+
+        The one way an RPC writes its audit: the gate for a unary call's own entry, a
+        streaming servicer for each batch, page or item it answers (`entry` builds them).
+        """
+        await self._writer.record(entries)
+
+    def audit_later(self, entries: Sequence[Entry]) -> None:
+        """Queue entries without waiting: a cancelled call has nobody left to answer."""
+        self._writer.submit(entries)
 
 
 _call: contextvars.ContextVar[CallContext] = contextvars.ContextVar("call")
@@ -476,7 +491,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         caller = await self._authenticate(context)
         outcome.agency = caller.agency_id
         self._limits.check(caller.agency_id, caller.rate_limit)
-        ctx = outcome.ctx = CallContext(caller, method, request, time.time())
+        ctx = outcome.ctx = CallContext(caller, method, request, time.time(), self._audit)
         _call.set(ctx)
         self._permit(caller, scope)
         _check_deadline(context)
@@ -496,7 +511,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         assert ctx is not None  # set by _open
         if ctx.pins:
             ctx.audited = True
-            await self._audit.record((ctx.entry("OK"),))
+            await ctx.audit((ctx.entry("OK"),))
 
     def _unary(
         self, behavior: Callable[..., Any], method: str, scope: str | None, streamed_in: bool
@@ -557,12 +572,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if not isinstance(exc, Exception):
             outcome.status = "CANCELLED"
             if ctx is not None and ctx.pins and not ctx.audited:
-                self._audit.submit((ctx.entry("CANCELLED"),))
+                ctx.audit_later((ctx.entry("CANCELLED"),))
             return  # cancellation (client gone, deadline passed): nothing to answer
         error = _as_registry_error(exc)
         if ctx is not None and ctx.pins and not ctx.audited:
             try:
-                await self._audit.record((ctx.entry(error.code.value),))
+                await ctx.audit((ctx.entry(error.code.value),))
             except AuditUnavailable as audit_error:
                 error = audit_error
         outcome.status = error.code.value

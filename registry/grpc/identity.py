@@ -28,7 +28,6 @@ from registry.rules.imports import check_batch_size
 from registry.rules.model import Caller
 from registry.runtime import clock
 from registry.runtime.attestation import SigningKeys
-from registry.runtime.audit_writer import AuditWriter
 from registry.usecases import cards as card_issuance
 from registry.usecases import lookup
 from registry.usecases.budgets import Answer, Budgets
@@ -86,10 +85,9 @@ async def _next_batch(
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Answer whether identity data matches the register, and what an agency may read."""
 
-    def __init__(self, db: Database, keys: SigningKeys, audit: AuditWriter, budgets: Budgets):
+    def __init__(self, db: Database, keys: SigningKeys, budgets: Budgets):
         self._db = db
         self._keys = keys
-        self._audit = audit
         self._budgets = budgets
 
     def _response(
@@ -147,7 +145,9 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             while stop is False:
                 requests, stop = await _next_batch(arrived)
                 if requests:
-                    responses, refusal = await self._verify_batch(call, requests, clock.today())
+                    responses, refusal = await self._verify_items(
+                        call, requests, clock.today(), stop_at_refusal=True
+                    )
                     for response in responses:
                         yield response
                     if refusal is not None:
@@ -159,20 +159,28 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _verify_batch(
-        self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
+    async def _verify_items(
+        self,
+        call: CallContext,
+        requests: Sequence[pb.VerifyIdentityRequest],
+        today: date,
+        *,
+        stop_at_refusal: bool,
     ) -> tuple[list[pb.VerifyIdentityResponse], RegistryError | None]:
-        """Answer a batch in order; a malformed item gets its own error, the stream goes on.
+        """Verify a batch with one query, in order; each item validated, budgeted, attested and
+        audited on its own (a malformed item's error is its answer, the others go on).
 
-        Returns the responses and, when the agency's miss budget ran out at an item, the
-        error that ends the stream: the items before it are answered, none after it.
-        Each verification gets its own audit entry (the citizen's history shows it like a
-        unary one), written in one group before any answer of the batch leaves.
+        Each verification gets its own audit entry (the citizen's history shows it like a unary
+        one), written in one group before any answer of the batch leaves. With
+        `stop_at_refusal` (BatchVerify), an item the agency's miss budget ran out at ends the
+        stream: the items before it are answered, it is recorded, nothing after it is either,
+        and its error is returned. Without (VerifyIdentityBatches), that refusal is the item's
+        answer and the batch goes on, as VerifyIdentity's would (usecases.budgets).
         """
         caller = call.caller
         answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
+        entries: list[Entry | None] = [None] * len(requests)
         valid: list[tuple[int, Claim]] = []
-        entries = []
         for index, request in enumerate(requests):
             try:
                 valid.append((index, validate_claim(convert.raw_claim(request))))
@@ -182,9 +190,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                 )
                 pins = audited_pins(request.pin)
                 if pins:
-                    entries.append(
-                        (index, call.entry(error.code.value, pins, _request_id(request)))
-                    )
+                    entries[index] = call.entry(error.code.value, pins, _request_id(request))
         refusal: RegistryError | None = None
         stop_at = len(requests)
         if valid:
@@ -192,15 +198,14 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             for (index, claim), result in zip(valid, results, strict=True):
                 request = requests[index]
                 outcome = "OK" if result.error is None else result.error.code.value
-                entries.append((index, call.entry(outcome, (claim.pin,), _request_id(request))))
-                if result.stops:
-                    # Nothing after the item the budget ran out at is answered or recorded.
+                entries[index] = call.entry(outcome, (claim.pin,), _request_id(request))
+                if stop_at_refusal and result.stops:
                     refusal, stop_at = result.error, index
                     break
                 answers[index] = self._answer(caller, claim, result, request)
-        entries = [(i, e) for i, e in entries if i <= stop_at]
-        if entries:
-            await self._audit.record([e for _, e in entries])
+        written = [e for e in entries[: stop_at + 1] if e is not None]
+        if written:
+            await call.audit(written)
         return [a for a in answers[:stop_at] if a is not None], refusal
 
     def _answer(
@@ -224,42 +229,10 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             v = Violations()
             check_batch_size(v, "requests", len(batch.requests))
             v.raise_if_any()
-            answers = await self._verify_items(call, batch.requests, clock.today())
+            answers, _ = await self._verify_items(
+                call, batch.requests, clock.today(), stop_at_refusal=False
+            )
             yield pb.VerifyIdentityBatchesResponse(responses=answers)
-
-    async def _verify_items(
-        self, call: CallContext, requests: Sequence[pb.VerifyIdentityRequest], today: date
-    ) -> list[pb.VerifyIdentityResponse]:
-        """Verify a batch with one query; each item validated, budgeted, attested and audited
-        on its own (an item's error is its answer, the others go on)."""
-        caller = call.caller
-        answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
-        entries: list[Entry | None] = [None] * len(requests)
-        valid: list[tuple[int, Claim]] = []
-        for index, request in enumerate(requests):
-            try:
-                valid.append((index, validate_claim(convert.raw_claim(request))))
-            except RegistryError as error:
-                answers[index] = pb.VerifyIdentityResponse(
-                    correlation_id=request.correlation_id, error=to_status_proto(error)
-                )
-                pins = audited_pins(request.pin)
-                if pins:
-                    entries[index] = call.entry(error.code.value, pins, _request_id(request))
-        if valid:
-            # The budgets apply item by item exactly as VerifyIdentity's would (usecases.budgets):
-            # an item past the agency's miss budget, or about a citizen it failed on too often,
-            # gets that refusal as its own answer; the batch goes on.
-            results = await self._budgets.verify(caller, [c for _, c in valid], today)
-            for (index, claim), result in zip(valid, results, strict=True):
-                request = requests[index]
-                outcome = "OK" if result.error is None else result.error.code.value
-                answers[index] = self._answer(caller, claim, result, request)
-                entries[index] = call.entry(outcome, (claim.pin,), _request_id(request))
-        written = [e for e in entries if e is not None]
-        if written:
-            await self._audit.record(written)
-        return [a for a in answers if a is not None]
 
     async def GetCitizen(
         self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext

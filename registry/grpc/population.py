@@ -24,7 +24,6 @@ from registry.rules.civil_registration import Violations
 from registry.rules.errors import Code, RegistryError, feed_pruned, permission_denied
 from registry.rules.pin import PrefixTable
 from registry.runtime import clock
-from registry.runtime.audit_writer import AuditWriter
 from registry.runtime.caches import PrefixCache
 from registry.runtime.feed import ChangeFeed
 from registry.usecases import corrections
@@ -154,11 +153,10 @@ def import_audit_entries(call: CallContext, done: imports_db.BatchResult) -> lis
 class PopulationServicer(pb_grpc.PopulationServiceServicer):
     """The change feed (imports and corrections: later)."""
 
-    def __init__(self, db: Database, feed: ChangeFeed, prefixes: PrefixCache, audit: AuditWriter):
+    def __init__(self, db: Database, feed: ChangeFeed, prefixes: PrefixCache):
         self._db = db
         self._feed = feed
         self._prefixes = prefixes
-        self._audit = audit
 
     async def ImportCitizens(
         self,
@@ -175,7 +173,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             )
             entries = import_audit_entries(call, done)
             if entries:
-                await self._audit.record(entries)
+                await call.audit(entries)
 
         pipeline = BatchPipeline(write)
         try:
@@ -231,11 +229,18 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         table, today = self._prefixes.table, clock.today()
         writing: asyncio.Task[imports_db.AckedBatch] | None = None
         import_id = ""  # of the batch being written
+        requests = request_iterator.__aiter__()
         try:
-            async for request in request_iterator:
+            while True:
                 try:
+                    request = await requests.__anext__()
                     chunk = _prepare_chunk(request, table, today)
+                except StopAsyncIteration:
+                    break
                 except RegistryError:
+                    # An invalid batch, or a message that is not one (the gate's stream raises
+                    # at it): the batch in flight is written and acknowledged first, so what
+                    # the caller was told matches what is stored.
                     if writing is not None:
                         yield await self._acknowledge(call, import_id, writing)
                         writing = None
@@ -278,7 +283,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             if pins
         ]
         if entries:
-            await self._audit.record(entries)
+            await call.audit(entries)
         return pb.ImportCitizenBatchesResponse(
             offset=done.offset,
             received=done.received,
@@ -333,7 +338,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 # A delivery is a disclosure (SPEC §7): each page is in the access history of
                 # every citizen it names before it leaves.
                 pins = dict.fromkeys(p for e in events for p in (e.pin, e.new_pin) if p)
-                await self._audit.record([call.entry("OK", tuple(pins), request_id="")])
+                await call.audit([call.entry("OK", tuple(pins), request_id="")])
             for e in events:
                 event = change_pb2.ChangeEvent(
                     sequence=e.sequence,

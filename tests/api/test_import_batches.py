@@ -292,3 +292,28 @@ def test_every_import_rule_holds_through_the_chunked_rpc(
         [pb.ImportCitizenBatchesRequest(import_id=import_id, offset=12, records=people(1))],
     )
     assert (second.offset, second.created) == (12, 1)
+
+
+def test_a_message_that_is_no_batch_comes_after_the_ack_of_the_batch_before_it(
+    channel, make_agency, db
+):
+    # Found by the fuzz suite: a corrupt message read while the batch before it was being
+    # written cancelled that write, which sometimes committed anyway, unacknowledged. Now the
+    # batch in flight is written and acknowledged, then the stream ends INVALID_ARGUMENT.
+    importer = make_agency(scopes=("population:import",))
+    import_id = f"corrupt-{uuid.uuid4().hex[:8]}"
+    records = people(3)
+    batch = chunks(import_id, records, 3)[0].SerializeToString()
+    corrupt = b"\x1a\x08\x12\x06\x12\x04\xf4\x90\x80\x80"  # a string field with invalid UTF-8
+    call = channel.stream_stream(
+        "/registry.v1.PopulationService/ImportCitizenBatches",
+        request_serializer=None,
+        response_deserializer=pb.ImportCitizenBatchesResponse.FromString,
+    )(iter([batch, corrupt]), metadata=importer.metadata(), timeout=60)
+    acks = []
+    with pytest.raises(grpc.RpcError) as info:
+        for ack in call:
+            acks.append(ack)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(a.offset, a.received) for a in acks] == [(0, 3)]
+    assert stored_count(db, importer, records) == 3

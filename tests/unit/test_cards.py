@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from registry.rules.cards import (
     MILESTONES,
+    Card,
     CardIssue,
     CardKind,
     CardState,
@@ -638,3 +639,94 @@ def test_partial_date_expiry_equals_the_earliest_over_the_possible_birth_days(
     issued = date(year, month or 1, 1) + timedelta(days=issued_after_days)
     expected = _oracle_partial_expiry(year, month, issued)
     assert card_expiry(PartialDate(year, month), issued) == expected, (year, month, issued)
+
+
+# -- found by mutation testing (issue 14): each of these was a surviving mutant ---------------
+
+
+def test_card_states_are_the_proto_numbers():
+    # The rules' enum is converted to and from the wire by value: a state renumbered here (or
+    # two states sharing a number, which makes one an alias of the other) would answer another
+    # state than the one stored.
+    from registry.v1 import card_pb2
+
+    wire = {
+        name.removeprefix("CARD_STATE_"): number
+        for name, number in card_pb2.CardState.items()
+        if number != 0
+    }
+    assert {state.name: state.value for state in CardState} == wire
+    assert len({state.value for state in CardState}) == len(CardState)
+
+
+def test_a_full_date_of_birth_given_as_a_partial_date_is_that_one_day():
+    # Issued on the 23rd birthday exactly: within two years of 25, so valid until 40. A day
+    # later born (one day outside the date of birth) would give the 25th birthday: the
+    # candidate days must stop at the date itself.
+    born = PartialDate(2000, 5, 3)
+    assert card_expiry(born, date(2023, 5, 3)) == date(2040, 5, 2)
+    assert card_expiry(date(2000, 5, 3), date(2023, 5, 3)) == date(2040, 5, 2)
+    assert card_expiry(date(2000, 5, 4), date(2023, 5, 3)) == date(2025, 5, 3)
+
+
+def test_the_candidate_days_of_a_partial_date_end_on_its_last_day():
+    # Issued on 31 May 2023: everyone born in May 2000 is past 23, so within two years of 25:
+    # valid until 40, the earliest being 30 April 2040 (born 1 May). Someone born 1 June 2000
+    # (outside the date of birth) would still be 22: 25th birthday, 31 May 2025.
+    assert card_expiry(PartialDate(2000, 5), date(2023, 5, 31)) == date(2040, 4, 30)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "description"),
+    [
+        ({"serial": ""}, "serial", "is required (the physical card's serial)"),
+        ({"serial": "AB 12!"}, "serial", "must be 1-32 characters: letters A-Z, digits and '-'"),
+        ({"kind": 0}, "kind", "is required (FIRST_ISSUE, EXCHANGE or REISSUE)"),
+        ({"kind": 9}, "kind", "9 is not a known CardKind value"),
+        (
+            {"issue_date": (2024, 6, 0)},
+            "issue_date",
+            "must be a complete date (year, month and day)",
+        ),
+    ],
+)
+def test_a_bad_serial_or_kind_is_described_exactly(overrides, field, description):
+    # The descriptions reach the police stations' screens (google.rpc.BadRequest): pinned.
+    with pytest.raises(RegistryError) as info:
+        validate_issue(raw_issue(**overrides))
+    assert [(v.field, v.description) for v in info.value.field_violations] == [(field, description)]
+
+
+def test_requests_and_cards_are_frozen_values():
+    # A validated request is fingerprinted (rules/fingerprints.py) and then used: nothing may
+    # change it in between. Cards are shared between the cache and the answers.
+    import dataclasses
+
+    values = [
+        raw_issue(),
+        validate_issue(raw_issue()),
+        raw_change(),
+        validate_state_change("RevokeCard", raw_change()),
+        LegacyLink(VALID_PIN, "123456789"),
+        Card("AB-1", VALID_PIN, CardKind.FIRST_ISSUE, CardState.ACTIVE, date(2024, 1, 1), None,
+             "Cục", ""),
+    ]  # fmt: skip
+    for value in values:
+        field = dataclasses.fields(value)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, getattr(value, field))
+
+
+@pytest.mark.parametrize(
+    ("legacy_id", "description"),
+    [
+        ("", "is required (the old 9- or 12-digit CMND number)"),
+        ("12345", "must be an old CMND number of 9 or 12 digits"),
+    ],
+)
+def test_a_bad_legacy_id_is_described_exactly(legacy_id, description):
+    with pytest.raises(RegistryError) as info:
+        validate_link("link-req-0001", VALID_PIN, legacy_id)
+    assert [(v.field, v.description) for v in info.value.field_violations] == [
+        ("legacy_id", description)
+    ]

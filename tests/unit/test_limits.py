@@ -12,6 +12,7 @@ from registry.rules.limits import (
     DEFAULT_RATE_LIMIT_PER_S,
     RateLimiter,
     citizen_blocked_until,
+    citizen_failure_limit,
     miss_budget_exhausted,
     miss_interval_s,
 )
@@ -62,7 +63,8 @@ def test_agencies_do_not_share_buckets_and_one_without_a_limit_gets_the_default(
     with pytest.raises(RegistryError):
         limiter.check("slow", 1)
     limiter.check("other", 1)
-    for _ in range(DEFAULT_RATE_LIMIT_PER_S):
+    assert DEFAULT_RATE_LIMIT_PER_S == 100  # README and docs/operations.md say 100/s
+    for _ in range(100):
         limiter.check("portal", None)
     with pytest.raises(RegistryError) as info:
         limiter.check("portal", None)
@@ -70,6 +72,17 @@ def test_agencies_do_not_share_buckets_and_one_without_a_limit_gets_the_default(
     clock.now += 1.0
     for _ in range(DEFAULT_RATE_LIMIT_PER_S):
         limiter.check("portal", None)
+
+
+def test_the_retry_delay_is_the_time_until_the_bucket_holds_one_call():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    for _ in range(10):
+        limiter.check("a", 10)
+    clock.now += 0.05  # half a call's worth: the other half comes in 0.05 s
+    with pytest.raises(RegistryError) as info:
+        limiter.check("a", 10)
+    assert info.value.retry_after_s == pytest.approx(0.05)
 
 
 # -- the verification miss budget ---------------------------------------------------------------
@@ -139,3 +152,60 @@ def _drain(limiter: RateLimiter, agency: str, rate: int) -> int:
         except RegistryError:
             return admitted
         admitted += 1
+
+
+# -- the refusals as callers read them (pinned whole: found by mutation testing, issue 14) -----
+
+
+def _whole(error: RegistryError) -> tuple:
+    return (
+        error.code,
+        error.reason,
+        error.message,
+        [(q.subject, q.description) for q in error.quota_violations],
+        error.metadata,
+        error.retry_after_s,
+    )
+
+
+def test_the_rate_limit_refusal_says_the_limit_and_when_to_retry():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    limiter.check("bank-x", 4)
+    limiter.check("bank-x", 4)
+    limiter.check("bank-x", 4)
+    limiter.check("bank-x", 4)
+    with pytest.raises(RegistryError) as info:
+        limiter.check("bank-x", 4)
+    assert _whole(info.value) == (
+        Code.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        "agency 'bank-x' exceeded its rate limit of 4 calls per second; retry in 0.25 s",
+        [("agency:bank-x", "4 calls per second")],
+        {"rate_limit_per_s": "4"},
+        0.25,
+    )
+
+
+def test_the_miss_budget_refusal_says_the_budget_and_when_lookups_resume():
+    assert _whole(miss_budget_exhausted("portal", 30, 1.5)) == (
+        Code.RESOURCE_EXHAUSTED,
+        "VERIFICATION_MISS_BUDGET_EXHAUSTED",
+        "agency 'portal' received more than 30 NOT_FOUND/NO_MATCH answers in the last minute; "
+        "its lookups and verifications resume in 1.5 s",
+        [("agency:portal", "30 NOT_FOUND/NO_MATCH answers per minute")],
+        {"miss_budget_per_min": "30"},
+        1.5,
+    )
+
+
+def test_the_citizen_failure_refusal_says_five_in_24_hours_and_names_no_citizen():
+    assert _whole(citizen_failure_limit("bank", 3600.0)) == (
+        Code.RESOURCE_EXHAUSTED,
+        "CITIZEN_FAILURE_LIMIT",
+        "this agency received 5 NO_MATCH answers about this citizen within 24 h; its "
+        "verifications of this citizen resume in 3600 s",
+        [("agency:bank", "5 NO_MATCH answers about one citizen per 24 h")],
+        {"failure_limit": "5", "window_hours": "24"},
+        3600.0,
+    )
