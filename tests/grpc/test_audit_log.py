@@ -47,7 +47,6 @@ from registry.v1 import (
 )
 from registry.v1 import card_service_pb2 as card_pb
 from registry.v1 import identity_service_pb2 as id_pb
-from tests.api.test_cards import issue, issue_request, legacy, new_rid, person
 from tests.conftest import (
     ServerThread,
     make_agency_factory,
@@ -57,6 +56,7 @@ from tests.conftest import (
     wait_serving,
 )
 from tests.conftest import TestAgency as Agency
+from tests.grpc.test_cards import issue, issue_request, legacy, new_rid, person
 from tests.helpers import birth_request, call_error, death_request
 
 REGISTRY = Path(sys.executable).parent / "registry"

@@ -42,18 +42,6 @@ from registry.v1 import (
     identity_service_pb2_grpc,
 )
 from registry.v1 import identity_service_pb2 as pb
-from tests.api.test_cards import (
-    NOBODY,
-    cancel_pin,
-    issue,
-    listed,
-    new_serial,
-    person,
-    release,
-    revoke,
-    today,
-    withhold,
-)
 from tests.conftest import (
     DB,
     ServerThread,
@@ -66,6 +54,18 @@ from tests.conftest import (
 )
 from tests.conftest import (
     TestAgency as Agency,
+)
+from tests.grpc.test_cards import (
+    NOBODY,
+    cancel_pin,
+    issue,
+    listed,
+    new_serial,
+    person,
+    release,
+    revoke,
+    today,
+    withhold,
 )
 from tests.helpers import DEFAULT_BIRTH, call_error, date, death_request
 
@@ -156,7 +156,7 @@ def next_second_after(created: float) -> None:
     """Sleep until the wall-clock second after `created`.
 
     Keys created within one second are ordered by their random suffix, so the newest may not
-    sign (tests/unit/test_attestation.py::test_rotations_within_one_second_*): rotations here
+    sign (tests/runtime/test_attestation.py::test_rotations_within_one_second_*): rotations here
     step past that to test what they are about.
     """
     wait = int(created) + 1.05 - time.time()

@@ -33,7 +33,6 @@ from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
-from tests.api.test_cli import registry
 from tests.conftest import (
     SIGNING_KEY_DIR,
     AgencyFactory,
@@ -45,6 +44,7 @@ from tests.conftest import (
     TestAgency as Agency,
 )
 from tests.helpers import birth_request, decode
+from tests.ops.test_cli import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 # Channels to one target share one connection unless each keeps its own subchannel pool.

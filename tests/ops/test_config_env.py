@@ -2,8 +2,8 @@
 
 The behaviour behind the settings is pinned where it needs a server: REGISTRY_JWT_AUDIENCE,
 REGISTRY_ATTESTATION_LIFETIME_S, REGISTRY_POOL_MIN/MAX, REGISTRY_AGENCY_REFRESH_S and
-REGISTRY_LOG_LEVEL in tests/api/test_served_process.py (a `registry serve` process configured by
-them), TLS in tests/api/test_tls.py, the data directory and REGISTRY_PG_BIN in tests/db/.
+REGISTRY_LOG_LEVEL in tests/ops/test_served_process.py (a `registry serve` process configured by
+them), TLS in tests/ops/test_tls.py, the data directory and REGISTRY_PG_BIN in tests/db/.
 """
 
 from __future__ import annotations

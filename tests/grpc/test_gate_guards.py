@@ -23,12 +23,12 @@ import pytest
 
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc
-from tests.api.test_cards import person
 from tests.conftest import (
     ServerThread,
     server_settings,
     wait_serving,
 )
+from tests.grpc.test_cards import person
 from tests.helpers import call_error
 
 REGISTRY = Path(sys.executable).parent / "registry"

@@ -20,7 +20,6 @@ import pytest
 
 from registry.embedded import EmbeddedCluster
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
-from tests.api.test_audit_writers import _walk
 from tests.conftest import (
     DB,
     ServerThread,
@@ -33,6 +32,7 @@ from tests.conftest import (
 )
 from tests.helpers import birth_request
 from tests.replicas import ReplicaCluster, run_sql
+from tests.runtime.test_audit_writers import _walk
 
 THREADS = 4
 BEFORE_KILL = 40

@@ -17,7 +17,7 @@ from registry.rules.dates import PartialDate
 from registry.rules.fingerprints import FIELDS_V1, LATER_FIELDS, request_hash
 from registry.rules.model import BirthRegistration
 from registry.rules.pin import Sex
-from tests.unit.test_registration import (
+from tests.rules.test_registration import (
     OTHER_PIN,
     TABLE,
     TODAY,

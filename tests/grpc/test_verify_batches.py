@@ -11,7 +11,8 @@ from google.rpc import code_pb2, error_details_pb2
 from registry.v1 import card_service_pb2_grpc, civil_registration_service_pb2_grpc
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
-from tests.api.test_identity import (
+from tests.conftest import make_agency_factory
+from tests.grpc.test_identity import (
     EXCHANGE,
     MATCH,
     NOT_FOUND,
@@ -33,7 +34,6 @@ from tests.api.test_identity import (
     verify_attestation,
     vreq,
 )
-from tests.conftest import make_agency_factory
 from tests.helpers import call_error
 
 NOBODY = "001099999999"

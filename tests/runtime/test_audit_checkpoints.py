@@ -38,13 +38,6 @@ from registry.v1 import (
     identity_service_pb2_grpc,
 )
 from registry.v1 import identity_service_pb2 as id_pb
-from tests.api.test_audit_log import (
-    REPLICA,
-    database_dsn,
-    execute,
-    private_database,
-    registry_cli,
-)
 from tests.conftest import (
     ServerThread,
     make_agency_factory,
@@ -52,6 +45,13 @@ from tests.conftest import (
     run,
     server_settings,
     wait_serving,
+)
+from tests.grpc.test_audit_log import (
+    REPLICA,
+    database_dsn,
+    execute,
+    private_database,
+    registry_cli,
 )
 from tests.helpers import birth_request, call_error
 
