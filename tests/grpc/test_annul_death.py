@@ -18,7 +18,7 @@ from registry.v1 import civil_registration_service_pb2 as civil_pb
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
-from tests.grpc.test_cards import issue, person, withhold
+from tests.grpc.cards import issue, person, withhold
 from tests.helpers import call_error, date, death_request
 
 ALIVE = citizen_pb2.CITIZEN_STATUS_ALIVE

@@ -56,7 +56,7 @@ from tests.conftest import (
     wait_serving,
 )
 from tests.conftest import TestAgency as Agency
-from tests.grpc.test_cards import issue, issue_request, legacy, new_rid, person
+from tests.grpc.cards import issue, issue_request, legacy, new_rid, person
 from tests.helpers import birth_request, call_error, death_request
 
 REGISTRY = Path(sys.executable).parent / "registry"

@@ -14,7 +14,7 @@ import pytest
 
 from registry.v1 import card_pb2
 from registry.v1 import identity_service_pb2 as pb
-from tests.grpc.test_cards import issue, person
+from tests.grpc.cards import issue, person
 
 MATCH = pb.VERIFY_RESULT_MATCH
 NO_MATCH = pb.VERIFY_RESULT_NO_MATCH

@@ -21,7 +21,7 @@ from registry.v1 import civil_registration_service_pb2 as civil_pb
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
-from tests.grpc.test_cards import legacy, link, person
+from tests.grpc.cards import legacy, link, person
 from tests.helpers import birth_request, call_error, date, death_request
 
 ALWAYS = {"pin", "status", "version"}

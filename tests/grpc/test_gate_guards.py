@@ -28,7 +28,7 @@ from tests.conftest import (
     server_settings,
     wait_serving,
 )
-from tests.grpc.test_cards import person
+from tests.grpc.cards import person
 from tests.helpers import call_error
 
 REGISTRY = Path(sys.executable).parent / "registry"

@@ -55,7 +55,7 @@ from tests.conftest import (
 from tests.conftest import (
     TestAgency as Agency,
 )
-from tests.grpc.test_cards import (
+from tests.grpc.cards import (
     NOBODY,
     cancel_pin,
     issue,

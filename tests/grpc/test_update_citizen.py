@@ -14,7 +14,7 @@ from registry.v1 import card_service_pb2 as card_pb
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
-from tests.grpc.test_cards import issue, legacy, person
+from tests.grpc.cards import issue, legacy, person
 from tests.helpers import call_error, date
 
 MALE, FEMALE = citizen_pb2.SEX_MALE, citizen_pb2.SEX_FEMALE

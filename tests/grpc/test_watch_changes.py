@@ -16,7 +16,7 @@ from registry.v1 import card_service_pb2 as card_pb
 from registry.v1 import change_pb2
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
-from tests.grpc.test_cards import issue, legacy, new_rid, person, revoke
+from tests.grpc.cards import issue, legacy, new_rid, person, revoke
 from tests.helpers import birth_request, call_error, death_request
 
 BORN = change_pb2.CHANGE_TYPE_BORN

@@ -22,7 +22,7 @@ from registry.v1 import (
 )
 from registry.v1 import identity_service_pb2 as identity_pb
 from tests.conftest import ServerThread, server_settings, wait_serving
-from tests.grpc.test_cards import issue_request
+from tests.grpc.cards import issue_request
 from tests.helpers import birth_request
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
