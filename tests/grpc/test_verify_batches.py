@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (fixtures imported from test_identity are parameters here)
 """IdentityService.VerifyIdentityBatches through a real channel (SPEC §10): answers in order,
 per-item errors, per-citizen audit, the miss budget per item, attestations, one query a batch."""
 
@@ -12,7 +11,8 @@ from registry.v1 import card_service_pb2_grpc, civil_registration_service_pb2_gr
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
 from tests.conftest import make_agency_factory
-from tests.grpc.test_identity import (
+from tests.grpc.cards import issue, person, revoke, today
+from tests.grpc.identity import (
     EXCHANGE,
     MATCH,
     NOT_FOUND,
@@ -22,15 +22,9 @@ from tests.grpc.test_identity import (
     check_answers,
     commits,
     commits_while_serving,
-    issue,
     jwks_of,
-    person,
-    population,  # noqa: F401 (fixture)
-    private_dsn,  # noqa: F401 (fixture)
-    revoke,
     start_server,
     strangers,
-    today,
     verify_attestation,
     vreq,
 )

@@ -1,0 +1,9 @@
+"""Fixtures shared by several files of tests/grpc (the session's server, database and stubs are in
+tests/conftest.py).
+
+`population` here is BatchVerify's population of registered citizens with cards
+(test_batch_verify.py, test_verify_batches.py); files that talk to PopulationService define their
+own `population` fixture (the service's stub), which takes precedence in those files.
+"""
+
+from tests.grpc.identity import population, private_dsn  # noqa: F401 (fixtures)
