@@ -46,7 +46,7 @@ from tests.conftest import (
     server_settings,
     wait_serving,
 )
-from tests.grpc.test_audit_log import (
+from tests.grpc.audit_log import (
     REPLICA,
     database_dsn,
     execute,
