@@ -25,9 +25,9 @@ declare -A TESTS=(
   [registry/rules/identity.py]="tests/rules/test_verification.py"
   [registry/rules/limits.py]="tests/rules/test_limits.py"
   [registry/rules/dates.py]="tests/rules/test_dates.py"
-  [registry/rules/tokens.py]="tests/grpc/test_auth.py tests/grpc/test_gate_guards.py"
+  [registry/rules/tokens.py]="tests/grpc/auth tests/grpc/test_gate_guards.py"
   [registry/db/verification.py]="tests/grpc/test_batch_card_ownership.py tests/grpc/test_identity.py"
-  [registry/grpc/gate.py]="tests/grpc/test_auth.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_audit_tamper.py tests/grpc/test_cancelled_calls_audited.py"
+  [registry/grpc/gate.py]="tests/grpc/auth tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_audit_tamper.py tests/grpc/test_cancelled_calls_audited.py"
 )
 ORDER=(registry/rules/pin.py registry/rules/audit.py registry/rules/cards.py registry/rules/identity.py
        registry/rules/limits.py registry/rules/dates.py registry/rules/tokens.py registry/db/verification.py
