@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from registry.rules.model import CITIZEN_FIELDS
-from tests.clients.test_client_package import _LostResponse
+from tests.clients.failures import _LostResponse
 from tests.conftest import private_pem
-from tests.grpc.test_import import name
+from tests.grpc.imports import name
 
 
 @pytest.fixture(scope="module")

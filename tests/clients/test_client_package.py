@@ -20,10 +20,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from registry.rules.model import CITIZEN_FIELDS
+from tests.clients.failures import _LostResponse
 from tests.conftest import private_pem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,22 +269,6 @@ def test_validate_pin(rc, pin, sex, born, problem):
     else:
         assert problems and any(problem in p for p in problems), problems
     assert len(rc.province_codes()) == 63
-
-
-class _LostResponse(grpc.RpcError):
-    """What a dropped connection looks like to the caller: UNAVAILABLE with RetryInfo."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "connection reset (simulated)"
-
-    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=10**7)))
-        status = status_pb2.Status(code=14, message=self.details(), details=[detail])
-        return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 class _DropFirstResponse(grpc.UnaryUnaryClientInterceptor):

@@ -24,7 +24,7 @@ from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import population_service_pb2 as pop_pb
 from registry.v1 import population_service_pb2_grpc as pop_grpc
-from tests.grpc.test_watch_changes import Watcher
+from tests.grpc.watch import Watcher
 from tests.helpers import birth_request, call_error, date, death_request
 
 V1 = "/registry.v1."

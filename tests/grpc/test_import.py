@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import unicodedata
-import uuid
 
 import grpc
 import pytest
 
 from registry.rules import pin as pins
 from registry.rules.pin import PrefixTable
-from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as id_pb
-from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
+from tests.grpc.imports import name, record, unused_pin
 from tests.helpers import birth_request, call_error, date
-
-MALE, FEMALE = citizen_pb2.SEX_MALE, citizen_pb2.SEX_FEMALE
 
 
 @pytest.fixture(scope="module")
 def population(channel):
     return pb_grpc.PopulationServiceStub(channel)
-
-
-def record(source_id=None, **fields):
-    base = {
-        "full_name": "Phạm Thị Hoa",
-        "date_of_birth": date(1962, 4, 9),
-        "sex": FEMALE,
-        "registration_province_code": "036",
-    }
-    base.update(fields)
-    return pb.ImportCitizensRequest(
-        source_id=source_id or f"src-{uuid.uuid4().hex[:12]}", citizen=citizen_pb2.Citizen(**base)
-    )
-
-
-def name(given: str) -> str:
-    """A name unique to this run (letters only: names have no digits)."""
-    return f"{given} " + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:10])
-
-
-def unused_pin(province="036", g=1, yy=62) -> str:
-    return f"{province}{g}{yy:02d}{uuid.uuid4().int % 10**6:06d}"
 
 
 def run_import(population, agency, requests):

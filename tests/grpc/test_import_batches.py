@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from registry.v1 import population_service_pb2 as pb
 from registry.v1 import population_service_pb2_grpc as pb_grpc
-from tests.grpc.test_import import name, record, unused_pin
+from tests.grpc.imports import name, record, unused_pin
 from tests.helpers import birth_request, date, decode
 
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE

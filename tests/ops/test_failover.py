@@ -32,7 +32,7 @@ from tests.conftest import (
 )
 from tests.helpers import birth_request
 from tests.replicas import ReplicaCluster, run_sql
-from tests.runtime.test_audit_writers import _walk
+from tests.runtime.audit_chain import _walk
 
 THREADS = 4
 BEFORE_KILL = 40

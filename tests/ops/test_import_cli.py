@@ -9,7 +9,7 @@ import time
 import uuid
 
 from tests.conftest import server_settings
-from tests.ops.test_cli import REGISTRY, ok, registry, user_error
+from tests.ops.cli import REGISTRY, ok, registry, user_error
 
 # The PIN secret of the session's servers: the CLI imports into the same database.
 SESSION_KEYS = {"REGISTRY_SIGNING_KEY_DIR": str(server_settings().signing_key_dir)}

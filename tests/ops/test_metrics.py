@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from registry.config import ConfigError, Settings
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc
 from tests.conftest import ServerThread, server_settings, wait_serving
 from tests.helpers import birth_request
+from tests.ops.metrics import scrape, value
 
 SERVICE = "registry.v1.IdentityService"
 
@@ -31,23 +29,6 @@ def metered(runtime_dsn: str) -> Iterator[ServerThread]:
         yield srv
     finally:
         srv.stop()
-
-
-def scrape(srv: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    assert srv.app is not None and srv.app.metrics_server is not None
-    port = srv.app.metrics_server.server_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    samples[("__text__", ())] = text  # type: ignore[assignment]
-    return samples
-
-
-def value(samples: dict[Any, Any], name: str, **labels: str) -> float:
-    return float(samples.get((name, tuple(sorted(labels.items()))), 0.0))
 
 
 def test_scrape_counts_known_calls(metered, agency, civil, make_agency):

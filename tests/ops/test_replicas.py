@@ -25,7 +25,7 @@ from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
 from tests.conftest import ServerThread, server_settings, wait_serving
 from tests.helpers import birth_request
-from tests.ops.test_metrics import scrape, value
+from tests.ops.metrics import scrape, value
 from tests.replicas import ReplicaCluster, run_sql, wait_caught_up
 
 MATCH = id_pb.VERIFY_RESULT_MATCH
@@ -278,7 +278,7 @@ def test_registry_status_reports_each_replica_and_its_lag(replica, dsn, server, 
     """`registry status` names each replica (never its password) and says how far behind."""
     import json
 
-    from tests.ops.test_cli import registry
+    from tests.ops.cli import registry
 
     env = {
         "REGISTRY_LISTEN": server.target,

@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 
-from tests.ops.test_cli import registry
+from tests.ops.cli import registry
 
 
 def _env(server, **extra: str) -> dict[str, str]:

@@ -44,7 +44,7 @@ from tests.conftest import (
     TestAgency as Agency,
 )
 from tests.helpers import birth_request, decode
-from tests.ops.test_cli import registry
+from tests.ops.cli import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 # Channels to one target share one connection unless each keeps its own subchannel pool.

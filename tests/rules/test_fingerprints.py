@@ -12,18 +12,17 @@ from typing import Any
 import pytest
 
 from registry.rules import fingerprints
-from registry.rules.civil_registration import validate_death
+from registry.rules.civil_registration import validate_birth, validate_death
 from registry.rules.dates import PartialDate
 from registry.rules.fingerprints import FIELDS_V1, LATER_FIELDS, request_hash
 from registry.rules.model import BirthRegistration
 from registry.rules.pin import Sex
-from tests.rules.test_registration import (
+from tests.rules.registration import (
     OTHER_PIN,
     TABLE,
     TODAY,
     raw_birth,
     raw_death,
-    validate_birth,
 )
 
 

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import grpc
 
-from registry.db import audit as audit_db
-from registry.rules import audit
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, run, server_settings, wait_serving
-
-
-async def _walk(dsn: str) -> audit.Walk:
-    conn = await asyncpg.connect(dsn)
-    try:
-        check = audit.ChainCheck()
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            head = await audit_db.head(conn)
-            async for seq, entry, stored in audit_db.entries(conn):
-                check.feed(seq, entry, stored)
-        return check.finish(head)
-    finally:
-        await conn.close()
+from tests.runtime.audit_chain import _walk
 
 
 def test_two_servers_interleave_their_groups_into_one_whole_chain(server, dsn, db, make_agency):
