@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from registry.rules import civil_registration as registration
 from registry.rules.civil_registration import (
     RawBirth,
     RawDeath,
 )
+from registry.rules.model import BirthRegistration
 from registry.rules.pin import PrefixTable
 
 TODAY = date(2026, 6, 15)
@@ -48,3 +50,8 @@ def raw_death(**overrides: Any) -> RawDeath:
     }
     fields.update(overrides)
     return RawDeath(**fields)
+
+
+def validate_birth(raw: RawBirth, table: PrefixTable, today: date) -> BirthRegistration:
+    """Validate completely, deferred (table-dependent) violations included."""
+    return registration.validate_birth(raw, table, today).check()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from registry.rules import fingerprints
-from registry.rules.civil_registration import validate_birth, validate_death
+from registry.rules.civil_registration import validate_death
 from registry.rules.dates import PartialDate
 from registry.rules.fingerprints import FIELDS_V1, LATER_FIELDS, request_hash
 from registry.rules.model import BirthRegistration
@@ -23,6 +23,7 @@ from tests.rules.registration import (
     TODAY,
     raw_birth,
     raw_death,
+    validate_birth,
 )
 
 

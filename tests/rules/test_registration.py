@@ -16,20 +16,21 @@ import pytest
 from registry.rules import civil_registration as registration
 from registry.rules.civil_registration import (
     Checked,
-    RawBirth,
     validate_death,
 )
 from registry.rules.dates import PartialDate
 from registry.rules.errors import Code, RegistryError
 from registry.rules.fingerprints import request_hash
-from registry.rules.model import BirthRegistration
 from registry.rules.pin import Prefix, PrefixTable, Sex
-from tests.rules.registration import OTHER_PIN, TABLE, TODAY, VALID_PIN, raw_birth, raw_death
-
-
-def validate_birth(raw: RawBirth, table: PrefixTable, today: date) -> BirthRegistration:
-    """Validate completely, deferred (table-dependent) violations included."""
-    return registration.validate_birth(raw, table, today).check()
+from tests.rules.registration import (
+    OTHER_PIN,
+    TABLE,
+    TODAY,
+    VALID_PIN,
+    raw_birth,
+    raw_death,
+    validate_birth,
+)
 
 
 def bad_fields(call: Any, *args: Any, **kwargs: Any) -> list[str]:
