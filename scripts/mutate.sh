@@ -19,15 +19,15 @@ PYTEST="$BIN/python -B -m pytest -x -q -p no:cacheprovider"
 
 # module = the tests that must kill its mutants (pure modules: unit tests, seconds per run).
 declare -A TESTS=(
-  [registry/rules/pin.py]="tests/unit/test_pin.py"
-  [registry/rules/audit.py]="tests/unit/test_audit_chain.py"
-  [registry/rules/cards.py]="tests/unit/test_cards.py"
-  [registry/rules/identity.py]="tests/unit/test_verification.py"
-  [registry/rules/limits.py]="tests/unit/test_limits.py"
-  [registry/rules/dates.py]="tests/unit/test_dates.py"
-  [registry/rules/tokens.py]="tests/api/test_auth.py tests/api/test_gate_guards.py"
-  [registry/db/verification.py]="tests/api/test_batch_card_ownership.py tests/api/test_identity.py"
-  [registry/grpc/gate.py]="tests/api/test_auth.py tests/api/test_audit_log.py tests/api/test_cancelled_calls_audited.py"
+  [registry/rules/pin.py]="tests/rules/test_pin.py"
+  [registry/rules/audit.py]="tests/rules/test_audit_chain.py"
+  [registry/rules/cards.py]="tests/rules/test_cards.py tests/rules/test_card_expiry.py"
+  [registry/rules/identity.py]="tests/rules/test_validate_claim.py tests/rules/test_verification.py tests/rules/test_read_mask.py"
+  [registry/rules/limits.py]="tests/rules/test_limits.py"
+  [registry/rules/dates.py]="tests/rules/test_dates.py"
+  [registry/rules/tokens.py]="tests/grpc/auth tests/grpc/test_gate_guards.py"
+  [registry/db/verification.py]="tests/grpc/test_batch_card_ownership.py tests/grpc/test_verify_fields.py tests/grpc/test_verify_attestations.py tests/grpc/test_batch_verify.py tests/grpc/test_get_citizen.py"
+  [registry/grpc/gate.py]="tests/grpc/auth tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_audit_tamper.py tests/grpc/test_cancelled_calls_audited.py"
 )
 ORDER=(registry/rules/pin.py registry/rules/audit.py registry/rules/cards.py registry/rules/identity.py
        registry/rules/limits.py registry/rules/dates.py registry/rules/tokens.py registry/db/verification.py

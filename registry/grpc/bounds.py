@@ -12,7 +12,7 @@ WatchChanges.types took 1.8 s of event-loop time. So, before any per-item work:
   will need it.
 - Every repeated field of every request message has a maximum count (MAX_REPEATED), checked
   with len() before its items are looked at: INVALID_ARGUMENT + BadRequest naming the field.
-  The proto comments state the same figures; tests/unit/test_request_bounds.py checks that
+  The proto comments state the same figures; tests/grpc/test_bounds.py checks that
   every repeated field reachable from a request has one.
 """
 

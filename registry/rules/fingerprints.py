@@ -8,7 +8,7 @@ the shape of a dataclass.
 
 Version 1 (`FIELDS_V1`) is every field these requests had when fingerprints were first stored,
 hashed as ``json.dumps(dataclasses.asdict(request), sort_keys=True, default=str,
-ensure_ascii=False)`` made them (known-answer vectors in tests/unit/test_fingerprints.py).
+ensure_ascii=False)`` made them (known-answer vectors in tests/rules/test_fingerprints.py).
 Never edit a version-1 list. A field added to a request later goes into `LATER_FIELDS` with
 the version that added it and its default: it is hashed only when it holds something other
 than that default, so a request that could have been sent before the field existed keeps its

@@ -1,1 +1,1 @@
-"""Tests of the client package (clients/python), apart from the server."""
+"""The clients: the Python package, its CLI and examples, the Node.js and independent clients."""

@@ -1,0 +1,1 @@
+"""RPC behaviour (registry/grpc and what it serves) through a real channel."""

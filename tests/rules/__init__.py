@@ -1,0 +1,1 @@
+"""Pure rules (registry/rules): no server, no database."""

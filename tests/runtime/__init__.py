@@ -1,0 +1,1 @@
+"""registry/runtime: attestation keys, audit checkpoints and writers."""
