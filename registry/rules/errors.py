@@ -106,6 +106,18 @@ def failed_precondition(
     )
 
 
+def pin_cancelled(pin: str, replaced_by_pin: str | None, then: str) -> RegistryError:
+    """Refuse a change to a citizen whose PIN was cancelled (re-established after a
+    correction): the one wording of every RPC, naming the replacement the caller needs
+    (`replaced_by_pin` in the ErrorInfo too) and what to do under it (`then`)."""
+    return failed_precondition(
+        "PIN_CANCELLED",
+        f"PIN {pin} was cancelled and replaced by {replaced_by_pin}; {then}",
+        [PreconditionViolation("PIN_CANCELLED", pin, "this PIN is no longer in use")],
+        replaced_by_pin=replaced_by_pin or "",
+    )
+
+
 def unavailable(message: str, retry_after_s: float = 1.0) -> RegistryError:
     """Build the UNAVAILABLE error answered while the database cannot be reached."""
     return RegistryError(

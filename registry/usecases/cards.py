@@ -19,6 +19,7 @@ from registry.rules.errors import (
     RegistryError,
     failed_precondition,
     not_found,
+    pin_cancelled,
 )
 from registry.rules.fingerprints import request_hash
 from registry.rules.model import Caller, Citizen, CitizenStatus
@@ -54,13 +55,7 @@ def _check_can_hold_card(citizen: Citizen | None, pin: str) -> Citizen:
     if citizen.status == CitizenStatus.DECEASED:
         raise _refuse("CITIZEN_DECEASED", pin, f"the citizen with PIN {pin} is deceased")
     if citizen.status == CitizenStatus.PIN_CANCELLED:
-        raise _refuse(
-            "PIN_CANCELLED",
-            pin,
-            f"PIN {pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
-            "issue the card under the new PIN",
-            replaced_by_pin=citizen.replaced_by_pin or "",
-        )
+        raise pin_cancelled(pin, citizen.replaced_by_pin, "issue the card under the new PIN")
     return citizen
 
 
@@ -233,12 +228,8 @@ async def link_legacy_id(
             if citizen is None:
                 raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {link.pin}", pin=link.pin)
             if citizen.status == CitizenStatus.PIN_CANCELLED:
-                raise _refuse(
-                    "PIN_CANCELLED",
-                    link.pin,
-                    f"PIN {link.pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
-                    "link the number to the new PIN",
-                    replaced_by_pin=citizen.replaced_by_pin or "",
+                raise pin_cancelled(
+                    link.pin, citizen.replaced_by_pin, "link the number to the new PIN"
                 )
             owner = await store.link_legacy_id(conn, link.legacy_id, link.pin, caller.agency_id)
             if owner != link.pin:

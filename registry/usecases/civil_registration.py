@@ -26,6 +26,7 @@ from registry.rules.errors import (
     RegistryError,
     failed_precondition,
     not_found,
+    pin_cancelled,
 )
 from registry.rules.fingerprints import request_hash
 from registry.rules.model import (
@@ -47,7 +48,7 @@ Render = Callable[[Citizen], bytes]
 # A number already held by an imported record is skipped; the permutation makes such hits
 # independent, so even a bucket that is half taken needs more than 16 draws about once
 # in 65,000 births.
-_MAX_TAKEN_NUMBERS = 16
+MAX_TAKEN_NUMBERS = 16
 
 
 def born(pin: str, birth: BirthRegistration, at: datetime) -> Citizen:
@@ -141,10 +142,10 @@ async def register_birth(
             birth.registration_province_code, birth.sex, birth.date_of_birth.year
         )
         await _check_parents(conn, birth)
-        for _ in range(_MAX_TAKEN_NUMBERS):
+        for _ in range(MAX_TAKEN_NUMBERS):
             reserved = await db.ranges.take(bucket)
             if reserved is None:
-                raise _bucket_full(bucket)
+                raise bucket_full(bucket)
             counter, key = reserved
             pin = pins.allocate(bucket, key, counter)
             reached(pin)
@@ -184,15 +185,21 @@ async def register_birth(
                 await _check_parents(conn, birth)
                 raise
             return idempotency.Answer(pin, answer), False
-    raise RegistryError(
+    raise bucket_congested(bucket)
+
+
+def bucket_congested(bucket: pins.Bucket) -> RegistryError:
+    """No free number after MAX_TAKEN_NUMBERS draws (numbers held by imported records)."""
+    return RegistryError(
         Code.RESOURCE_EXHAUSTED,
         "PIN_BUCKET_CONGESTED",
-        f"could not find a free PIN in bucket {bucket} after {_MAX_TAKEN_NUMBERS} draws",
+        f"could not find a free PIN in bucket {bucket} after {MAX_TAKEN_NUMBERS} draws",
         quota_violations=(QuotaViolation(f"pin-bucket:{bucket}", "too many numbers taken"),),
     )
 
 
-def _bucket_full(bucket: pins.Bucket) -> RegistryError:
+def bucket_full(bucket: pins.Bucket) -> RegistryError:
+    """Every number of the bucket was issued: births (and corrections) there are refused."""
     return RegistryError(
         Code.RESOURCE_EXHAUSTED,
         "PIN_BUCKET_EXHAUSTED",
@@ -243,12 +250,8 @@ def _check_can_die(citizen: Citizen | None, death: DeathRegistration) -> None:
             ],
         )
     if citizen.status == CitizenStatus.PIN_CANCELLED:
-        raise failed_precondition(
-            "PIN_CANCELLED",
-            f"PIN {death.pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
-            "register the death against the new PIN",
-            [PreconditionViolation("PIN_CANCELLED", death.pin, "this PIN is no longer in use")],
-            replaced_by_pin=citizen.replaced_by_pin or "",
+        raise pin_cancelled(
+            death.pin, citizen.replaced_by_pin, "register the death against the new PIN"
         )
     if death.date_of_death.latest() < citizen.date_of_birth.earliest():
         # The rule, never the register's date of birth (SPEC §6: errors repeat no stored data).
@@ -301,12 +304,8 @@ def _check_can_annul(citizen: Citizen | None, annulment: DeathAnnulment) -> None
     if citizen is None:
         raise not_found("CITIZEN_NOT_FOUND", f"no citizen has PIN {pin}", pin=pin)
     if citizen.status == CitizenStatus.PIN_CANCELLED:
-        raise failed_precondition(
-            "PIN_CANCELLED",
-            f"PIN {pin} was cancelled and replaced by {citizen.replaced_by_pin}; "
-            "annul the death registration under the new PIN",
-            [PreconditionViolation("PIN_CANCELLED", pin, "this PIN is no longer in use")],
-            replaced_by_pin=citizen.replaced_by_pin or "",
+        raise pin_cancelled(
+            pin, citizen.replaced_by_pin, "annul the death registration under the new PIN"
         )
     if citizen.status != CitizenStatus.DECEASED:
         raise failed_precondition(

@@ -17,15 +17,20 @@ from registry.rules.errors import (
     RegistryError,
     failed_precondition,
     not_found,
+    pin_cancelled,
 )
 from registry.rules.fingerprints import request_hash
 from registry.rules.model import REFERENCE_PIN_FIELDS, Caller, Citizen, CitizenStatus
 from registry.rules.updates import Update, apply, check_related, needs_new_pin
+from registry.usecases.civil_registration import (
+    MAX_TAKEN_NUMBERS,
+    bucket_congested,
+    bucket_full,
+)
 
 log = logging.getLogger(__name__)
 
 UPDATE_CITIZEN = "/registry.v1.PopulationService/UpdateCitizen"
-_MAX_TAKEN_NUMBERS = 16
 
 
 async def update_citizen(
@@ -49,12 +54,8 @@ async def update_citizen(
                     "CITIZEN_NOT_FOUND", f"no citizen has PIN {update.pin}", pin=update.pin
                 )
             if current.status == CitizenStatus.PIN_CANCELLED:
-                raise failed_precondition(
-                    "PIN_CANCELLED",
-                    f"PIN {update.pin} was cancelled and replaced by {current.replaced_by_pin}; "
-                    "update the record under the new PIN",
-                    [PreconditionViolation("PIN_CANCELLED", update.pin, "no longer in use")],
-                    replaced_by_pin=current.replaced_by_pin or "",
+                raise pin_cancelled(
+                    update.pin, current.replaced_by_pin, "update the record under the new PIN"
                 )
             if current.version != update.expected_version:
                 # The version is all the record this tells (SPEC §6 allows it on every answer).
@@ -128,22 +129,17 @@ async def _reestablish(
     bucket = pins.bucket_for(
         changed.registration_province_code, changed.sex, changed.date_of_birth.year
     )
-    for _ in range(_MAX_TAKEN_NUMBERS):
+    for _ in range(MAX_TAKEN_NUMBERS):
         reserved = await db.ranges.take(bucket)
         if reserved is None:
-            raise RegistryError(
-                Code.RESOURCE_EXHAUSTED,
-                "PIN_BUCKET_EXHAUSTED",
-                f"all PINs of bucket {bucket} have been issued",
-                metadata={"bucket": str(bucket)},
-            )
+            raise bucket_full(bucket)
         counter, key = reserved
         new_pin = pins.allocate(bucket, key, counter)
         if await citizens.get(conn, new_pin) is None:
             break
         log.warning("PIN number in bucket %s already held; drawing the next", bucket)
     else:
-        raise RegistryError(Code.RESOURCE_EXHAUSTED, "PIN_BUCKET_CONGESTED", f"bucket {bucket}")
+        raise bucket_congested(bucket)
     await citizens.keep_history(
         conn, current.pin, update.fields, agency_id=caller.agency_id,
         request_id=request_id, replaced_by_pin=new_pin,

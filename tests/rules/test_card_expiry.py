@@ -284,3 +284,38 @@ def test_partial_date_expiry_equals_the_earliest_over_the_possible_birth_days(
     issued = date(year, month or 1, 1) + timedelta(days=issued_after_days)
     expected = _oracle_partial_expiry(year, month, issued)
     assert card_expiry(PartialDate(year, month), issued) == expected, (year, month, issued)
+
+
+# -- found by mutation testing (issue 14): each of these was a surviving mutant ---------------
+
+
+def test_card_states_are_the_proto_numbers():
+    # The rules' enum is converted to and from the wire by value: a state renumbered here (or
+    # two states sharing a number, which makes one an alias of the other) would answer another
+    # state than the one stored.
+    from registry.v1 import card_pb2
+
+    wire = {
+        name.removeprefix("CARD_STATE_"): number
+        for name, number in card_pb2.CardState.items()
+        if number != 0
+    }
+    assert {state.name: state.value for state in CardState} == wire
+    assert len({state.value for state in CardState}) == len(CardState)
+
+
+def test_a_full_date_of_birth_given_as_a_partial_date_is_that_one_day():
+    # Issued on the 23rd birthday exactly: within two years of 25, so valid until 40. A day
+    # later born (one day outside the date of birth) would give the 25th birthday: the
+    # candidate days must stop at the date itself.
+    born = PartialDate(2000, 5, 3)
+    assert card_expiry(born, date(2023, 5, 3)) == date(2040, 5, 2)
+    assert card_expiry(date(2000, 5, 3), date(2023, 5, 3)) == date(2040, 5, 2)
+    assert card_expiry(date(2000, 5, 4), date(2023, 5, 3)) == date(2025, 5, 3)
+
+
+def test_the_candidate_days_of_a_partial_date_end_on_its_last_day():
+    # Issued on 31 May 2023: everyone born in May 2000 is past 23, so within two years of 25:
+    # valid until 40, the earliest being 30 April 2040 (born 1 May). Someone born 1 June 2000
+    # (outside the date of birth) would still be 22: 25th birthday, 31 May 2025.
+    assert card_expiry(PartialDate(2000, 5), date(2023, 5, 31)) == date(2040, 4, 30)

@@ -14,8 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from registry.rules.cards import (
+    Card,
     CardIssue,
     CardKind,
+    CardState,
     LegacyLink,
     RawIssue,
     RawStateChange,
@@ -363,3 +365,62 @@ def test_control_characters_around_identifiers_are_refused_not_trimmed(control):
         validate_issue(raw)
     assert {v.field for v in info.value.field_violations} == {"pin", "serial"}
     assert validate_issue(replace(raw, pin=" 001090000123 ", serial="\tAB12 ")).serial == "AB12"
+
+
+# -- found by mutation testing (issue 14): each of these was a surviving mutant ---------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "description"),
+    [
+        ({"serial": ""}, "serial", "is required (the physical card's serial)"),
+        ({"serial": "AB 12!"}, "serial", "must be 1-32 characters: letters A-Z, digits and '-'"),
+        ({"kind": 0}, "kind", "is required (FIRST_ISSUE, EXCHANGE or REISSUE)"),
+        ({"kind": 9}, "kind", "9 is not a known CardKind value"),
+        (
+            {"issue_date": (2024, 6, 0)},
+            "issue_date",
+            "must be a complete date (year, month and day)",
+        ),
+    ],
+)
+def test_a_bad_serial_or_kind_is_described_exactly(overrides, field, description):
+    # The descriptions reach the police stations' screens (google.rpc.BadRequest): pinned.
+    with pytest.raises(RegistryError) as info:
+        validate_issue(raw_issue(**overrides))
+    assert [(v.field, v.description) for v in info.value.field_violations] == [(field, description)]
+
+
+def test_requests_and_cards_are_frozen_values():
+    # A validated request is fingerprinted (rules/fingerprints.py) and then used: nothing may
+    # change it in between. Cards are shared between the cache and the answers.
+    import dataclasses
+
+    values = [
+        raw_issue(),
+        validate_issue(raw_issue()),
+        raw_change(),
+        validate_state_change("RevokeCard", raw_change()),
+        LegacyLink(VALID_PIN, "123456789"),
+        Card("AB-1", VALID_PIN, CardKind.FIRST_ISSUE, CardState.ACTIVE, date(2024, 1, 1), None,
+             "Cục", ""),
+    ]  # fmt: skip
+    for value in values:
+        field = dataclasses.fields(value)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, getattr(value, field))
+
+
+@pytest.mark.parametrize(
+    ("legacy_id", "description"),
+    [
+        ("", "is required (the old 9- or 12-digit CMND number)"),
+        ("12345", "must be an old CMND number of 9 or 12 digits"),
+    ],
+)
+def test_a_bad_legacy_id_is_described_exactly(legacy_id, description):
+    with pytest.raises(RegistryError) as info:
+        validate_link("link-req-0001", VALID_PIN, legacy_id)
+    assert [(v.field, v.description) for v in info.value.field_violations] == [
+        ("legacy_id", description)
+    ]

@@ -295,3 +295,56 @@ def test_certainly_before(pd: PartialDate, before: bool) -> None:
 )
 def test_death_before_birth(death: PartialDate, birth: PartialDate, impossible: bool) -> None:
     assert certainly_precedes(death, birth) is impossible
+
+
+# -- found by mutation testing (issue 14) -------------------------------------------------------
+
+
+def test_a_missing_part_sorts_before_any_given_one_and_nothing_before_itself():
+    assert PartialDate(1950, 1) < PartialDate(1950, 1, 1)
+    assert not PartialDate(1950) < PartialDate(1950)
+    assert not PartialDate(1950, 2) > PartialDate(1950, 2)
+    assert PartialDate(1950, 1, 1) >= PartialDate(1950, 1)
+
+
+@pytest.mark.parametrize("compare", ["<", "<=", ">", ">="])
+def test_a_partial_date_does_not_order_against_a_date(compare):
+    # A date and a partial date are different things: comparing them is a TypeError, never a
+    # guess (and never an AttributeError from inside the comparison).
+    with pytest.raises(TypeError):
+        eval(f"PartialDate(1950) {compare} date(1950, 1, 1)")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: PartialDate(0), "year must be 1–9999, got 0"),
+        (lambda: PartialDate(1950, None, 3), "a day needs a month"),
+        (lambda: PartialDate(1950, 13), "month must be 1–12, got 13"),
+        (lambda: PartialDate(1950, 2, 29), "day must be 1–28 in 1950-02, got 29"),
+        (
+            lambda: PartialDate.from_iso("1950-3"),
+            "expected YYYY, YYYY-MM or YYYY-MM-DD, got '1950-3'",
+        ),
+        (lambda: PartialDate(1950, 3).to_date(), "1950-03 is not a full date"),
+    ],
+)
+def test_impossible_partial_dates_are_refused_saying_why(make, message):
+    # These reach operators (registry import reads partial dates from CSV files).
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("parts", "problems"),
+    [
+        ((10000, 1, 1), [("year", "must be between 1 and 9999 (got 10000)")]),
+        ((1950, 1, 32), [("day", "must be between 1 and 31 (got 32)")]),
+        ((1950, 2, 30), [("day", "must be between 1 and 28 in February 1950 (got 30)")]),
+        ((10000, 2, 30), [("year", "must be between 1 and 9999 (got 10000)"),
+                          ("day", "must be between 1 and 29 in February (got 30)")]),
+    ],
+)  # fmt: skip
+def test_the_problems_of_a_date_are_described_exactly(parts, problems):
+    assert parse_parts(*parts) == (None, problems)

@@ -166,3 +166,64 @@ def test_every_bad_field_is_named_at_once():
         "card_serial",
         "correlation_id",
     }
+
+
+# -- found by mutation testing (issue 14) -------------------------------------------------------
+
+
+def test_a_correlation_id_may_have_128_characters_and_no_more():
+    # The limit the proto documents (VerifyIdentityRequest.correlation_id), written out.
+    assert validate_claim(raw(correlation_id="c" * 128)).correlation_id == "c" * 128
+    assert invalid(raw(correlation_id="c" * 129)) == ["correlation_id"]
+
+
+def test_verify_results_are_the_proto_numbers():
+    from registry.rules.identity import VerifyResult
+    from registry.v1 import identity_service_pb2
+
+    wire = {
+        name.removeprefix("VERIFY_RESULT_"): number
+        for name, number in identity_service_pb2.VerifyResult.items()
+        if number != 0
+    }
+    assert {r.name: r.value for r in VerifyResult} == wire
+
+
+def test_claims_records_and_outcomes_are_frozen_values():
+    import dataclasses
+
+    from registry.rules.identity import Outcome, Record, VerifyResult
+    from registry.rules.model import CitizenStatus
+
+    values = [
+        raw(),
+        validate_claim(raw()),
+        Record(NAME, PartialDate(1990, 5, 17), Sex.MALE, CitizenStatus.ALIVE, None, None),
+        Outcome(VerifyResult.MATCH, {}, None, None),
+    ]
+    for value in values:
+        field = dataclasses.fields(value)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, getattr(value, field))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "description"),
+    [
+        ({"sex": 7}, "sex", "7 is not a known Sex value"),
+        (
+            {"correlation_id": "c" * 129},
+            "correlation_id",
+            "must be at most 128 printable characters",
+        ),
+        (
+            {"full_name": "", "date_of_birth": (0, 0, 0), "sex": 0, "card_serial": ""},
+            "pin",
+            "give at least one of full_name, date_of_birth, sex, card_serial to verify",
+        ),
+    ],
+)
+def test_a_bad_claim_is_described_exactly(overrides, field, description):
+    with pytest.raises(RegistryError) as info:
+        validate_claim(raw(**overrides))
+    assert [(v.field, v.description) for v in info.value.field_violations] == [(field, description)]
