@@ -6,15 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 
-import asyncpg
 import grpc
 
-from registry.db import audit as audit_db
 from registry.db.pool import Database
 from registry.grpc.gate import READ_CONFIDENTIAL_SCOPE, current_caller
 from registry.rules.civil_registration import Violations
 from registry.rules.errors import not_found
 from registry.runtime.checkpointer import Checkpointer
+from registry.usecases import lookup
 from registry.v1 import audit_service_pb2 as pb
 from registry.v1 import audit_service_pb2_grpc as pb_grpc
 
@@ -67,17 +66,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
         # One more than asked: tells whether a next page exists without a second query.
-        async def history(pool: asyncpg.Pool) -> list[audit_db.HistoryItem]:
-            return await audit_db.history(pool, pin, before, size + 1)
-
-        async def confirm(
-            found: list[audit_db.HistoryItem], primary: asyncpg.Pool
-        ) -> list[audit_db.HistoryItem]:
-            # Nothing on a replica may mean a citizen registered a moment ago: ask the
-            # primary. Otherwise a page is at most REGISTRY_REPLICA_MAX_LAG_S behind.
-            return found if found else await history(primary)
-
-        found = await self._db.read(history, confirm)
+        found = await lookup.access_history(self._db, pin, before, size + 1)
         in_full = READ_CONFIDENTIAL_SCOPE in current_caller().scopes
         response = pb.ListAccessLogResponse()
         for item in found[:size]:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
-import asyncpg
 import grpc
 
 from registry.db import changes
@@ -26,7 +25,7 @@ from registry.rules.pin import PrefixTable
 from registry.runtime import clock
 from registry.runtime.caches import PrefixCache
 from registry.runtime.feed import ChangeFeed
-from registry.usecases import corrections
+from registry.usecases import corrections, lookup
 from registry.usecases.imports import BatchPipeline
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -331,7 +330,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         while True:
             marker = self._feed.marker()
             try:
-                events = await _read_page(self._db, cursor, types)
+                events = await lookup.feed_page(self._db, cursor, types, FEED_PAGE)
             except changes.FeedPruned as gap:
                 raise feed_pruned(cursor, gap.pruned_through) from None
             if events:
@@ -351,25 +350,3 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 cursor = e.sequence
             if len(events) < FEED_PAGE:
                 await self._feed.wait_for_news(marker)
-
-
-async def _read_page(db: Database, after: int, types: tuple[int, ...]) -> list[changes.ChangeEvent]:
-    """Read the next feed page: the backlog from a replica, the tail from the primary.
-
-    A page from a replica that is not full means the replica has no more, and the primary may:
-    the rest is read from the primary, so a watcher sees an event as soon as the primary
-    announces it, and the replica's events, a prefix of the primary's, keep the order.
-    """
-
-    async def page(pool: asyncpg.Pool) -> list[changes.ChangeEvent]:
-        return await changes.read(pool, after, types, FEED_PAGE)
-
-    async def rest(
-        found: list[changes.ChangeEvent], primary: asyncpg.Pool
-    ) -> list[changes.ChangeEvent]:
-        if len(found) >= FEED_PAGE:
-            return found
-        cursor = found[-1].sequence if found else after
-        return [*found, *await changes.read(primary, cursor, types, FEED_PAGE - len(found))]
-
-    return await db.read(page, rest)

@@ -1,4 +1,6 @@
-"""Reading a citizen's record: which fields an agency may see, and PIN replacements."""
+"""Reads: a citizen's record (which fields an agency may see, PIN replacements), a page of
+the change feed, a page of a citizen's access history; each from a replica when one is
+healthy, with the primary asked where a replica's answer may be behind."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from registry.db import citizens
+from registry.db import audit, changes, citizens
 from registry.db.pool import Database
 from registry.rules.errors import (
     FieldViolation,
@@ -73,3 +75,45 @@ async def current_record(db: Database, pin: str) -> tuple[Citizen, bool]:
             return await citizens.follow_replacements(conn, citizen)
 
     return await db.read(read)
+
+
+async def feed_page(
+    db: Database, after: int, types: tuple[int, ...], size: int
+) -> list[changes.ChangeEvent]:
+    """Read the next change-feed page: the backlog from a replica, the tail from the primary.
+
+    A page from a replica that is not full means the replica has no more, and the primary may:
+    the rest is read from the primary, so a watcher sees an event as soon as the primary
+    announces it, and the replica's events, a prefix of the primary's, keep the order.
+    """
+
+    async def page(pool: asyncpg.Pool) -> list[changes.ChangeEvent]:
+        return await changes.read(pool, after, types, size)
+
+    async def rest(
+        found: list[changes.ChangeEvent], primary: asyncpg.Pool
+    ) -> list[changes.ChangeEvent]:
+        if len(found) >= size:
+            return found
+        cursor = found[-1].sequence if found else after
+        return [*found, *await changes.read(primary, cursor, types, size - len(found))]
+
+    return await db.read(page, rest)
+
+
+async def access_history(
+    db: Database, pin: str, before: int | None, limit: int
+) -> list[audit.HistoryItem]:
+    """Read up to `limit` entries of a citizen's access history older than `before`."""
+
+    async def history(pool: asyncpg.Pool) -> list[audit.HistoryItem]:
+        return await audit.history(pool, pin, before, limit)
+
+    async def confirm(
+        found: list[audit.HistoryItem], primary: asyncpg.Pool
+    ) -> list[audit.HistoryItem]:
+        # Nothing on a replica may mean a citizen registered a moment ago: ask the primary.
+        # Otherwise a page is at most REGISTRY_REPLICA_MAX_LAG_S behind.
+        return found if found else await history(primary)
+
+    return await db.read(history, confirm)

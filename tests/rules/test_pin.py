@@ -426,3 +426,51 @@ def test_negative_counter_is_rejected() -> None:
     bucket = pin.bucket_for("001", Sex.MALE, 2025)
     with pytest.raises(ValueError, match="negative"):
         pin.allocate(bucket, KEY, -1)
+
+
+# -- found by mutation testing (issue 14) -------------------------------------------------------
+
+
+def test_a_prefix_without_a_closing_day_is_open_for_good():
+    prefix = Prefix("001", "Hà Nội", "province", date(2016, 1, 1))
+    assert prefix.valid_to is None
+    assert prefix.open_on(date(2399, 12, 31))
+    # Opened and closed on the same day is a (one-day) code, not an error.
+    assert Prefix("002", "X", "province", date(2020, 1, 1), date(2020, 1, 1)).open_on(
+        date(2020, 1, 1)
+    )
+
+
+def test_prefixes_are_frozen_values():
+    import dataclasses
+
+    prefix = Prefix("001", "Hà Nội", "province", date(2016, 1, 1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prefix.valid_to = date(2020, 1, 1)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Prefix("01", "X", "province", date(2016, 1, 1)),
+         "province code must be 3 ASCII digits, got '01'"),
+        (lambda: Prefix("001", "X", "province", date(2016, 1, 2), date(2016, 1, 1)),
+         "prefix 001: valid_to 2016-01-01 is before valid_from 2016-01-02"),
+        (lambda: PrefixTable([Prefix("001", "X", "p", date(2016, 1, 1))] * 2),
+         "duplicate prefix code '001'"),
+        (lambda: PrefixTable.from_csv(["code,name,kind,valid_from,valid_to",
+                                       "001,X,p,2016-13-01,"]),
+         "prefix table line 2: month must be in 1..12"),
+        (lambda: pin.century_sex_digit(1899, Sex.MALE),
+         "birth year 1899 cannot be encoded in a PIN (must be 1900–2399)"),
+    ],
+)  # fmt: skip
+def test_bad_prefixes_and_years_are_refused_saying_why(make, message):
+    # Operators read these when a prefix table or an import does not load.
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value).startswith(message)
+
+
+def test_a_prefix_table_says_how_many_codes_it_holds():
+    assert repr(PrefixTable.load_default()) == "PrefixTable(63 codes)"
