@@ -441,12 +441,15 @@ def test_a_prefix_without_a_closing_day_is_open_for_good():
     )
 
 
-def test_prefixes_are_frozen_values():
+def test_prefixes_and_pin_parts_are_frozen_values():
     import dataclasses
 
     prefix = Prefix("001", "Hà Nội", "province", date(2016, 1, 1))
     with pytest.raises(dataclasses.FrozenInstanceError):
         prefix.valid_to = date(2020, 1, 1)  # type: ignore[misc]
+    parts = pin.parse("001090000123")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parts.yy = 91  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -463,6 +466,10 @@ def test_prefixes_are_frozen_values():
          "prefix table line 2: month must be in 1..12"),
         (lambda: pin.century_sex_digit(1899, Sex.MALE),
          "birth year 1899 cannot be encoded in a PIN (must be 1900–2399)"),
+        (lambda: pin.sex_of_digit(10), "century/sex digit must be 0–9, got 10"),
+        (lambda: pin.birth_year_of(0, 100), "two-digit year must be 0–99, got 100"),
+        (lambda: pin.parse("00109000012"),
+         "a PIN must be exactly 12 ASCII digits, got '00109000012'"),
     ],
 )  # fmt: skip
 def test_bad_prefixes_and_years_are_refused_saying_why(make, message):
