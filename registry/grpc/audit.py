@@ -9,7 +9,8 @@ import binascii
 import grpc
 
 from registry.db.pool import Database
-from registry.grpc.gate import READ_CONFIDENTIAL_SCOPE, current_caller
+from registry.grpc.calls import current_caller
+from registry.grpc.gate import READ_CONFIDENTIAL_SCOPE
 from registry.rules.civil_registration import Violations
 from registry.rules.errors import not_found
 from registry.runtime.checkpointer import Checkpointer

@@ -8,8 +8,8 @@ import grpc
 
 from registry.db.pool import Database
 from registry.grpc import convert
+from registry.grpc.calls import current_caller, touch
 from registry.grpc.disclosure import CitizenAnswer
-from registry.grpc.gate import current_caller, touch
 from registry.rules import cards
 from registry.rules.civil_registration import require_pin
 from registry.runtime import clock

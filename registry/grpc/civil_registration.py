@@ -6,8 +6,8 @@ import grpc
 
 from registry.db.pool import Database
 from registry.grpc import convert
+from registry.grpc.calls import current_caller, touch
 from registry.grpc.disclosure import CitizenAnswer, supplied_by
-from registry.grpc.gate import current_caller, touch
 from registry.rules import civil_registration as registration
 from registry.runtime import clock
 from registry.runtime.caches import PrefixCache

@@ -9,30 +9,28 @@ Audit (SPEC §7): once the caller is authenticated and within its rate limit, a 
 or reaches a citizen's PIN answers only after its audit entry is durable — refusals (missing
 scope, bad request, not found) included. The PINs come from the request's `pin` / `*_pin`
 fields and from what the servicer reports with `touch()` (a new child's PIN, a card's holder);
-servicers that answer for many citizens at once (BatchVerify) write their own entries.
+servicers that answer for many citizens at once (BatchVerify, the imports, WatchChanges) write
+an entry per item, batch or page through the same `CallContext.audit` (registry.grpc.calls).
 Unauthenticated and rate-limited calls are not audited: nothing was looked at, and writing for
 them would let anyone flood the log; the access log counts them.
 """
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from registry.db.pool import is_conflict, is_unavailable
 from registry.grpc.bounds import MAX_UNARY_REQUEST_BYTES, Oversized, oversized_fields
+from registry.grpc.calls import CallContext, begin
 from registry.grpc.errors import to_grpc_status
-from registry.rules.audit import Entry, clean_text
-from registry.rules.civil_registration import trim
+from registry.rules.audit import clean_text
 from registry.rules.errors import (
     Code,
     FieldViolation,
@@ -128,106 +126,6 @@ MESSAGE_LIMITS: dict[str, int] = {
 # Served without a token: load balancers and tools must reach these.
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _MAX_PURPOSE = 200
-
-_PIN = re.compile(r"[0-9]{12}")
-# Names of the PIN fields of each request message type, found once per type.
-_pin_fields: dict[str, tuple[str, ...]] = {}
-
-
-def _request_pins(request: Any) -> list[str]:
-    descriptor = getattr(request, "DESCRIPTOR", None)
-    if descriptor is None:
-        return []  # a request stream
-    names = _pin_fields.get(descriptor.full_name)
-    if names is None:
-        names = _pin_fields[descriptor.full_name] = tuple(
-            f.name
-            for f in descriptor.fields
-            if f.type == f.TYPE_STRING
-            and not f.is_repeated
-            and (f.name == "pin" or f.name.endswith("_pin"))
-        )
-    pins = []
-    for name in names:
-        # Trimmed as the servicers trim it: " 001…  " reaches the same citizen.
-        value = trim(getattr(request, name))
-        if value and _PIN.fullmatch(value) and value not in pins:
-            pins.append(value)
-    return pins
-
-
-def audited_pins(*values: str) -> tuple[str, ...]:
-    """Return the well-formed PINs among values (what an audit entry may name)."""
-    return tuple(p for p in map(trim, values) if p and _PIN.fullmatch(p))
-
-
-class CallContext:
-    """What the gate knows about the call being served."""
-
-    __slots__ = ("_writer", "audited", "caller", "method", "pins", "request_id", "started")
-
-    def __init__(
-        self, caller: Caller, method: str, request: Any, started: float, writer: AuditWriter
-    ):
-        self._writer = writer
-        self.audited = False
-        self.caller = caller
-        self.method = method
-        self.started = started
-        self.pins = _request_pins(request)
-        # The caller's idempotency key, or the correlation id of a verification.
-        request_id = getattr(request, "request_id", "") or getattr(request, "correlation_id", "")
-        self.request_id = clean_text(request_id, 128) if isinstance(request_id, str) else ""
-
-    def touch(self, *pins: str) -> None:
-        """Record that the call reached these citizens (well-formed PINs only)."""
-        for pin in map(trim, pins):
-            if pin and pin not in self.pins and _PIN.fullmatch(pin):
-                self.pins.append(pin)
-
-    def entry(
-        self, outcome: str, pins: tuple[str, ...] | None = None, request_id: str | None = None
-    ) -> Entry:
-        """Return the audit entry for this call (or for one item of a streaming call)."""
-        return Entry(
-            time=datetime.fromtimestamp(self.started, UTC),
-            agency_id=self.caller.agency_id,
-            method=self.method,
-            pins=tuple(self.pins) if pins is None else pins,
-            outcome=outcome,
-            purpose=self.caller.purpose,
-            request_id=self.request_id if request_id is None else request_id,
-        )
-
-    async def audit(self, entries: Sequence[Entry]) -> None:
-        """Make these entries durable; return once they are (before the answer leaves).
-
-        The one way an RPC writes its audit: the gate for a unary call's own entry, a
-        streaming servicer for each batch, page or item it answers (`entry` builds them).
-        """
-        await self._writer.record(entries)
-
-    def audit_later(self, entries: Sequence[Entry]) -> None:
-        """Queue entries without waiting: a cancelled call has nobody left to answer."""
-        self._writer.submit(entries)
-
-
-_call: contextvars.ContextVar[CallContext] = contextvars.ContextVar("call")
-
-
-def current_call() -> CallContext:
-    """Return the context of the RPC being served."""
-    return _call.get()
-
-
-def current_caller() -> Caller:
-    """Return the authenticated caller of the RPC being served."""
-    return _call.get().caller
-
-
-def touch(*pins: str) -> None:
-    """Record that the RPC being served reached these citizens (for its audit entry)."""
-    _call.get().touch(*pins)
 
 
 def _check_deadline(context: grpc.aio.ServicerContext) -> None:
@@ -492,7 +390,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         outcome.agency = caller.agency_id
         self._limits.check(caller.agency_id, caller.rate_limit)
         ctx = outcome.ctx = CallContext(caller, method, request, time.time(), self._audit)
-        _call.set(ctx)
+        begin(ctx)
         self._permit(caller, scope)
         _check_deadline(context)
         if streamed_in:

@@ -12,8 +12,8 @@ import grpc
 
 from registry.db.pool import Database
 from registry.grpc import convert
+from registry.grpc.calls import CallContext, audited_pins, current_call, current_caller, touch
 from registry.grpc.errors import to_status_proto
-from registry.grpc.gate import CallContext, audited_pins, current_call, current_caller, touch
 from registry.rules import cards
 from registry.rules.audit import Entry, clean_text
 from registry.rules.civil_registration import Violations, require_pin

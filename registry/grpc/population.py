@@ -15,8 +15,8 @@ from registry.db import imports as imports_db
 from registry.db.pool import Database
 from registry.grpc import convert
 from registry.grpc.bounds import oversized_fields
+from registry.grpc.calls import CallContext, current_call, current_caller, touch
 from registry.grpc.disclosure import CitizenAnswer
-from registry.grpc.gate import CallContext, current_call, current_caller, touch
 from registry.rules import imports, updates
 from registry.rules.audit import Entry, clean_text
 from registry.rules.civil_registration import Violations
