@@ -115,6 +115,25 @@ def test_five_failures_about_one_citizen_stop_that_agencys_verifications_of_them
     assert person.pin not in found[0].getMessage()
 
 
+def test_failures_older_than_the_window_no_longer_count(identity, make_agency, person, db):
+    # Found by mutation testing (issue 14): five failures 25 hours old (written as the owner,
+    # as if a day had passed) must not block; the same five within the window do.
+    stale = make_agency(scopes=("identity:verify",), miss_budget=1000)
+    recent = make_agency(scopes=("identity:verify",), miss_budget=1000)
+    for agency, hours in ((stale, 25), (recent, 23)):
+        db.execute(
+            "INSERT INTO verification_failures (agency_id, pin, failures) "
+            "SELECT $1, $2, array_agg(now() - make_interval(hours => $3) + i * interval '1 s') "
+            "FROM generate_series(1, 5) AS i",
+            agency.id,
+            person.pin,
+            hours,
+        )
+    assert verify(identity, stale, person.pin, date_of_birth=date(*BIRTHDAY)).result == MATCH
+    refused = call_error(verify, identity, recent, person.pin, date_of_birth=date(*BIRTHDAY))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, CITIZEN_LIMIT)
+
+
 def test_a_stream_of_every_date_of_the_year_gets_five_answers(identity, make_agency, person):
     guesser = make_agency(scopes=("identity:verify",), miss_budget=1000)
     days = [Date(1990, 1, 1) + timedelta(days=n) for n in range(365)]
@@ -220,6 +239,19 @@ def test_two_servers_share_the_miss_budget_exactly_and_alert_once(both, make_age
     assert budget <= answered <= budget + int(elapsed // 20), "each server spent its own budget"
     assert refused == 12 - answered
     assert len(alerts_about(caplog, prober.id)) == 1, "one alert per episode across servers"
+
+
+def test_a_budget_spent_on_one_server_refuses_even_a_match_on_the_other(
+    both, make_agency, person
+):
+    # Found by mutation testing (issue 14): the server that did not see the misses knows
+    # only from the database's budget state (read with the verification) that it is spent.
+    prober = make_agency(scopes=("identity:verify",), miss_budget=2)
+    first, second = both
+    for _ in range(2):
+        assert verify(first, prober, unknown_pin(), full_name="An").result == NOT_FOUND
+    refused = call_error(verify, second, prober, person.pin, date_of_birth=date(*BIRTHDAY))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, MISS_BUDGET)
 
 
 def test_two_servers_share_the_failure_budget_of_a_citizen(both, make_agency, person):
