@@ -241,9 +241,7 @@ def test_two_servers_share_the_miss_budget_exactly_and_alert_once(both, make_age
     assert len(alerts_about(caplog, prober.id)) == 1, "one alert per episode across servers"
 
 
-def test_a_budget_spent_on_one_server_refuses_even_a_match_on_the_other(
-    both, make_agency, person
-):
+def test_a_budget_spent_on_one_server_refuses_even_a_match_on_the_other(both, make_agency, person):
     # Found by mutation testing (issue 14): the server that did not see the misses knows
     # only from the database's budget state (read with the verification) that it is spent.
     prober = make_agency(scopes=("identity:verify",), miss_budget=2)
