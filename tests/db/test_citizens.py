@@ -24,20 +24,13 @@ from tests.db.records import fresh_name, fresh_pin, insert_citizen, request_id
 
 def birth(**overrides: object) -> BirthRegistration:
     fields: dict[str, object] = {
-        "full_name": fresh_name("Trần Thị"),
-        "sex": Sex.FEMALE,
-        "date_of_birth": PartialDate(2024, 3),
-        "place_of_birth": "Bệnh viện Từ Dũ",
-        "registration_province_code": "079",
-        "hometown": "Huế",
-        "ethnicity": "Kinh",
-        "nationality": "VN",
-        "father_pin": None,
-        "mother_pin": None,
-        "registration_authority": "UBND phường Bến Nghé",
-        "registration_number": "12/2024",
+        "full_name": fresh_name("Trần Thị"), "sex": Sex.FEMALE,
+        "date_of_birth": PartialDate(2024, 3), "place_of_birth": "Bệnh viện Từ Dũ",
+        "registration_province_code": "079", "hometown": "Huế", "ethnicity": "Kinh",
+        "nationality": "VN", "father_pin": None, "mother_pin": None,
+        "registration_authority": "UBND phường Bến Nghé", "registration_number": "12/2024",
         "registered_on": date(2024, 4, 2),
-    }
+    }  # fmt: skip
     fields.update(overrides)
     return BirthRegistration(**fields)  # type: ignore[arg-type]
 
@@ -117,30 +110,27 @@ async def test_get_reads_every_column_and_sorted_legacy_ids(rt, su):
         marital_status=2,
         pin_mismatch=True,
     )
-    for legacy in ("900000002", "100000001"):
+    high, low = f"9{pin[1:]}", f"1{pin[1:]}"
+    for legacy in (high, low):
         await su.execute(
-            "INSERT INTO legacy_ids (legacy_id, pin, linked_by) VALUES ($1 || $2, $3, 't')",
-            legacy,
-            pin[-3:],
-            pin,
+            "INSERT INTO legacy_ids (legacy_id, pin, linked_by) VALUES ($1, $2, 't')", legacy, pin
         )
     got = await citizens.get(rt, pin)
     assert got is not None
-    assert got.other_names == ("Tí", "Tèo")
-    assert got.date_of_birth == PartialDate(1950)
-    assert (got.religion, got.blood_type, got.marital_status) == (
+    assert (got.other_names, got.date_of_birth, got.religion) == (
+        ("Tí", "Tèo"),
+        PartialDate(1950),
         "Phật giáo",
+    )
+    assert (got.blood_type, got.marital_status, got.pin_mismatch) == (
         BloodType.O,
         MaritalStatus.MARRIED,
+        True,
     )
     assert (got.spouse_pin, got.representative_pin) == (spouse, spouse)
-    assert (got.permanent_address, got.temporary_address, got.current_address) == (
-        "1 Tràng Tiền",
-        "2 Hàng Bài",
-        "3 Lý Thái Tổ",
-    )
-    assert got.pin_mismatch is True
-    assert got.legacy_ids == ("100000001" + pin[-3:], "900000002" + pin[-3:])
+    addresses = (got.permanent_address, got.temporary_address, got.current_address)
+    assert addresses == ("1 Tràng Tiền", "2 Hàng Bài", "3 Lý Thái Tổ")
+    assert got.legacy_ids == (low, high)
     assert got.date_of_death is None and got.replaced_by_pin is None
     assert await citizens.get(rt, fresh_pin()) is None
 
