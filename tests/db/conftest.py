@@ -1,0 +1,88 @@
+"""Fixtures of the repository tests (registry/db): a connection as the server's runtime role,
+and migrated databases of a module's own for tests that need a whole table to themselves (the
+audit chain, the change feed's positions, the PIN secret's fingerprint, the gauges)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from registry.db.migrate import migrate
+from registry.embedded import OWNER_ROLE, EmbeddedCluster
+from tests.conftest import run
+
+
+def in_database(dsn: str, name: str) -> str:
+    """The same role's DSN for another database of the cluster."""
+    return f"{dsn.rsplit('/', 1)[0]}/{name}"
+
+
+@dataclass(frozen=True)
+class PrivateDatabase:
+    """A migrated database of one test module: a DSN per role."""
+
+    superuser: str
+    """For setting up and checking state behind the server's back."""
+    owner: str
+    """What migrations and operator commands connect as."""
+    runtime: str
+    """What the server connects as."""
+
+
+@pytest.fixture(scope="module")
+def private_db(cluster: EmbeddedCluster, dsn: str) -> Iterator[PrivateDatabase]:
+    """A database of this module's own, owned by the owner role and migrated by it."""
+    name = f"repo_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
+        finally:
+            await conn.close()
+        owner = await asyncpg.connect(in_database(cluster.owner_dsn, name))
+        try:
+            await migrate(owner)
+        finally:
+            await owner.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run(create())
+    try:
+        yield PrivateDatabase(
+            superuser=in_database(dsn, name),
+            owner=in_database(cluster.owner_dsn, name),
+            runtime=in_database(cluster.runtime_dsn, name),
+        )
+    finally:
+        run(drop())
+
+
+@pytest.fixture
+async def rt(runtime_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the session database as the server's runtime role."""
+    conn = await asyncpg.connect(runtime_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def su(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A superuser connection to the session database, for setting up and checking rows."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
