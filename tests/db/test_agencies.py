@@ -1,7 +1,9 @@
 """registry/db/agencies.py against PostgreSQL.
 
 Agencies are managed by operator commands (`registry agency ...`), which connect as the owner
-role; the server only reads them, as the runtime role.
+role; the server only reads them, as the runtime role. The agencies here carry placeholder keys,
+so they live in a database of this module's own: the session's servers would otherwise load
+them and log each unusable key (the fuzz tests refuse any error in the server's log).
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ import asyncpg
 import pytest
 
 from registry.db import agencies
-from registry.embedded import EmbeddedCluster
 from registry.rules.errors import Code, RegistryError
+from tests.db.conftest import PrivateDatabase
 
 
 @pytest.fixture
-async def owner(cluster: EmbeddedCluster, dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(cluster.owner_dsn)
+async def owner(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(private_db.owner)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def rt(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(private_db.runtime)
     try:
         yield conn
     finally:
@@ -169,11 +180,11 @@ async def test_set_enabled_records_when_an_agency_comes_back(owner, rt):
     assert (missing.value.code, missing.value.reason) == (Code.NOT_FOUND, "AGENCY_NOT_FOUND")
 
 
-async def test_list_all_is_ordered_by_id_from_a_pool_or_a_connection(owner, runtime_dsn):
+async def test_list_all_is_ordered_by_id_from_a_pool_or_a_connection(owner, private_db):
     stem = new_id("order")
     for suffix in ("b", "a", "c"):
         await add(owner, f"{stem}-{suffix}", kid=f"k-{suffix}")
-    pool = await asyncpg.create_pool(runtime_dsn, min_size=1, max_size=1)
+    pool = await asyncpg.create_pool(private_db.runtime, min_size=1, max_size=1)
     try:
         listed = await agencies.list_all(pool)
         async with pool.acquire() as conn:
