@@ -20,7 +20,7 @@ from registry.grpc import tracing
 from registry.grpc.audit import AuditServicer
 from registry.grpc.cards import CardServicer
 from registry.grpc.civil_registration import CivilRegistrationServicer
-from registry.grpc.gate import BATCH_MAX_BYTES, CallGate
+from registry.grpc.gate import BATCH_MAX_BYTES, SERVICE_NAMES, CallGate
 from registry.grpc.identity import IdentityServicer
 from registry.grpc.metrics import MetricsInterceptor
 from registry.grpc.population import PopulationServicer
@@ -34,29 +34,15 @@ from registry.runtime.checkpointer import Checkpointer
 from registry.runtime.feed import ChangeFeed
 from registry.usecases.budgets import Budgets
 from registry.v1 import (
-    audit_service_pb2,
     audit_service_pb2_grpc,
-    card_service_pb2,
     card_service_pb2_grpc,
-    civil_registration_service_pb2,
     civil_registration_service_pb2_grpc,
-    identity_service_pb2,
     identity_service_pb2_grpc,
-    population_service_pb2,
     population_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    civil_registration_service_pb2.DESCRIPTOR.services_by_name[
-        "CivilRegistrationService"
-    ].full_name,
-    card_service_pb2.DESCRIPTOR.services_by_name["CardService"].full_name,
-    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
-    population_service_pb2.DESCRIPTOR.services_by_name["PopulationService"].full_name,
-    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-)
 # Request metadata, all of it: above gRPC's default (8 KiB, refused at random up to 16 KiB)
 # an oversized token was refused by the transport with a detail-less RESOURCE_EXHAUSTED.
 # With one fixed limit a token of a few kilobytes too many reaches the gate and is answered

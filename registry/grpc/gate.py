@@ -60,12 +60,19 @@ from registry.v1 import (
 log = logging.getLogger(__name__)
 
 _V1 = "/registry.v1."
-_SERVICE_FILES = (
-    audit_service_pb2,
-    card_service_pb2,
+SERVICE_FILES = (
     civil_registration_service_pb2,
+    card_service_pb2,
     identity_service_pb2,
     population_service_pb2,
+    audit_service_pb2,
+)
+"""The proto files of the registry's services: the one list that the gate's scope table, the
+health statuses and reflection are read from."""
+SERVICE_NAMES = tuple(
+    service.full_name
+    for file in SERVICE_FILES
+    for service in file.DESCRIPTOR.services_by_name.values()
 )
 
 
@@ -75,7 +82,7 @@ def method_scopes() -> dict[str, str | None]:
     without the option is left out, and the gate refuses a method it does not find here: a
     new RPC must be given its rule deliberately."""
     scopes: dict[str, str | None] = {}
-    for file in _SERVICE_FILES:
+    for file in SERVICE_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 options = method.GetOptions()

@@ -86,3 +86,43 @@ async def su(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def private_rt(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's own database as the server's runtime role."""
+    conn = await asyncpg.connect(private_db.runtime)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def private_su(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A superuser connection to the module's own database."""
+    conn = await asyncpg.connect(private_db.superuser)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def private_owner(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's own database as the owner role (operator commands)."""
+    conn = await asyncpg.connect(private_db.owner)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def private_pool(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the module's own database as the runtime role."""
+    pool = await asyncpg.create_pool(private_db.runtime, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()

@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from registry.db import agencies
 from registry.rules.errors import Code, RegistryError
-from tests.db.conftest import PrivateDatabase
-
-
-@pytest.fixture
-async def owner(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(private_db.owner)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def rt(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(private_db.runtime)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def new_id(prefix: str = "repo") -> str:
@@ -62,15 +42,15 @@ async def find(conn: asyncpg.Connection | asyncpg.Pool, agency_id: str):
     return next((a for a in await agencies.list_all(conn) if a.id == agency_id), None)
 
 
-async def test_add_registers_the_agency_with_its_first_key(owner, rt):
+async def test_add_registers_the_agency_with_its_first_key(private_owner, private_rt):
     agency_id = new_id()
     await add(
-        owner, agency_id, name="Bộ Tư pháp", kind="JUSTICE", scopes=["a", "b"], fields=["sex"],
-        rate_limit=None, name_matching="DIACRITIC_INSENSITIVE", miss_budget=30,
+        private_owner, agency_id, name="Bộ Tư pháp", kind="JUSTICE", scopes=["a", "b"],
+        fields=["sex"], rate_limit=None, name_matching="DIACRITIC_INSENSITIVE", miss_budget=30,
         watch_types=["BORN", "DIED"], confidential=True, kid="key-2026", algorithm="EdDSA",
         public_key_pem="PEM",
     )  # fmt: skip
-    got = await find(rt, agency_id)
+    got = await find(private_rt, agency_id)
     assert got is not None
     assert (got.name, got.kind, got.scopes, got.fields) == (
         "Bộ Tư pháp",
@@ -93,8 +73,8 @@ async def test_add_registers_the_agency_with_its_first_key(owner, rt):
         None,
     )
     plain = new_id()
-    await add(owner, plain)
-    defaults = await find(rt, plain)
+    await add(private_owner, plain)
+    defaults = await find(private_rt, plain)
     assert defaults is not None
     assert (defaults.name_matching, defaults.miss_budget, defaults.watch_types) == (
         "STRICT",
@@ -104,46 +84,46 @@ async def test_add_registers_the_agency_with_its_first_key(owner, rt):
     assert defaults.confidential is False and defaults.rate_limit == 50
 
 
-async def test_add_refuses_an_existing_id_and_is_atomic(owner, rt):
+async def test_add_refuses_an_existing_id_and_is_atomic(private_owner, private_rt):
     agency_id = new_id()
-    await add(owner, agency_id)
+    await add(private_owner, agency_id)
     with pytest.raises(RegistryError) as exists:
-        await add(owner, agency_id, name="Another", kid="k2")
+        await add(private_owner, agency_id, name="Another", kid="k2")
     assert (exists.value.code, exists.value.reason) == (Code.ALREADY_EXISTS, "AGENCY_EXISTS")
-    got = await find(rt, agency_id)
+    got = await find(private_rt, agency_id)
     assert got is not None and got.name == f"Agency {agency_id}" and len(got.keys) == 1
     # A key the database refuses leaves no agency without a key behind.
     broken = new_id()
     with pytest.raises(asyncpg.CheckViolationError):
-        await add(owner, broken, algorithm="HS256")
-    assert await find(rt, broken) is None
-    assert not owner.is_in_transaction()
+        await add(private_owner, broken, algorithm="HS256")
+    assert await find(private_rt, broken) is None
+    assert not private_owner.is_in_transaction()
 
 
-async def test_keys_are_added_revoked_and_listed_in_order(owner, rt):
+async def test_keys_are_added_revoked_and_listed_in_order(private_owner, private_rt):
     agency_id = new_id()
-    await add(owner, agency_id, kid="mid")
+    await add(private_owner, agency_id, kid="mid")
     await asyncio.sleep(0.01)
     await agencies.add_key(
-        owner, agency_id=agency_id, kid="zed", algorithm="RS256", public_key_pem="P2"
+        private_owner, agency_id=agency_id, kid="zed", algorithm="RS256", public_key_pem="P2"
     )
     await asyncio.sleep(0.01)
     await agencies.add_key(
-        owner, agency_id=agency_id, kid="abc", algorithm="EdDSA", public_key_pem="P4"
+        private_owner, agency_id=agency_id, kid="abc", algorithm="EdDSA", public_key_pem="P4"
     )
     with pytest.raises(RegistryError) as twice:
         await agencies.add_key(
-            owner, agency_id=agency_id, kid="zed", algorithm="ES256", public_key_pem="P3"
+            private_owner, agency_id=agency_id, kid="zed", algorithm="ES256", public_key_pem="P3"
         )
     assert (twice.value.code, twice.value.reason) == (Code.ALREADY_EXISTS, "KEY_EXISTS")
     with pytest.raises(RegistryError) as nobody:
         await agencies.add_key(
-            owner, agency_id=new_id(), kid="k", algorithm="ES256", public_key_pem="P"
+            private_owner, agency_id=new_id(), kid="k", algorithm="ES256", public_key_pem="P"
         )
     assert (nobody.value.code, nobody.value.reason) == (Code.NOT_FOUND, "AGENCY_NOT_FOUND")
 
-    await agencies.revoke_key(owner, agency_id, "mid")
-    got = await find(rt, agency_id)
+    await agencies.revoke_key(private_owner, agency_id, "mid")
+    got = await find(private_rt, agency_id)
     assert got is not None
     assert [(k.kid, k.algorithm, k.public_key_pem) for k in got.keys] == [
         ("mid", "ES256", "PEM-1"),
@@ -155,35 +135,35 @@ async def test_keys_are_added_revoked_and_listed_in_order(owner, rt):
     assert got.keys[0].created_at < got.keys[1].created_at
     for kid in ("mid", "never"):  # revoked already, or no such key
         with pytest.raises(RegistryError) as missing:
-            await agencies.revoke_key(owner, agency_id, kid)
+            await agencies.revoke_key(private_owner, agency_id, kid)
         assert (missing.value.code, missing.value.reason) == (Code.NOT_FOUND, "KEY_NOT_FOUND")
 
-    assert await agencies.key_exists(rt, agency_id, "mid")  # revoked keys still count
-    assert await agencies.key_exists(rt, agency_id, "zed")
-    assert not await agencies.key_exists(rt, agency_id, "never")
-    assert not await agencies.key_exists(rt, new_id(), "mid")
+    assert await agencies.key_exists(private_rt, agency_id, "mid")  # revoked keys still count
+    assert await agencies.key_exists(private_rt, agency_id, "zed")
+    assert not await agencies.key_exists(private_rt, agency_id, "never")
+    assert not await agencies.key_exists(private_rt, new_id(), "mid")
 
 
-async def test_set_enabled_records_when_an_agency_comes_back(owner, rt):
+async def test_set_enabled_records_when_an_agency_comes_back(private_owner, private_rt):
     agency_id = new_id()
-    await add(owner, agency_id)
-    await agencies.set_enabled(owner, agency_id, False)
-    off = await find(rt, agency_id)
+    await add(private_owner, agency_id)
+    await agencies.set_enabled(private_owner, agency_id, False)
+    off = await find(private_rt, agency_id)
     assert off is not None and off.enabled is False and off.enabled_at is None
-    await agencies.set_enabled(owner, agency_id, True)
-    on = await find(rt, agency_id)
+    await agencies.set_enabled(private_owner, agency_id, True)
+    on = await find(private_rt, agency_id)
     assert on is not None and on.enabled is True and on.enabled_at is not None
-    await agencies.set_enabled(owner, agency_id, True)  # already enabled: the time stays
-    assert (await find(rt, agency_id)).enabled_at == on.enabled_at
+    await agencies.set_enabled(private_owner, agency_id, True)  # already enabled: the time stays
+    assert (await find(private_rt, agency_id)).enabled_at == on.enabled_at
     with pytest.raises(RegistryError) as missing:
-        await agencies.set_enabled(owner, new_id(), False)
+        await agencies.set_enabled(private_owner, new_id(), False)
     assert (missing.value.code, missing.value.reason) == (Code.NOT_FOUND, "AGENCY_NOT_FOUND")
 
 
-async def test_list_all_is_ordered_by_id_from_a_pool_or_a_connection(owner, private_db):
+async def test_list_all_is_ordered_by_id_from_a_pool_or_a_connection(private_owner, private_db):
     stem = new_id("order")
     for suffix in ("b", "a", "c"):
-        await add(owner, f"{stem}-{suffix}", kid=f"k-{suffix}")
+        await add(private_owner, f"{stem}-{suffix}", kid=f"k-{suffix}")
     pool = await asyncpg.create_pool(private_db.runtime, min_size=1, max_size=1)
     try:
         listed = await agencies.list_all(pool)

@@ -6,30 +6,19 @@ buckets), so these tests work in a database of their own (tests/db/conftest.py `
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
-import pytest
 
 from registry.db import gauges
 from registry.rules.pin import BUCKET_SIZE
-from tests.db.conftest import PrivateDatabase
 
 
-@pytest.fixture
-async def pool(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(private_db.runtime, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
+async def test_sample_of_an_empty_register(private_pool):
+    assert await gauges.sample(private_pool) == (0.0, None, [])
 
 
-async def test_sample_of_an_empty_register(pool):
-    assert await gauges.sample(pool) == (0.0, None, [])
-
-
-async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_buckets(pool, private_db):
+async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_buckets(
+    private_pool, private_db
+):
     su = await asyncpg.connect(private_db.superuser)
     try:
         await su.execute(
@@ -52,7 +41,7 @@ async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_bucket
         )
     finally:
         await su.close()
-    lag, checkpoint_age, fullest = await gauges.sample(pool, buckets=3)
+    lag, checkpoint_age, fullest = await gauges.sample(private_pool, buckets=3)
     assert 30 <= lag < 40  # the oldest event still waiting for a position
     assert checkpoint_age is not None and 60 <= checkpoint_age < 70
     assert fullest == [
@@ -60,4 +49,4 @@ async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_bucket
         ("001-2-05", 0.5),
         ("006-1-00", 0.25),
     ]
-    assert len((await gauges.sample(pool))[2]) == 4
+    assert len((await gauges.sample(private_pool))[2]) == 4

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from datetime import date
 
 import asyncpg
-import pytest
 
 from registry.db import prefixes
 from registry.rules.pin import Prefix, PrefixTable
-from tests.db.conftest import PrivateDatabase
-
-
-@pytest.fixture
-async def su(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(private_db.superuser)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_load_reads_the_seeded_table(private_db):
@@ -34,9 +22,9 @@ async def test_load_reads_the_seeded_table(private_db):
     assert table["001"] == Prefix("001", "Hà Nội", "province", date(2016, 1, 1), None)
 
 
-async def test_load_sees_an_operators_codes_with_their_validity(private_db, su):
+async def test_load_sees_an_operators_codes_with_their_validity(private_db, private_su):
     closed, opened = (f"9{secrets.randbelow(50):02d}", f"9{50 + secrets.randbelow(50):02d}")
-    await su.execute(
+    await private_su.execute(
         "INSERT INTO pin_prefixes (code, name, kind, valid_from, valid_to) VALUES "
         "($1, 'Sinh ở nước ngoài (cũ)', 'abroad', '2016-01-01', '2025-12-31'), "
         "($2, 'Sinh ở nước ngoài', 'abroad', '2026-01-01', NULL)",
