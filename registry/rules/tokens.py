@@ -100,11 +100,11 @@ class AgencyEntry:
     fields: frozenset[str]
     rate_limit: int | None
     enabled: bool
-    diacritic_insensitive: bool = False
-    miss_budget: int | None = None
-    enabled_at: datetime | None = None
+    diacritic_insensitive: bool
+    miss_budget: int | None
+    enabled_at: datetime | None
     """When an operator last enabled the agency again; tokens issued before are refused."""
-    watch_types: frozenset[int] = frozenset()
+    watch_types: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -382,13 +382,15 @@ class TokenVerifier:
                 algorithms=[key.algorithm],
                 audience=self.audience,
                 issuer=issuer,
-                leeway=self.leeway_s,
-                options={"require": ["exp", "iat", "iss", "aud"]},
+                # The times are checked below against this verifier's clock, the one its cache
+                # uses too (pyjwt would read the wall clock: two clocks, two answers).
+                options={
+                    "require": ["exp", "iat", "iss", "aud"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise unauthenticated("TOKEN_EXPIRED", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise unauthenticated("TOKEN_NOT_YET_VALID", "the token is not valid yet") from None
         except jwt.InvalidAudienceError:
             raise unauthenticated(
                 "TOKEN_AUDIENCE_INVALID", f"the token's aud must be {self.audience!r}"
@@ -405,9 +407,14 @@ class TokenVerifier:
             raise unauthenticated("TOKEN_MALFORMED", "the bearer token is not a JWT") from None
         except jwt.PyJWTError as exc:
             raise unauthenticated("TOKEN_INVALID", f"the token is invalid: {exc}") from None
+        # read_unverified has checked that iat, exp and nbf are numbers of seconds.
         iat, exp = claims["iat"], claims["exp"]
+        if exp <= now - self.leeway_s:
+            raise unauthenticated("TOKEN_EXPIRED", "the token has expired")
         if iat > now + self.leeway_s:
             raise unauthenticated("TOKEN_NOT_YET_VALID", "the token was issued in the future")
+        if claims.get("nbf", iat) > now + self.leeway_s:
+            raise unauthenticated("TOKEN_NOT_YET_VALID", "the token is not valid yet")
         if exp - iat > self.max_lifetime_s:
             raise unauthenticated(
                 "TOKEN_LIFETIME_TOO_LONG",

@@ -7,16 +7,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from registry.grpc.gate import METHOD_SCOPES, READ_CONFIDENTIAL_SCOPE
+from registry.grpc.gate import METHOD_SCOPES, READ_CONFIDENTIAL_SCOPE, SERVICE_FILES
 from registry.rules.tokens import SCOPES
-from registry.v1 import (
-    audit_service_pb2,
-    card_service_pb2,
-    civil_registration_service_pb2,
-    identity_service_pb2,
-    options_pb2,
-    population_service_pb2,
-)
+from registry.v1 import options_pb2
 from tests.conftest import ServerThread, server_settings, wait_serving
 from tests.helpers import decode
 
@@ -44,18 +37,11 @@ SPEC_SCOPES = {
     "AuditService/ListAccessLog": "audit:read",
     "AuditService/GetAuditCheckpoint": None,
 }
-FILES = (
-    audit_service_pb2,
-    card_service_pb2,
-    civil_registration_service_pb2,
-    identity_service_pb2,
-    population_service_pb2,
-)
 
 
 def declared() -> dict[str, str | None]:
     rules: dict[str, str | None] = {}
-    for file in FILES:
+    for file in SERVICE_FILES:
         for service in file.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 options = method.GetOptions()
