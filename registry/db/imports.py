@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -13,35 +13,83 @@ from registry.db import pins as buckets
 from registry.db.pool import Database
 from registry.rules import imports, names
 from registry.rules import pin as pins
+from registry.rules.model import CITIZEN_FIELD_TABLE, Kind
 
 log = logging.getLogger(__name__)
 
 _SEP = "\x1f"  # joins other_names (validated names never contain control characters)
 
-_INSERT = """
-INSERT INTO citizens (
-    pin, full_name, other_names, birth_year, birth_month, birth_day, sex, place_of_birth,
-    registration_province_code, hometown, ethnicity, religion, nationality, blood_type,
-    father_pin, mother_pin, spouse_pin, representative_pin, permanent_address,
-    temporary_address, current_address, marital_status, status, death_year, death_month,
-    death_day, pin_mismatch, created_by)
-SELECT u.pin, u.full_name, string_to_array(u.other_names, E'\\x1f'), u.by, u.bm, u.bd, u.sex,
-       u.pob, u.province, u.hometown, u.ethnicity, u.religion, u.nationality, u.blood,
-       u.father, u.mother, u.spouse, u.representative, u.permanent, u.temporary, u.current,
-       u.marital, u.status, u.dy, u.dm, u.dd, u.mismatch, $29
-FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[],
-            $6::smallint[], $7::smallint[], $8::text[], $9::text[], $10::text[], $11::text[],
-            $12::text[], $13::text[], $14::smallint[], $15::text[], $16::text[], $17::text[],
-            $18::text[], $19::text[], $20::text[], $21::text[], $22::smallint[],
-            $23::smallint[], $24::smallint[], $25::smallint[], $26::smallint[],
-            $27::boolean[], $28::int[])
-     AS u(pin, full_name, other_names, by, bm, bd, sex, pob, province, hometown, ethnicity,
-          religion, nationality, blood, father, mother, spouse, representative, permanent,
-          temporary, current, marital, status, dy, dm, dd, mismatch, ord)
-ORDER BY u.ord
-ON CONFLICT (pin) DO NOTHING
-RETURNING pin
-"""
+# SQL array types of the import insert's parameters, by kind (NAMES travel joined by _SEP).
+_ARRAY_TYPES = {
+    Kind.TEXT: ("text",),
+    Kind.PIN_REF: ("text",),
+    Kind.NAMES: ("text",),
+    Kind.DATE: ("smallint", "smallint", "smallint"),
+    Kind.ENUM: ("smallint",),
+    Kind.BOOL: ("boolean",),
+}
+_IMPORTED = tuple(f for f in CITIZEN_FIELD_TABLE if f.imported)
+
+
+def _insert_statement() -> str:
+    """INSERT … SELECT FROM unnest(one array per column) of the imported fields, in order."""
+    columns = [c for f in _IMPORTED for c in f.columns]
+    types = [t for f in _IMPORTED for t in _ARRAY_TYPES[f.kind]]
+    values = [
+        f"string_to_array(u.{c}, E'\\x1f')" if f.kind is Kind.NAMES else f"u.{c}"
+        for f in _IMPORTED
+        for c in f.columns
+    ]
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate([*types, "int"], start=1))
+    return (
+        f"INSERT INTO citizens ({', '.join(columns)}, created_by) "
+        f"SELECT {', '.join(values)}, ${len(types) + 2} "
+        f"FROM unnest({arrays}) AS u({', '.join(columns)}, ord) "
+        "ORDER BY u.ord ON CONFLICT (pin) DO NOTHING RETURNING pin"
+    )
+
+
+_INSERT = _insert_statement()
+
+
+def _row_function() -> Callable[[imports.ImportRecord, str, int], tuple[object, ...]]:
+    """Compile the function that lays one record out as the insert's columns (+ its order).
+
+    Written out from the field table once, like dataclasses write their __init__: a loop over
+    the table per record cost 11 µs a record against 3 µs for the unrolled tuple.
+    """
+    parts: list[str] = []
+    for f in _IMPORTED:
+        if f.name == "pin":
+            parts.append("number")
+        elif f.kind is Kind.DATE:
+            d = f"r.{f.name}"
+            if f.name == "date_of_birth":  # required
+                parts += [f"{d}.year", f"{d}.month", f"{d}.day"]
+            else:
+                parts += [f"None if {d} is None else {d}.{p}" for p in ("year", "month", "day")]
+        elif f.kind is Kind.NAMES:
+            parts.append(f"SEP.join(r.{f.name})")
+        elif f.kind is Kind.PIN_REF:
+            parts.append(f"refs.get({f.name!r})")
+        elif f.max_length is not None:  # free text: kept in record.texts
+            parts.append(f"texts.get({f.name!r}, '')")
+        elif f.kind is Kind.ENUM:
+            parts.append(f"int(r.{f.name})")
+        else:
+            parts.append(f"r.{f.name}")
+    source = (
+        "def row(r, number, order):\n"
+        "    texts, refs = dict(r.texts), dict(r.references)\n"
+        f"    return ({', '.join(parts)}, order)\n"
+    )
+    namespace: dict[str, object] = {"SEP": _SEP}
+    exec(compile(source, "<import row>", "exec"), namespace)  # our own table, not input
+    return namespace["row"]  # type: ignore[return-value]
+
+
+_ROW = _row_function()
+
 
 _CANDIDATES = """
 SELECT c.pin, c.full_name, c.birth_year, c.birth_month, c.birth_day, c.sex,
@@ -419,21 +467,7 @@ async def _insert(
 ) -> set[str]:
     if not rows:
         return set()
-    columns: list[list[object]] = [[] for _ in range(28)]
-    for order, (r, number) in enumerate(rows):
-        dob, dod = r.date_of_birth, r.date_of_death
-        values = (
-            number, r.full_name, _SEP.join(r.other_names), dob.year, dob.month, dob.day,
-            int(r.sex), r.text("place_of_birth"), r.registration_province_code,
-            r.text("hometown"), r.text("ethnicity"), r.text("religion"), r.nationality,
-            r.blood_type, r.reference("father_pin"), r.reference("mother_pin"),
-            r.reference("spouse_pin"), r.reference("representative_pin"),
-            r.text("permanent_address"), r.text("temporary_address"),
-            r.text("current_address"), r.marital_status, r.status,
-            dod.year if dod else None, dod.month if dod else None, dod.day if dod else None,
-            r.pin_mismatch, order,
-        )  # fmt: skip
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
+    laid_out = (_ROW(record, number, order) for order, (record, number) in enumerate(rows))
+    columns = [list(column) for column in zip(*laid_out, strict=True)]
     inserted = await conn.fetch(_INSERT, *columns, agency_id)
     return {r["pin"] for r in inserted}
