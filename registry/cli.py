@@ -464,6 +464,7 @@ async def _import(
     database); return (summary, rows skipped as already acknowledged, rows/s)."""
     from registry.db import imports as imports_db  # grpc-free, but only needed here
     from registry.db import prefixes as prefixes_db
+    from registry.usecases import imports as import_runs
 
     path = Path(args.file)
     summary = imports.Summary()
@@ -490,13 +491,13 @@ async def _import(
             table = await prefixes_db.load(db.pool)
             today = clock.today()
             last: tuple[int, bytes] | None = None
-            writing: asyncio.Task[imports_db.AckedBatch] | None = None
+            writing: asyncio.Task[import_runs.AckedBatch] | None = None
 
-            async def acknowledge(task: asyncio.Task[imports_db.AckedBatch]) -> None:
+            async def acknowledge(task: asyncio.Task[import_runs.AckedBatch]) -> None:
                 nonlocal last
                 try:
                     done = await task
-                except imports_db.OffsetMismatch as mismatch:
+                except import_runs.OffsetMismatch as mismatch:
                     raise CliError(
                         f"another import of this file moved on ({mismatch.expected:,} rows "
                         "acknowledged): run again with --resume once it has stopped"
@@ -528,7 +529,7 @@ async def _import(
                     if writing is not None:
                         await acknowledge(writing)
                     writing = asyncio.create_task(
-                        imports_db.import_chunk(
+                        import_runs.import_chunk(
                             db, args.agency, import_id, offset, len(batch), records, positions,
                             invalid,
                         )
