@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -226,7 +224,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         """
         call = current_call()
         table, today = self._prefixes.table, clock.today()
-        writing: asyncio.Task[import_runs.AckedBatch] | None = None
+        run = import_runs.ChunkedRun(self._db, call.caller.agency_id)
         import_id = ""  # of the batch being written
         requests = request_iterator.__aiter__()
         try:
@@ -240,30 +238,22 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                     # An invalid batch, or a message that is not one (the gate's stream raises
                     # at it): the batch in flight is written and acknowledged first, so what
                     # the caller was told matches what is stored.
-                    if writing is not None:
-                        yield await self._acknowledge(call, import_id, writing)
-                        writing = None
+                    if (done := await self._finish(run)) is not None:
+                        yield await self._acknowledge(call, import_id, done)
                     raise
-                if writing is not None:
-                    yield await self._acknowledge(call, import_id, writing)
+                if (done := await self._finish(run)) is not None:
+                    yield await self._acknowledge(call, import_id, done)
                 import_id = request.import_id
-                writing = asyncio.create_task(
-                    import_runs.import_chunk(self._db, call.caller.agency_id, *chunk)
-                )
-            if writing is not None:
-                yield await self._acknowledge(call, import_id, writing)
-                writing = None
+                run.start(*chunk)
+            if (done := await self._finish(run)) is not None:
+                yield await self._acknowledge(call, import_id, done)
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+            await run.close()
 
-    async def _acknowledge(
-        self, call: CallContext, import_id: str, writing: asyncio.Task[import_runs.AckedBatch]
-    ) -> pb.ImportCitizenBatchesResponse:
+    @staticmethod
+    async def _finish(run: import_runs.ChunkedRun) -> import_runs.AckedBatch | None:
         try:
-            done = await writing
+            return await run.finish()
         except import_runs.OffsetMismatch as mismatch:
             raise RegistryError(
                 Code.OUT_OF_RANGE,
@@ -273,6 +263,10 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 "its own offset)",
                 metadata={"expected_offset": str(mismatch.expected)},
             ) from None
+
+    async def _acknowledge(
+        self, call: CallContext, import_id: str, done: import_runs.AckedBatch
+    ) -> pb.ImportCitizenBatchesResponse:
         # As ImportCitizens writes them (import_audit_entries): the citizens created and those
         # the records matched, durable before the ack.
         request_id = clean_text(import_id, 128)

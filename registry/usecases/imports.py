@@ -109,6 +109,57 @@ class OffsetMismatch(Exception):
         self.expected = expected
 
 
+class ChunkedRun:
+    """The batches of a chunked import (ImportCitizenBatches, `registry import`), written one
+    at a time and in order by `import_chunk`, while the caller reads and validates the next.
+
+    For each batch: `finish()` (the batch in flight, acknowledged: the caller audits and
+    answers it), then `start(...)` this one; `finish()` after the last. `finish` raises what
+    the write raised (OffsetMismatch). Call `close()` in any case: it stops a write still
+    running when the run is abandoned.
+    """
+
+    def __init__(self, db: Database, agency_id: str):
+        self._db = db
+        self._agency_id = agency_id
+        self._writing: asyncio.Task[AckedBatch] | None = None
+
+    def start(
+        self,
+        import_id: str,
+        offset: int,
+        received: int,
+        records: Sequence[ImportRecord],
+        positions: Sequence[int],
+        invalid: Sequence[tuple[int, str, str]],
+    ) -> None:
+        """Start writing a batch; `finish()` the one before first (one in flight at a time)."""
+        assert self._writing is None, "finish() the batch in flight first"
+        self._writing = asyncio.create_task(
+            import_chunk(
+                self._db, self._agency_id, import_id, offset, received, records, positions,
+                invalid,
+            )
+        )  # fmt: skip
+
+    async def finish(self) -> AckedBatch | None:
+        """Wait for the batch being written; return its acknowledgement (None if none)."""
+        writing = self._writing
+        if writing is None:
+            return None
+        try:
+            return await writing
+        finally:
+            if writing.done():  # else (we were cancelled) close() stops it
+                self._writing = None
+
+    async def close(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            self._writing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._writing
+
+
 async def import_batch(
     db: Database, agency_id: str, records: Sequence[imports.ImportRecord]
 ) -> BatchResult:
