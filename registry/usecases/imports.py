@@ -385,8 +385,8 @@ async def _assign_pins(
         for bucket, indexes in waiting.items():
             if bucket in reserved:
                 first, key = reserved[bucket]
-                for offset, index in enumerate(indexes):
-                    drawn[index] = pins.allocate(bucket, key, first + offset)
+                numbers = pins.allocate_many(bucket, key, first, len(indexes))
+                drawn.update(zip(indexes, numbers, strict=True))
         # A drawn number may already be held by an imported record that kept its own PIN.
         held = await imports_db.held(conn, list(drawn.values()))
         retry: dict[pins.Bucket, list[int]] = {}
