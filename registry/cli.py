@@ -464,6 +464,7 @@ async def _import(
     database); return (summary, rows skipped as already acknowledged, rows/s)."""
     from registry.db import imports as imports_db  # grpc-free, but only needed here
     from registry.db import prefixes as prefixes_db
+    from registry.usecases import imports as import_runs
 
     path = Path(args.file)
     summary = imports.Summary()
@@ -486,21 +487,23 @@ async def _import(
         await db.use_pin_secret(pin_secret.load_or_create(settings.signing_keys_path))
         audit_conn = await db.connect_one("registry-import")
         progress = _Progress(total, skip)
+        run = import_runs.ChunkedRun(db, args.agency)
         try:
             table = await prefixes_db.load(db.pool)
             today = clock.today()
             last: tuple[int, bytes] | None = None
-            writing: asyncio.Task[imports_db.AckedBatch] | None = None
 
-            async def acknowledge(task: asyncio.Task[imports_db.AckedBatch]) -> None:
+            async def acknowledge() -> None:
                 nonlocal last
                 try:
-                    done = await task
-                except imports_db.OffsetMismatch as mismatch:
+                    done = await run.finish()
+                except import_runs.OffsetMismatch as mismatch:
                     raise CliError(
                         f"another import of this file moved on ({mismatch.expected:,} rows "
                         "acknowledged): run again with --resume once it has stopped"
                     ) from None
+                if done is None:
+                    return
                 summary.received += done.received
                 summary.add_batch(
                     done.created, done.assigned, done.duplicates, done.mismatched, done.rejects
@@ -525,24 +528,13 @@ async def _import(
                 offset = skip
                 while batch := list(itertools.islice(rows, imports.BATCH)):
                     records, positions, invalid = _validate_rows(batch, table, today)
-                    if writing is not None:
-                        await acknowledge(writing)
-                    writing = asyncio.create_task(
-                        imports_db.import_chunk(
-                            db, args.agency, import_id, offset, len(batch), records, positions,
-                            invalid,
-                        )
-                    )  # fmt: skip
+                    await acknowledge()
+                    run.start(import_id, offset, len(batch), records, positions, invalid)
                     offset += len(batch)
                     await asyncio.sleep(0)
-                if writing is not None:
-                    await acknowledge(writing)
-                    writing = None
+                await acknowledge()
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+            await run.close()
             rate = progress.close()
             await audit_conn.close()
             await db.close()

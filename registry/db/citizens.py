@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from registry.rules.dates import PartialDate
 from registry.rules.errors import Code, RegistryError
 from registry.rules.model import (
+    CITIZEN_FIELD_TABLE,
     BirthRegistration,
-    BloodType,
     Citizen,
+    CitizenField,
     CitizenStatus,
     DeathRegistration,
-    MaritalStatus,
-    Sex,
+    Kind,
 )
 
 # A chain of PIN re-establishments longer than this is a data error, not a history.
 _MAX_REPLACEMENTS = 16
 
-COLUMNS = """
-    pin, full_name, other_names, birth_year, birth_month, birth_day, sex, place_of_birth,
-    registration_province_code, hometown, ethnicity, religion, nationality, blood_type,
-    father_pin, mother_pin, spouse_pin, representative_pin, permanent_address,
-    temporary_address, current_address, marital_status, status, death_year, death_month,
-    death_day, replaced_by_pin, pin_mismatch, version, create_time, update_time,
-    ARRAY(SELECT l.legacy_id FROM legacy_ids l WHERE l.pin = citizens.pin
-          ORDER BY l.legacy_id) AS legacy_ids
-"""
+
+def _select_list() -> str:
+    selected = [c for f in CITIZEN_FIELD_TABLE for c in f.columns]
+    # legacy_ids live in their own table (one row per linked number).
+    selected.append(
+        "ARRAY(SELECT l.legacy_id FROM legacy_ids l WHERE l.pin = citizens.pin "
+        "ORDER BY l.legacy_id) AS legacy_ids"
+    )
+    return ", ".join(selected)
+
+
+COLUMNS = _select_list()
+"""The select list of a whole Citizen (from_row reads it), from the field table."""
 
 
 def _partial(year: int | None, month: int | None, day: int | None) -> PartialDate | None:
@@ -39,40 +44,26 @@ def _partial(year: int | None, month: int | None, day: int | None) -> PartialDat
     return PartialDate(year, month, day)
 
 
+def _reader(f: CitizenField) -> Callable[[asyncpg.Record], Any]:
+    if f.kind is Kind.DATE:
+        year, month, day = f.columns
+        return lambda row: _partial(row[year], row[month], row[day])
+    name = f.columns[0] if f.columns else f.name
+    if f.kind is Kind.ENUM:
+        assert f.enum is not None
+        make = f.enum
+        return lambda row: make(row[name])
+    if f.kind is Kind.NAMES:
+        return lambda row: tuple(row[name])
+    return lambda row: row[name]
+
+
+_READERS = tuple((f.name, _reader(f)) for f in CITIZEN_FIELD_TABLE)
+
+
 def from_row(row: asyncpg.Record) -> Citizen:
     """Build a Citizen from a row selected with COLUMNS."""
-    dob = _partial(row["birth_year"], row["birth_month"], row["birth_day"])
-    assert dob is not None  # birth_year is NOT NULL
-    return Citizen(
-        pin=row["pin"],
-        full_name=row["full_name"],
-        other_names=tuple(row["other_names"]),
-        date_of_birth=dob,
-        sex=Sex(row["sex"]),
-        place_of_birth=row["place_of_birth"],
-        registration_province_code=row["registration_province_code"],
-        hometown=row["hometown"],
-        ethnicity=row["ethnicity"],
-        religion=row["religion"],
-        nationality=row["nationality"],
-        blood_type=BloodType(row["blood_type"]),
-        legacy_ids=tuple(row["legacy_ids"]),
-        father_pin=row["father_pin"],
-        mother_pin=row["mother_pin"],
-        spouse_pin=row["spouse_pin"],
-        representative_pin=row["representative_pin"],
-        permanent_address=row["permanent_address"],
-        temporary_address=row["temporary_address"],
-        current_address=row["current_address"],
-        marital_status=MaritalStatus(row["marital_status"]),
-        status=CitizenStatus(row["status"]),
-        date_of_death=_partial(row["death_year"], row["death_month"], row["death_day"]),
-        replaced_by_pin=row["replaced_by_pin"],
-        pin_mismatch=row["pin_mismatch"],
-        version=row["version"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-    )
+    return Citizen(**{name: read(row) for name, read in _READERS})
 
 
 async def get(conn: asyncpg.Connection, pin: str, *, for_update: bool = False) -> Citizen | None:
@@ -212,38 +203,19 @@ async def follow_replacements(conn: asyncpg.Connection, citizen: Citizen) -> tup
 
 
 # Citizen fields an update may set, and the columns that hold them.
-_COLUMNS_OF = {
-    "full_name": ("full_name",),
-    "other_names": ("other_names",),
-    "date_of_birth": ("birth_year", "birth_month", "birth_day"),
-    "sex": ("sex",),
-    "place_of_birth": ("place_of_birth",),
-    "registration_province_code": ("registration_province_code",),
-    "hometown": ("hometown",),
-    "ethnicity": ("ethnicity",),
-    "religion": ("religion",),
-    "nationality": ("nationality",),
-    "blood_type": ("blood_type",),
-    "father_pin": ("father_pin",),
-    "mother_pin": ("mother_pin",),
-    "spouse_pin": ("spouse_pin",),
-    "representative_pin": ("representative_pin",),
-    "permanent_address": ("permanent_address",),
-    "temporary_address": ("temporary_address",),
-    "current_address": ("current_address",),
-    "marital_status": ("marital_status",),
-    "status": ("status",),
-}
+_COLUMNS_OF = {f.name: f.columns for f in CITIZEN_FIELD_TABLE if f.updatable}
+_KIND_OF = {f.name: f.kind for f in CITIZEN_FIELD_TABLE}
 
 
 def _column_values(field: str, value: object) -> tuple[object, ...]:
-    if field == "date_of_birth":
+    kind = _KIND_OF[field]
+    if kind is Kind.DATE:
         assert isinstance(value, PartialDate)
         return value.year, value.month, value.day
-    if field == "other_names":
+    if kind is Kind.NAMES:
         return (list(value),)  # type: ignore[call-overload]
-    if isinstance(value, int):  # IntEnum members
-        return (int(value),)
+    if kind is Kind.ENUM:
+        return (int(value),)  # type: ignore[call-overload]
     return (value,)
 
 

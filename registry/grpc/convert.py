@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from registry.rules.cards import Card, RawIssue, RawStateChange
 from registry.rules.civil_registration import DateParts, RawAnnulment, RawBirth, RawDeath
 from registry.rules.dates import PartialDate
 from registry.rules.identity import RawClaim
-from registry.rules.model import Citizen
+from registry.rules.model import CITIZEN_FIELD_TABLE, Citizen, Kind
 from registry.v1 import (
     card_pb2,
     card_service_pb2,
@@ -128,40 +128,31 @@ def card(value: Card) -> card_pb2.Card:
     return message
 
 
+def _to_message(kind: Kind) -> Callable[[Any], Any]:
+    if kind is Kind.PIN_REF:
+        return lambda value: value or ""  # None: the proto's empty string
+    if kind is Kind.DATE:
+        return partial_date
+    if kind is Kind.ENUM:
+        return int  # an IntEnum as the plain number (enum_number)
+    return lambda value: value
+
+
+_MESSAGE_FIELDS = tuple(
+    (f.name, _to_message(f.kind)) for f in CITIZEN_FIELD_TABLE if f.kind is not Kind.TIME
+)
+_TIME_FIELDS = tuple(f.name for f in CITIZEN_FIELD_TABLE if f.kind is Kind.TIME)
+
+
 def citizen(value: Citizen) -> citizen_pb2.Citizen:
-    """Return the full Citizen message of a record."""
+    """Return the full Citizen message of a record (every field of the field table)."""
     message = citizen_pb2.Citizen(
-        pin=value.pin,
-        full_name=value.full_name,
-        other_names=value.other_names,
-        date_of_birth=partial_date(value.date_of_birth),
-        sex=enum_number(value.sex),
-        place_of_birth=value.place_of_birth,
-        registration_province_code=value.registration_province_code,
-        hometown=value.hometown,
-        ethnicity=value.ethnicity,
-        religion=value.religion,
-        nationality=value.nationality,
-        blood_type=enum_number(value.blood_type),
-        legacy_ids=value.legacy_ids,
-        father_pin=value.father_pin or "",
-        mother_pin=value.mother_pin or "",
-        spouse_pin=value.spouse_pin or "",
-        representative_pin=value.representative_pin or "",
-        permanent_address=value.permanent_address,
-        temporary_address=value.temporary_address,
-        current_address=value.current_address,
-        marital_status=enum_number(value.marital_status),
-        status=enum_number(value.status),
-        date_of_death=partial_date(value.date_of_death),
-        replaced_by_pin=value.replaced_by_pin or "",
-        version=value.version,
-        pin_mismatch=value.pin_mismatch,
+        **{name: convert(getattr(value, name)) for name, convert in _MESSAGE_FIELDS}
     )
-    if value.create_time is not None:
-        message.create_time.CopyFrom(_timestamp(value.create_time))
-    if value.update_time is not None:
-        message.update_time.CopyFrom(_timestamp(value.update_time))
+    for name in _TIME_FIELDS:
+        stamp = getattr(value, name)
+        if stamp is not None:
+            getattr(message, name).CopyFrom(_timestamp(stamp))
     return message
 
 

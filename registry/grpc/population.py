@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -11,7 +9,6 @@ from typing import Any
 import grpc
 
 from registry.db import changes
-from registry.db import imports as imports_db
 from registry.db.pool import Database
 from registry.grpc import convert
 from registry.grpc.bounds import oversized_fields
@@ -26,6 +23,7 @@ from registry.runtime import clock
 from registry.runtime.caches import PrefixCache
 from registry.runtime.feed import ChangeFeed
 from registry.usecases import corrections, lookup
+from registry.usecases import imports as import_runs
 from registry.usecases.imports import BatchPipeline
 from registry.v1 import change_pb2, citizen_pb2
 from registry.v1 import population_service_pb2 as pb
@@ -137,7 +135,7 @@ def validate_watch(
     return request.after_sequence, tuple(sorted(asked))
 
 
-def import_audit_entries(call: CallContext, done: imports_db.BatchResult) -> list[Entry]:
+def import_audit_entries(call: CallContext, done: import_runs.BatchResult) -> list[Entry]:
     """Return the audit entries of an imported batch (every import path writes these): the
     citizens it created, and those its records matched as duplicates (outcome
     ALREADY_EXISTS), since the answer's duplicate count told the caller that they exist."""
@@ -166,7 +164,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         summary = imports.Summary()
 
         async def write(batch: list[imports.ImportRecord]) -> None:
-            done = await imports_db.import_batch(self._db, call.caller.agency_id, batch)
+            done = await import_runs.import_batch(self._db, call.caller.agency_id, batch)
             summary.add_batch(
                 len(done.created), done.assigned, done.duplicates, done.mismatched, done.rejects
             )
@@ -226,7 +224,7 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
         """
         call = current_call()
         table, today = self._prefixes.table, clock.today()
-        writing: asyncio.Task[imports_db.AckedBatch] | None = None
+        run = import_runs.ChunkedRun(self._db, call.caller.agency_id)
         import_id = ""  # of the batch being written
         requests = request_iterator.__aiter__()
         try:
@@ -240,31 +238,23 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                     # An invalid batch, or a message that is not one (the gate's stream raises
                     # at it): the batch in flight is written and acknowledged first, so what
                     # the caller was told matches what is stored.
-                    if writing is not None:
-                        yield await self._acknowledge(call, import_id, writing)
-                        writing = None
+                    if (done := await self._finish(run)) is not None:
+                        yield await self._acknowledge(call, import_id, done)
                     raise
-                if writing is not None:
-                    yield await self._acknowledge(call, import_id, writing)
+                if (done := await self._finish(run)) is not None:
+                    yield await self._acknowledge(call, import_id, done)
                 import_id = request.import_id
-                writing = asyncio.create_task(
-                    imports_db.import_chunk(self._db, call.caller.agency_id, *chunk)
-                )
-            if writing is not None:
-                yield await self._acknowledge(call, import_id, writing)
-                writing = None
+                run.start(*chunk)
+            if (done := await self._finish(run)) is not None:
+                yield await self._acknowledge(call, import_id, done)
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+            await run.close()
 
-    async def _acknowledge(
-        self, call: CallContext, import_id: str, writing: asyncio.Task[imports_db.AckedBatch]
-    ) -> pb.ImportCitizenBatchesResponse:
+    @staticmethod
+    async def _finish(run: import_runs.ChunkedRun) -> import_runs.AckedBatch | None:
         try:
-            done = await writing
-        except imports_db.OffsetMismatch as mismatch:
+            return await run.finish()
+        except import_runs.OffsetMismatch as mismatch:
             raise RegistryError(
                 Code.OUT_OF_RANGE,
                 "IMPORT_OFFSET_MISMATCH",
@@ -273,6 +263,10 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
                 "its own offset)",
                 metadata={"expected_offset": str(mismatch.expected)},
             ) from None
+
+    async def _acknowledge(
+        self, call: CallContext, import_id: str, done: import_runs.AckedBatch
+    ) -> pb.ImportCitizenBatchesResponse:
         # As ImportCitizens writes them (import_audit_entries): the citizens created and those
         # the records matched, durable before the ack.
         request_id = clean_text(import_id, 128)

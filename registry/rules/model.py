@@ -157,47 +157,95 @@ class DeathAnnulment:
     """The deciding authority's reference (e.g. the number of its decision)."""
 
 
-# Free-text Citizen fields set by imports and corrections, with their maximum lengths.
-TEXT_FIELD_LIMITS = {
-    "place_of_birth": 500,
-    "hometown": 500,
-    "ethnicity": 100,
-    "religion": 100,
-    "permanent_address": 500,
-    "temporary_address": 500,
-    "current_address": 500,
-}
-# Citizen fields that refer to other citizens by PIN.
-REFERENCE_PIN_FIELDS = ("father_pin", "mother_pin", "spouse_pin", "representative_pin")
+class Kind(enum.Enum):
+    """How a Citizen field is held: its Python value, its columns and its proto form."""
 
-CITIZEN_FIELDS = (
-    "pin",
-    "full_name",
-    "other_names",
-    "date_of_birth",
-    "sex",
-    "place_of_birth",
-    "registration_province_code",
-    "hometown",
-    "ethnicity",
-    "religion",
-    "nationality",
-    "blood_type",
-    "legacy_ids",
-    "father_pin",
-    "mother_pin",
-    "spouse_pin",
-    "representative_pin",
-    "permanent_address",
-    "temporary_address",
-    "current_address",
-    "marital_status",
-    "status",
-    "date_of_death",
-    "replaced_by_pin",
-    "version",
-    "create_time",
-    "update_time",
-    "pin_mismatch",
-)
+    TEXT = "text"
+    """str, "" when unknown; one text column; a proto string."""
+    PIN_REF = "pin_ref"
+    """Another record's PIN or None; one text column (NULL); a proto string ("" for None)."""
+    NAMES = "names"
+    """tuple[str, ...]; one text[] column; a repeated proto string."""
+    DATE = "date"
+    """PartialDate (None where optional); year, month, day columns; a google.type.Date."""
+    ENUM = "enum"
+    """An IntEnum of this module; one smallint column; the proto enum's number."""
+    INT = "int"
+    BOOL = "bool"
+    TIME = "time"
+    """datetime; one timestamptz column; a google.protobuf.Timestamp."""
+
+
+@dataclass(frozen=True)
+class CitizenField:
+    """One field of the Citizen record, as every layer needs to know it."""
+
+    name: str
+    """The name in the Citizen message, the Citizen dataclass and the read masks."""
+    kind: Kind
+    columns: tuple[str, ...] = ()
+    """The columns of the citizens table that hold it; () for legacy_ids (their own table)."""
+    enum: type[enum.IntEnum] | None = None
+    max_length: int | None = None
+    """Free text: the longest value imports and corrections accept."""
+    updatable: bool = False
+    """A correction sets it: UpdateCitizen's mask may name it (unless rules/updates.py ELSEWHERE
+    sends it to its own RPC, as for status), and a re-established record copies it."""
+    imported: bool = False
+    """Import records carry it: a column of the import insert."""
+
+
+def _field(name: str, kind: Kind, **options: object) -> CitizenField:
+    columns = options.pop("columns", (name,))
+    return CitizenField(name, kind, columns, **options)  # type: ignore[arg-type]
+
+
+_SET = {"updatable": True, "imported": True}
+CITIZEN_FIELD_TABLE: tuple[CitizenField, ...] = (
+    _field("pin", Kind.TEXT, imported=True),
+    _field("full_name", Kind.TEXT, **_SET),
+    _field("other_names", Kind.NAMES, **_SET),
+    _field("date_of_birth", Kind.DATE, columns=("birth_year", "birth_month", "birth_day"), **_SET),
+    _field("sex", Kind.ENUM, enum=Sex, **_SET),
+    _field("place_of_birth", Kind.TEXT, max_length=500, **_SET),
+    _field("registration_province_code", Kind.TEXT, **_SET),
+    _field("hometown", Kind.TEXT, max_length=500, **_SET),
+    _field("ethnicity", Kind.TEXT, max_length=100, **_SET),
+    _field("religion", Kind.TEXT, max_length=100, **_SET),
+    _field("nationality", Kind.TEXT, **_SET),
+    _field("blood_type", Kind.ENUM, enum=BloodType, **_SET),
+    _field("legacy_ids", Kind.NAMES, columns=()),
+    _field("father_pin", Kind.PIN_REF, **_SET),
+    _field("mother_pin", Kind.PIN_REF, **_SET),
+    _field("spouse_pin", Kind.PIN_REF, **_SET),
+    _field("representative_pin", Kind.PIN_REF, **_SET),
+    _field("permanent_address", Kind.TEXT, max_length=500, **_SET),
+    _field("temporary_address", Kind.TEXT, max_length=500, **_SET),
+    _field("current_address", Kind.TEXT, max_length=500, **_SET),
+    _field("marital_status", Kind.ENUM, enum=MaritalStatus, **_SET),
+    # Updatable only for the copy a re-established record makes: UpdateCitizen refuses it.
+    _field("status", Kind.ENUM, enum=CitizenStatus, **_SET),
+    _field(
+        "date_of_death", Kind.DATE, columns=("death_year", "death_month", "death_day"),
+        imported=True,
+    ),
+    _field("replaced_by_pin", Kind.PIN_REF),
+    _field("version", Kind.INT),
+    _field("create_time", Kind.TIME),
+    _field("update_time", Kind.TIME),
+    _field("pin_mismatch", Kind.BOOL, imported=True),
+)  # fmt: skip
+"""The Citizen record, one entry per field in the order of the Citizen message: the SQL column
+lists (db/citizens.py), the import insert (db/imports.py), the read masks and the conversion to
+the message (grpc/convert.py) are derived from it. Adding a field: the proto, a migration, an
+entry here and the Citizen dataclass above (tests/rules/test_citizen_fields.py checks that the
+four agree)."""
+
+CITIZEN_FIELDS = tuple(f.name for f in CITIZEN_FIELD_TABLE)
 """The fields of the Citizen message (proto names): what an agency may be entitled to read."""
+TEXT_FIELD_LIMITS = {f.name: f.max_length for f in CITIZEN_FIELD_TABLE if f.max_length is not None}
+"""Free-text Citizen fields set by imports and corrections, with their maximum lengths."""
+REFERENCE_PIN_FIELDS = tuple(
+    f.name for f in CITIZEN_FIELD_TABLE if f.kind is Kind.PIN_REF and f.updatable
+)
+"""Citizen fields that refer to other citizens by PIN."""

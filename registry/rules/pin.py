@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import io
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
@@ -510,12 +510,15 @@ class Permutation:
                 return n
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_bucket_permutation(key: bytes, bucket: Bucket) -> Permutation:
-    subkey = hashlib.blake2b(
+def _bucket_subkey(key: bytes, bucket: Bucket) -> bytes:
+    return hashlib.blake2b(
         str(bucket).encode("ascii"), key=key, digest_size=32, person=_BUCKET_PERSON
     ).digest()
-    return Permutation(subkey, BUCKET_SIZE)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_bucket_permutation(key: bytes, bucket: Bucket) -> Permutation:
+    return Permutation(_bucket_subkey(key, bucket), BUCKET_SIZE)
 
 
 def bucket_permutation(bucket: Bucket, key: bytes) -> Permutation:
@@ -545,6 +548,52 @@ def allocate(bucket: Bucket, key: bytes, counter: int) -> str:
     if counter >= BUCKET_SIZE:
         raise BucketExhausted(bucket)
     return bucket.pin(bucket_permutation(bucket, key).forward(counter))
+
+
+def allocate_many(bucket: Bucket, key: bytes, first: int, count: int) -> list[str]:
+    """Return the PINs of the counters ``first`` to ``first + count - 1`` of ``bucket``: what
+    `allocate` gives for each, in order.
+
+    An import draws one or two numbers from each of thousands of buckets: for a few counters
+    the rounds are hashed directly, without the memo tables and the cache that pay off for a
+    bucket in steady use (this year's births), and without evicting those from the cache.
+    """
+    if first < 0 or count < 0:
+        raise ValueError(f"counters must not be negative, got {first} and {count}")
+    if first + count > BUCKET_SIZE:
+        raise BucketExhausted(bucket)
+    _check_key(key)
+    if count > _FEW:
+        permutation = _cached_bucket_permutation(bytes(key), bucket)
+        return [bucket.pin(permutation.forward(n)) for n in range(first, first + count)]
+    walk = _unmemoised_walk(_bucket_subkey(bytes(key), bucket))
+    return [bucket.pin(walk(n)) for n in range(first, first + count)]
+
+
+# Up to this many counters of a bucket at once are drawn without the memo tables.
+_FEW = 8
+
+
+def _unmemoised_walk(subkey: bytes, domain: int = BUCKET_SIZE) -> Callable[[int], int]:
+    """Permutation(subkey, domain).forward without its tables: the same network, each round
+    hashed when needed (test_pin.py holds the two equal)."""
+    half_bits = max(1, ((domain - 1).bit_length() + 1) // 2)
+    mask = (1 << half_bits) - 1
+    base = hashlib.blake2b(key=subkey, digest_size=4, person=_ROUND_PERSON)
+
+    def forward(n: int) -> int:
+        x = n
+        while True:
+            left, right = x >> half_bits, x & mask
+            for round_no in range(_ROUNDS):
+                h = base.copy()
+                h.update(bytes((round_no, half_bits)) + right.to_bytes(2, "big"))
+                left, right = right, left ^ (int.from_bytes(h.digest(), "big") & mask)
+            x = (left << half_bits) | right
+            if x < domain:
+                return x
+
+    return forward
 
 
 # Bucket key versions (pin_buckets.key_version). Version 0: the stored 32 bytes are the key

@@ -12,10 +12,12 @@ from registry.db import citizens
 from registry.rules.dates import PartialDate
 from registry.rules.errors import Code, RegistryError
 from registry.rules.model import (
+    CITIZEN_FIELD_TABLE,
     BirthRegistration,
     BloodType,
     CitizenStatus,
     DeathRegistration,
+    Kind,
     MaritalStatus,
     Sex,
 )
@@ -320,3 +322,33 @@ async def test_reestablish_copies_the_record_and_cancel_pin_retires_the_old(rt, 
         "W": (2, "PIN re-established"),
         "R": (3, ""),
     }
+
+
+# What the citizens table holds besides the Citizen record: the registrations behind it and who
+# created it. A column in neither list is a migration without a field-table decision.
+NOT_CITIZEN_FIELDS = {
+    "birth_registration_authority", "birth_registration_number", "birth_registered_on",
+    "death_registration_authority", "death_registration_number", "created_by",
+}  # fmt: skip
+COLUMN_TYPES = {
+    Kind.TEXT: {"text"},
+    Kind.PIN_REF: {"text", "character"},
+    Kind.NAMES: {"ARRAY"},
+    Kind.DATE: {"smallint"},
+    Kind.ENUM: {"smallint"},
+    Kind.INT: {"integer", "bigint"},
+    Kind.BOOL: {"boolean"},
+    Kind.TIME: {"timestamp with time zone"},
+}
+
+
+async def test_the_field_table_names_every_column_of_the_table_with_its_type(su):
+    rows = await su.fetch(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND table_name = 'citizens'"
+    )
+    types = {r["column_name"]: r["data_type"] for r in rows}
+    table_columns = {c: f.kind for f in CITIZEN_FIELD_TABLE for c in f.columns}
+    assert set(types) == set(table_columns) | NOT_CITIZEN_FIELDS
+    for column, kind in table_columns.items():
+        assert types[column] in COLUMN_TYPES[kind], (column, types[column])

@@ -1,240 +1,124 @@
-"""registry/db/imports.py against PostgreSQL, as the server's runtime role."""
+"""registry/db/imports.py against PostgreSQL, as the server's runtime role: the lookups, the
+insert laid out from the field table and the acknowledged batches (the run itself is tested in
+tests/usecases/test_imports.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import secrets
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
-
-from registry.db import imports
-from registry.db.pool import Database
+from registry.db import citizens
+from registry.db import imports as imports_db
 from registry.rules.dates import PartialDate
 from registry.rules.imports import ImportRecord
-from registry.rules.model import CitizenStatus, Sex
-from registry.rules.pin import BUCKET_SIZE, bucket_for, parse
-from tests.conftest import SESSION_PIN_SECRET
-from tests.db.records import PROVINCES, fresh_name, fresh_pin, insert_citizen
-
-
-@pytest.fixture
-async def database(runtime_dsn: str) -> AsyncIterator[Database]:
-    db = await Database.connect(runtime_dsn, min_size=1, max_size=3)
-    try:
-        await db.use_pin_secret(SESSION_PIN_SECRET)
-        yield db
-    finally:
-        await db.close()
+from registry.rules.model import BloodType, CitizenStatus, MaritalStatus, Sex
+from tests.db.records import fresh_name, fresh_pin, insert_citizen
 
 
 def agency() -> str:
     return f"importer-{uuid.uuid4().hex[:10]}"
 
 
-def record(source: str, **fields: object) -> ImportRecord:
-    values: dict[str, object] = {
-        "source_id": source,
-        "pin": None,
-        "pin_mismatch": False,
-        "full_name": fresh_name(),
-        "date_of_birth": PartialDate(1970 + secrets.randbelow(20), 6, 1),
-        "sex": Sex.MALE,
-        "registration_province_code": secrets.choice(PROVINCES),
-    }
-    values.update(fields)
-    return ImportRecord(**values)  # type: ignore[arg-type]
-
-
-async def test_a_batch_creates_records_with_given_and_assigned_pins(database, su):
-    who = agency()
-    given = fresh_pin(Sex.FEMALE, 1950)
-    mother = record(
-        "m",
-        pin=given,
+def full_record(number: str, mother: str) -> ImportRecord:
+    """A record with every imported field set to something other than its default."""
+    return ImportRecord(
+        source_id=f"src-{number}",
+        pin=number,
         pin_mismatch=True,
+        full_name=fresh_name("Lê Thị"),
+        date_of_birth=PartialDate(1961, 2),
         sex=Sex.FEMALE,
-        date_of_birth=PartialDate(1950),
-        registration_province_code=given[:3],
-    )
-    child = record(
-        "c",
-        other_names=("Bé Na", "Na"),
-        date_of_birth=PartialDate(1975, 6),
-        texts=(("hometown", "Nam Định"), ("current_address", "5 Hàng Gai")),
-        nationality="VN",
-        blood_type=2,
-        marital_status=3,
-        status=int(CitizenStatus.DECEASED),
-        date_of_death=PartialDate(2001, 9),
-        references=(("mother_pin", given),),
-    )
-    plain = record("p")
-    result = await imports.import_batch(database, who, [mother, child, plain])
-    assert (result.assigned, result.mismatched, result.duplicates) == (2, 1, 0)
-    assert result.rejects == [] and result.matched == []
-    assert result.created[0] == given and len(set(result.created)) == 3
-    for rec, pin in zip((child, plain), result.created[1:], strict=True):
-        dob = rec.date_of_birth
-        assert parse(pin).bucket == bucket_for(rec.registration_province_code, rec.sex, dob.year)
-
-    rows = {
-        r["pin"]: r
-        for r in await su.fetch("SELECT * FROM citizens WHERE pin = ANY($1)", result.created)
-    }
-    assert rows[given]["pin_mismatch"] is True and rows[given]["birth_month"] is None
-    kid = rows[result.created[1]]
-    assert (kid["birth_year"], kid["birth_month"], kid["birth_day"]) == (1975, 6, None)
-    assert (kid["death_year"], kid["death_month"], kid["death_day"]) == (2001, 9, None)
-    assert kid["other_names"] == ["Bé Na", "Na"] and kid["mother_pin"] == given
-    assert (kid["hometown"], kid["current_address"], kid["place_of_birth"]) == (
-        "Nam Định",
-        "5 Hàng Gai",
-        "",
-    )
-    assert (kid["blood_type"], kid["marital_status"], kid["status"]) == (2, 3, 2)
-    assert {r["created_by"] for r in rows.values()} == {who}
-    sources = await su.fetch(
-        "SELECT source_id, pin FROM import_sources WHERE agency_id = $1 ORDER BY source_id", who
-    )
-    assert [tuple(r) for r in sources] == [
-        ("c", result.created[1]),
-        ("m", given),
-        ("p", result.created[2]),
-    ]
-    # Records of the existing population, not births: no BORN events.
-    born = "SELECT count(*) FROM change_events WHERE pin = ANY($1)"
-    assert await su.fetchval(born, result.created) == 0
-
-
-async def test_duplicates_are_counted_and_the_matched_citizens_named(database, su):
-    who = agency()
-    first = await imports.import_batch(database, who, [record("s1")])
-    existing = await insert_citizen(su, full_name="Đỗ Văn Trùng", birth_month=3, birth_day=None)
-    same_person = record(
-        "s4",
-        full_name="Đỗ Văn Trùng",
-        date_of_birth=PartialDate(1980, 3),
-        registration_province_code=existing[:3],
-    )
-    other_parents = record(
-        "s5",
-        full_name="Đỗ Văn Trùng",
-        date_of_birth=PartialDate(1980, 3),
-        registration_province_code=existing[:3],
-        references=(("father_pin", existing),),
-    )
-    held = await insert_citizen(su)
-    batch = [
-        record("s1"),  # a source already imported
-        record("s2", pin=held),  # a PIN already held
-        record("s3"),
-        record("s3"),  # the same source twice in one batch
-        same_person,
-        other_parents,  # same name and birth, another father: someone else
-    ]
-    result = await imports.import_batch(database, who, batch)
-    assert result.duplicates == 4
-    assert result.matched == [first.created[0], held, existing]
-    assert len(result.created) == 2 and result.rejects == []
-    assert (
-        await su.fetchval("SELECT father_pin FROM citizens WHERE pin = $1", result.created[1])
-        == existing
-    )
-
-
-async def test_unknown_references_and_full_buckets_are_rejected(database, su):
-    who, unknown = agency(), fresh_pin()
-    province, year = secrets.choice(PROVINCES), 1900 + secrets.randbelow(30)
-    bucket = bucket_for(province, Sex.FEMALE, year)
-    await su.execute(
-        "INSERT INTO pin_buckets (province_code, g, yy, key, issued, key_version) "
-        "VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (province_code, g, yy) "
-        "DO UPDATE SET issued = EXCLUDED.issued",
-        bucket.province_code,
-        bucket.g,
-        bucket.yy,
-        bytes(32),
-        BUCKET_SIZE,
-    )
-    batch = [
-        record("ok"),
-        record("orphan", references=(("father_pin", unknown), ("spouse_pin", None))),
-        record(
-            "full",
-            sex=Sex.FEMALE,
-            date_of_birth=PartialDate(year),
-            registration_province_code=province,
+        registration_province_code=number[:3],
+        other_names=("Bé Hai", "Hai"),
+        texts=(
+            ("place_of_birth", "Hà Nội"), ("hometown", "Huế"), ("ethnicity", "Tày"),
+            ("religion", "Phật giáo"), ("permanent_address", "1 Tràng Tiền"),
+            ("temporary_address", "2 Lê Lợi"), ("current_address", "3 Hàng Bài"),
         ),
-    ]
-    result = await imports.import_batch(database, who, batch)
-    assert len(result.created) == 1
-    assert sorted(result.rejects) == [
-        (1, "orphan", f"not in the register: father_pin {unknown} (import them first)"),
-        (2, "full", f"every PIN of bucket {bucket} has been issued"),
-    ]
-    assert await su.fetchval("SELECT count(*) FROM import_sources WHERE agency_id = $1", who) == 1
+        nationality="VN",
+        blood_type=int(BloodType.AB),
+        marital_status=int(MaritalStatus.WIDOWED),
+        status=int(CitizenStatus.DECEASED),
+        date_of_death=PartialDate(2020, 7, 9),
+        references=(
+            ("father_pin", None), ("mother_pin", mother), ("spouse_pin", None),
+            ("representative_pin", mother),
+        ),
+    )  # fmt: skip
 
 
-async def test_chunks_are_acknowledged_replayed_and_checked_for_their_offset(database, su):
+async def test_insert_citizens_stores_every_imported_field_as_read_back(rt):
+    mother = await insert_citizen(rt, sex=int(Sex.FEMALE))
+    number = fresh_pin(Sex.FEMALE, 1961)
+    record = full_record(number, mother)
+    async with rt.transaction():
+        assert await imports_db.insert_citizens(rt, "importer-x", [(record, number)]) == {number}
+    stored = await citizens.get(rt, number)
+    assert stored is not None
+    assert (stored.pin, stored.full_name, stored.other_names, stored.date_of_birth) == (
+        number, record.full_name, ("Bé Hai", "Hai"), PartialDate(1961, 2),
+    )  # fmt: skip
+    assert (stored.sex, stored.registration_province_code, stored.nationality) == (
+        Sex.FEMALE, number[:3], "VN",
+    )  # fmt: skip
+    assert {name: getattr(stored, name) for name, _ in record.texts} == dict(record.texts)
+    assert (stored.blood_type, stored.marital_status, stored.status) == (
+        BloodType.AB, MaritalStatus.WIDOWED, CitizenStatus.DECEASED,
+    )  # fmt: skip
+    assert stored.date_of_death == PartialDate(2020, 7, 9)
+    assert (stored.father_pin, stored.mother_pin, stored.spouse_pin) == (None, mother, None)
+    assert stored.representative_pin == mother and stored.pin_mismatch is True
+
+
+async def test_insert_citizens_skips_a_pin_held_and_keeps_the_order(rt):
+    taken = await insert_citizen(rt)
+    first, last = fresh_pin(), fresh_pin()
+    rows = [(full_record(p, taken), p) for p in (first, taken, last)]
+    async with rt.transaction():
+        assert await imports_db.insert_citizens(rt, "importer-x", rows) == {first, last}
+    assert await imports_db.insert_citizens(rt, "importer-x", []) == set()
+    a, b = await citizens.get(rt, first), await citizens.get(rt, last)
+    assert a is not None and b is not None and a.create_time is not None
+    assert await rt.fetchval("SELECT created_by FROM citizens WHERE pin = $1", last) == "importer-x"
+
+
+async def test_lookups_of_held_pins_sources_and_same_person_candidates(rt):
+    who = agency()
+    mother = await insert_citizen(rt, sex=int(Sex.FEMALE))
+    held = await insert_citizen(rt, birth_year=1944, birth_month=None, birth_day=None)
+    assert await imports_db.held(rt, [held, mother, fresh_pin()]) == {held, mother}
+    assert await imports_db.held(rt, []) == set()
+    await imports_db.record_sources(rt, who, [("a-1", held), ("a-2", mother)])
+    assert await imports_db.sources_seen(rt, who, ["a-1", "a-2", "a-3"]) == {
+        "a-1": held, "a-2": mother,
+    }  # fmt: skip
+    assert await imports_db.sources_seen(rt, agency(), ["a-1"]) == {}
+    # The candidate query compares the date at the register's precision (unknown = 0).
+    probe = full_record(fresh_pin(Sex.MALE, 1944, held[:3]), mother)
+    same_day = ImportRecord(**{**probe.__dict__, "sex": Sex.MALE,
+                                "date_of_birth": PartialDate(1944)})  # fmt: skip
+    other_month = ImportRecord(**{**same_day.__dict__, "date_of_birth": PartialDate(1944, 1)})
+    found = await imports_db.candidates(rt, [same_day])
+    assert held in {c.pin for c in found}
+    match = next(c for c in found if c.pin == held)
+    assert (match.birth_year, match.birth_month, match.birth_day, match.sex) == (
+        1944,
+        None,
+        None,
+        1,
+    )
+    assert held not in {c.pin for c in await imports_db.candidates(rt, [other_month])}
+
+
+async def test_batches_are_claimed_once_settled_and_read_back(rt):
     who, run = agency(), f"run-{uuid.uuid4().hex[:8]}"
-    async with database.pool.acquire() as conn:
-        assert await imports.acknowledged(conn, who, run) == 0
-    first = await imports.import_chunk(
-        database, who, run, 0, 3, [record("a"), record("c")], [0, 2], [(1, "b", "bad date")]
+    assert await imports_db.acknowledged(rt, who, run) == 0
+    assert await imports_db.stored_batch(rt, who, run, 0) is None
+    async with rt.transaction():
+        assert await imports_db.claim_batch(rt, who, run, 0, 3)
+        await imports_db.settle_batch(rt, who, run, 0, (2, 1, 0, 1), [(2, "s-2", "bad date")])
+    assert not await imports_db.claim_batch(rt, who, run, 0, 3)
+    assert await imports_db.acknowledged(rt, who, run) == 3
+    assert await imports_db.stored_batch(rt, who, run, 0) == imports_db.StoredBatch(
+        0, 3, 2, 1, 0, 1, [(2, "s-2", "bad date")]
     )
-    assert (first.offset, first.received, first.created, first.assigned) == (0, 3, 2, 2)
-    assert (first.rejects, first.replayed, len(first.pins)) == ([(1, "b", "bad date")], False, 2)
-    unknown = fresh_pin()
-    orphan = record("e", references=(("mother_pin", unknown),))
-    second = await imports.import_chunk(
-        database, who, run, 3, 2, [orphan], [1], [(0, "d", "no name")]
-    )
-    assert second.rejects == [
-        (3, "d", "no name"),
-        (4, "e", f"not in the register: mother_pin {unknown} (import them first)"),
-    ]
-    assert second.created == 0 and second.pins == ()
-    async with database.pool.acquire() as conn:
-        assert await imports.acknowledged(conn, who, run) == 5
-    stored = await su.fetchrow(
-        "SELECT * FROM import_batches WHERE agency_id = $1 AND import_id = $2 AND first_offset = 3",
-        who,
-        run,
-    )
-    assert (stored["next_offset"], stored["rejected"]) == (5, 2)
-    assert json.loads(stored["rejects"])[0] == [3, "d", "no name"]
-
-    again = await imports.import_chunk(database, who, run, 0, 3, [record("x")], [0], [])
-    assert again == imports.AckedBatch(0, 3, 2, 2, 0, 0, [(1, "b", "bad date")], True)
-    count = "SELECT count(*) FROM import_sources WHERE agency_id = $1"
-    assert await su.fetchval(count, who) == 2  # the replay wrote nothing
-    for offset in (2, 7):
-        with pytest.raises(imports.OffsetMismatch) as mismatch:
-            await imports.import_chunk(database, who, run, offset, 1, [record("y")], [0], [])
-        assert mismatch.value.expected == 5
-
-
-async def test_racing_streams_write_a_chunk_once(database, su):
-    who, run = agency(), f"race-{uuid.uuid4().hex[:8]}"
-    batch = [record("r1"), record("r2")]
-    results = await asyncio.gather(
-        *(imports.import_chunk(database, who, run, 0, 2, batch, [0, 1], []) for _ in range(2))
-    )
-    assert sorted(r.replayed for r in results) == [False, True]
-    assert {r.created for r in results} == {2}
-    assert await su.fetchval("SELECT count(*) FROM import_sources WHERE agency_id = $1", who) == 2
-
-
-async def test_latest_run_is_the_newest_with_the_prefix(database):
-    who, stem = agency(), f"nightly-{uuid.uuid4().hex[:6]}"
-    await imports.import_chunk(database, who, f"{stem}-1", 0, 1, [record("n1")], [0], [])
-    await imports.import_chunk(database, who, f"{stem}-2", 0, 1, [record("n2")], [0], [])
-    await imports.import_chunk(database, who, f"{stem}-2", 1, 2, [record("n3")], [0], [])
-    await imports.import_chunk(database, agency(), f"{stem}-3", 0, 1, [record("n4")], [0], [])
-    async with database.pool.acquire() as conn:
-        assert await imports.latest_run(conn, who, stem) == (f"{stem}-2", 3)
-        assert await imports.latest_run(conn, who, f"{stem}-1") == (f"{stem}-1", 1)
-        assert await imports.latest_run(conn, who, "other") is None
+    assert await imports_db.latest_run(rt, who, "run-") == (run, 3)
