@@ -532,3 +532,127 @@ def test_bad_prefixes_and_years_are_refused_saying_why(make, message):
 
 def test_a_prefix_table_says_how_many_codes_it_holds():
     assert repr(PrefixTable.load_default()) == "PrefixTable(63 codes)"
+
+
+# Known answers: the issue order of a bucket must never change while the bucket is in use (a
+# new order would hand out numbers already issued). Recorded from the implementation that
+# issued them; a change here is a change of every existing bucket's order, not a refactor.
+def test_allocation_known_answers() -> None:
+    bucket = pin.bucket_for("001", Sex.FEMALE, 2025)
+    assert [pin.allocate(bucket, KEY, c) for c in (0, 1, 2, BUCKET_SIZE - 1)] == [
+        "001325802056", "001325383882", "001325517719", "001325985717",
+    ]  # fmt: skip
+    assert pin.allocate_many(bucket, KEY, 0, 3) == [
+        "001325802056", "001325383882", "001325517719",
+    ]  # fmt: skip
+    other = pin.bucket_for("079", Sex.MALE, 1950)
+    assert pin.allocate_many(other, KEY, 0, 2) == ["079050491825", "079050444967"]
+
+
+def test_permutation_known_answers_on_small_domains() -> None:
+    assert [Permutation(KEY, 10).forward(i) for i in range(10)] == [4, 2, 0, 8, 1, 3, 9, 6, 7, 5]
+    assert [Permutation(KEY, 3).forward(i) for i in range(3)] == [2, 1, 0]
+    assert [Permutation(KEY, 1000).forward(i) for i in range(5)] == [782, 820, 980, 421, 249]
+    assert Permutation(KEY, 1000).domain == 1000
+    assert Permutation(KEY).domain == BUCKET_SIZE
+
+
+def test_secret_derivations_known_answers() -> None:
+    assert pin.bucket_key(bytes(32), 1, b"s" * 32).hex() == (
+        "c4cc276a026546b76f9419e5ce5d3bc0378c3d3a208c6859313bf55f64c54cd9"
+    )
+    assert pin.secret_fingerprint(b"s" * 32).hex() == (
+        "b2e4c7b21bc5873003923052a7872fdc2ddb8aebaa3bce1479edf602abf9ed40"
+    )
+
+
+def test_key_and_domain_limits_are_exact() -> None:
+    Permutation(bytes(16))
+    Permutation(bytes(64))
+    Permutation(KEY, 1 << 20)
+    Permutation(KEY, 1)
+    with pytest.raises(ValueError) as info:
+        Permutation(bytes(65))
+    assert str(info.value) == "key must be 16–64 bytes long, got 65"
+    with pytest.raises(ValueError) as info:
+        Permutation(bytes(15))
+    assert str(info.value) == "key must be 16–64 bytes long, got 15"
+    with pytest.raises(TypeError) as type_info:
+        Permutation("k" * 32)  # type: ignore[arg-type]
+    assert str(type_info.value) == "key must be bytes, got str"
+    with pytest.raises(ValueError) as info:
+        Permutation(KEY, (1 << 20) + 1)
+    assert str(info.value) == "domain must be 1–1048576, got 1048577"
+    with pytest.raises(ValueError) as info:
+        Permutation(KEY, 0)
+    assert str(info.value) == "domain must be 1–1048576, got 0"
+
+
+def test_out_of_range_values_are_refused_saying_exactly_what() -> None:
+    permutation = Permutation(KEY, 10)
+    for call in (permutation.forward, permutation.inverse):
+        for value in (-1, 10):
+            with pytest.raises(ValueError) as info:
+                call(value)
+            assert str(info.value) == f"value must be 0–9, got {value}"
+    bucket = pin.bucket_for("001", Sex.MALE, 2025)
+    with pytest.raises(ValueError) as info:
+        bucket.pin(BUCKET_SIZE)
+    assert str(info.value) == "random part must be 0–999999, got 1000000"
+    with pytest.raises(ValueError) as info:
+        bucket.pin(-1)
+    assert str(info.value) == "random part must be 0–999999, got -1"
+    with pytest.raises(ValueError) as info:
+        pin.Bucket("001", 2, 100)
+    assert str(info.value) == "two-digit year must be 0–99, got 100"
+    assert str(BucketExhausted(bucket)) == "all 1,000,000 PINs of bucket 001225 have been issued"
+
+
+def test_inverse_of_a_fresh_permutation_computes_its_own_rounds() -> None:
+    # No forward() first: every round value the inverse needs is hashed by the inverse itself.
+    assert [Permutation(KEY, 10).inverse(x) for x in (4, 2, 0, 8)] == [0, 1, 2, 3]
+    assert Permutation(KEY, 1000).inverse(782) == 0
+
+
+def _network_preimage(permutation: pin.Permutation, x: int) -> int:
+    """One pass of the Feistel network backwards (before cycle-walking)."""
+    shift, mask = permutation._shift, permutation._mask
+    left, right = x >> shift, x & mask
+    for round_no in range(len(permutation._tables) - 1, -1, -1):
+        f = permutation._tables[round_no][left]
+        if f < 0:
+            f = permutation._round(round_no, left)
+        left, right = right ^ f, left
+    return (left << shift) | right
+
+
+def test_a_walk_through_the_first_number_past_the_bucket_goes_on() -> None:
+    # The counter whose cycle-walk passes through exactly 1,000,000 (the first value outside
+    # the bucket) must walk on: stopping there would hand out a 7-digit random part.
+    bucket = pin.bucket_for("001", Sex.FEMALE, 1990)
+    permutation = pin.bucket_permutation(bucket, KEY)
+    counter = _network_preimage(permutation, BUCKET_SIZE)
+    while counter >= BUCKET_SIZE:
+        counter = _network_preimage(permutation, counter)
+    expected = pin.allocate(bucket, KEY, counter)
+    assert pin.allocate_many(bucket, KEY, counter, 1) == [expected]
+    assert pin.parse(expected).bucket == bucket
+
+
+def test_bucket_key_versions() -> None:
+    stored = bytes(range(32, 64))
+    assert pin.bucket_key(stored, pin.KEY_VERSION_STORED, None) == stored
+    assert pin.bucket_key(stored, pin.KEY_VERSION_STORED, b"s" * 32) == stored
+    assert (pin.KEY_VERSION_STORED, pin.KEY_VERSION_SECRET) == (0, 1)  # stored in pin_buckets
+    with pytest.raises(pin.PinSecretMissing) as missing:
+        pin.bucket_key(stored, pin.KEY_VERSION_SECRET, None)
+    assert str(missing.value) == "this bucket's key needs the registry's PIN secret"
+    with pytest.raises(ValueError) as unknown:
+        pin.bucket_key(stored, 2, b"s" * 32)
+    assert str(unknown.value) == "unknown PIN bucket key version 2"
+    with pytest.raises(ValueError) as negative:
+        pin.allocate(pin.bucket_for("001", Sex.MALE, 2025), KEY, -3)
+    assert str(negative.value) == "counter must not be negative, got -3"
+    with pytest.raises(ValueError) as negative:
+        pin.allocate_many(pin.bucket_for("001", Sex.MALE, 2025), KEY, 0, -1)
+    assert str(negative.value) == "counters must not be negative, got 0 and -1"
