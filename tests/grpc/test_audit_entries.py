@@ -397,3 +397,37 @@ def test_concurrent_entries_are_complete(db, busy_citizen):
         assert_entry(
             e, bank, "IdentityService/VerifyIdentity", [pin], purpose="concurrent", window=window
         )
+
+
+def test_a_call_without_a_purpose_is_audited_with_an_empty_one(civil, agency, db):
+    before = head_seq(db)
+    child = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen
+    (entry,) = [e for e in entries_by(db, agency, before) if child.pin in e["pins"]]
+    assert entry["purpose"] == ""
+    purposed = civil.RegisterBirth(birth_request(), metadata=agency.metadata(purpose="khai sinh"))
+    (entry,) = [e for e in entries_by(db, agency, before) if purposed.citizen.pin in e["pins"]]
+    assert entry["purpose"] == "khai sinh"
+
+
+def test_purposes_in_vietnamese_travel_as_utf8_bytes_and_are_audited_as_text(civil, agency, db):
+    # gRPC metadata values are ASCII: a purpose in Vietnamese is sent as x-purpose-bin.
+    sent = {
+        "đăng ký khai sinh": "đăng ký khai sinh".encode(),
+        "hồ sơ \ufffd": "hồ sơ ".encode() + b"\xff",  # invalid UTF-8 replaced, not refused
+        "ậ" * 200: "ậ".encode() * 300,  # at most 200 characters kept
+    }
+    before = head_seq(db)
+    for expected, raw in sent.items():
+        md = (*agency.metadata(), ("x-purpose-bin", raw))
+        child = civil.RegisterBirth(birth_request(), metadata=md).citizen
+        (entry,) = [e for e in entries_by(db, agency, before) if child.pin in e["pins"]]
+        assert entry["purpose"] == expected
+    md = (*agency.metadata(), ("x-purpose", "a" * 250))
+    child = civil.RegisterBirth(birth_request(), metadata=md).citizen
+    (entry,) = [e for e in entries_by(db, agency, before) if child.pin in e["pins"]]
+    assert entry["purpose"] == "a" * 200
+    # Other binary metadata (tracing, the caller's own) is not a purpose.
+    md = (*agency.metadata(purpose="kyc"), ("x-trace-bin", b"\x01\x02"))
+    child = civil.RegisterBirth(birth_request(), metadata=md).citizen
+    (entry,) = [e for e in entries_by(db, agency, before) if child.pin in e["pins"]]
+    assert entry["purpose"] == "kyc"

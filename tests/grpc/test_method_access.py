@@ -111,5 +111,6 @@ def test_a_method_without_a_rule_is_refused_even_with_every_scope(undeclared_ser
         )
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert decode(caught.value).reason == "METHOD_NOT_ALLOWED"
+    assert decode(caught.value).message == "this method is not open to agencies"
     assert not _Undeclared.reached
     assert keys  # the JWKS

@@ -190,6 +190,10 @@ def test_mtls_refuses_another_agencys_certificate(mtls_server, pki, agency, make
         grpc.StatusCode.UNAUTHENTICATED,
         "CLIENT_CERT_AGENCY_MISMATCH",
     )
+    assert details.message == (
+        f"the client certificate does not belong to agency {agency.id!r} named in the token "
+        "(its subject CN or a SAN must be the agency id)"
+    )
     assert db.counts() == before
 
 

@@ -28,7 +28,8 @@ from tests.helpers import signed_jwt
 
 
 def test_no_authorization_header_is_token_missing(civil, db):
-    refused(civil, db, (), "TOKEN_MISSING")
+    err = refused(civil, db, (), "TOKEN_MISSING")
+    assert err.message == "the call needs 'authorization: Bearer <agency JWT>' metadata"
 
 
 def test_other_metadata_without_authorization_is_token_missing(civil, db):

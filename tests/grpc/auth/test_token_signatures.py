@@ -160,6 +160,7 @@ def test_agency_without_the_scope_is_permission_denied(civil, db, new_agency):
         "SCOPE_MISSING",
     )
     assert err.metadata.get("required_scope") == "birth:register"
+    assert err.message == "the token does not grant the scope 'birth:register' this method needs"
     assert_no_trace(err)
     assert db.counts() == before
 
