@@ -31,7 +31,7 @@ declare -A TESTS=(
   [registry/rules/limits.py]="tests/rules/test_limits.py"
   [registry/rules/dates.py]="tests/rules/test_dates.py"
   [registry/rules/tokens.py]="tests/rules/test_tokens.py tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py"
-  [registry/db/verification.py]="tests/grpc/test_batch_card_ownership.py tests/grpc/test_verify_fields.py tests/grpc/test_verify_attestations.py tests/grpc/test_batch_verify.py tests/grpc/test_get_citizen.py"
+  [registry/db/verification.py]="tests/grpc/test_oracle_budgets.py tests/grpc/test_batch_card_ownership.py tests/grpc/test_verify_fields.py tests/grpc/test_verify_attestations.py tests/grpc/test_batch_verify.py tests/grpc/test_get_citizen.py"
   [registry/grpc/gate.py]="tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py tests/grpc/test_limits.py tests/grpc/test_request_bounds.py tests/grpc/test_corrupt_messages.py tests/ops/test_tls.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_cancelled_calls_audited.py"
 )
 # Modules mutated only in part (their tests need a server: minutes a mutant): the functions
