@@ -656,3 +656,13 @@ def test_bucket_key_versions() -> None:
     with pytest.raises(ValueError) as negative:
         pin.allocate_many(pin.bucket_for("001", Sex.MALE, 2025), KEY, 0, -1)
     assert str(negative.value) == "counters must not be negative, got 0 and -1"
+
+
+@pytest.mark.parametrize("domain", [(1 << k) + 1 for k in range(11)])
+def test_permutation_is_a_bijection_just_above_each_power_of_two(domain: int) -> None:
+    # The network is sized from (domain - 1)'s bit length: one past a power of two is where a
+    # network one size too small would still run (and repeat values) instead of failing.
+    permutation = Permutation(KEY, domain)
+    images = [permutation.forward(n) for n in range(domain)]
+    assert sorted(images) == list(range(domain))
+    assert [permutation.inverse(x) for x in images] == list(range(domain))
