@@ -33,7 +33,7 @@ declare -A TESTS=(
   [registry/rules/tokens.py]="tests/rules/test_tokens.py tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py"
   [registry/db/verification.py]="tests/grpc/test_oracle_budgets.py tests/grpc/test_batch_card_ownership.py tests/grpc/test_verify_fields.py tests/grpc/test_verify_attestations.py tests/grpc/test_batch_verify.py tests/grpc/test_get_citizen.py"
   [registry/grpc/disclosure.py]="tests/grpc/test_field_policy.py tests/grpc/test_get_citizen.py"
-  [registry/usecases/lookup.py]="tests/grpc/test_get_citizen.py tests/grpc/test_field_policy.py tests/grpc/test_access_log.py tests/grpc/test_watch_changes.py"
+  [registry/usecases/lookup.py]="tests/grpc/test_get_citizen.py tests/grpc/test_field_policy.py tests/grpc/test_access_log.py tests/grpc/test_watch_changes.py tests/ops/test_replicas.py"
   [registry/runtime/audit_writer.py]="tests/runtime/test_audit_writers.py tests/grpc/test_audit_entries.py tests/grpc/test_cancelled_calls_audited.py"
   [registry/grpc/gate.py]="tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py tests/grpc/test_limits.py tests/grpc/test_request_bounds.py tests/grpc/test_corrupt_messages.py tests/ops/test_tls.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_cancelled_calls_audited.py"
 )

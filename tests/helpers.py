@@ -73,6 +73,7 @@ class ErrorDetails:
     domain: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     bad_fields: list[str] = field(default_factory=list)
+    bad_descriptions: list[str] = field(default_factory=list)
     preconditions: list[tuple[str, str]] = field(default_factory=list)
     quota_subjects: list[str] = field(default_factory=list)
     retry_delay_s: float | None = None
@@ -98,6 +99,7 @@ def _info(out: ErrorDetails, m: Any) -> None:
 
 def _bad(out: ErrorDetails, m: Any) -> None:
     out.bad_fields = [v.field for v in m.field_violations]
+    out.bad_descriptions = [v.description for v in m.field_violations]
 
 
 def _pre(out: ErrorDetails, m: Any) -> None:

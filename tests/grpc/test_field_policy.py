@@ -117,6 +117,10 @@ def test_agencies_registered_to_read_nothing_learn_nothing_else_on_any_path(
     linked = link(cards, police, child.pin, second_id, request_id=link_request_id)
     assert shown(linked.citizen) == ALWAYS | {"legacy_ids"}
     assert list(linked.citizen.legacy_ids) == [second_id]
+    # An agency registered to read them sees every linked number, each once.
+    third_id = legacy(9)
+    by_full = link(cards, full, child.pin, third_id)
+    assert sorted(by_full.citizen.legacy_ids) == sorted([first_id, second_id, third_id])
 
     # UpdateCitizen (a clerk): the fields it set, not the address set by the other agency.
     update_id = str(uuid.uuid4())

@@ -23,6 +23,8 @@ from registry.v1 import card_service_pb2_grpc as card_grpc
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
+from registry.v1 import population_service_pb2 as pop_pb
+from registry.v1 import population_service_pb2_grpc as pop_grpc
 from tests.conftest import ServerThread, server_settings, wait_serving
 from tests.helpers import birth_request
 from tests.ops.metrics import scrape, value
@@ -181,6 +183,57 @@ def test_a_birth_verified_at_once_matches_200_times_while_the_replica_lags(
     # The replica (paused, so lacking every one of these births) was asked each time.
     assert _replica(tolerant).healthy
     assert _replica(tolerant).reads - served_before == 200
+
+
+def test_the_feed_reads_the_replica_then_the_primary_without_gaps_or_repeats(
+    tolerant, replica, agency, dsn, db
+) -> None:
+    civil, _, _, channel = _stubs(tolerant)
+    population = pop_grpc.PopulationServiceStub(channel)
+
+    def born(count: int) -> list[str]:
+        pins = [
+            civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
+            for _ in range(count)
+        ]
+        deadline = time.monotonic() + 10  # the sequencer numbers them on the primary
+        while (
+            db.fetchval(
+                "SELECT count(*) FROM change_events WHERE pin = ANY($1) AND sequence IS NOT NULL",
+                pins,
+            )
+            < count
+        ):
+            assert time.monotonic() < deadline, "births never numbered in the feed"
+            time.sleep(0.05)
+        return pins
+
+    with channel:
+        after = int(db.fetchval("SELECT coalesce(max(sequence), 0) FROM change_events"))
+        early = born(3)
+        wait_caught_up(dsn, replica.dsn)
+        served_before = _replica(tolerant).reads
+        run_sql(replica.dsn, "SELECT pg_wal_replay_pause()")
+        try:
+            late = born(3)  # on the primary only
+            stream = population.WatchChanges(
+                pop_pb.WatchChangesRequest(after_sequence=after),
+                metadata=agency.metadata(),
+                timeout=20,
+            )
+            events = []
+            for response in stream:
+                events.append(response.event)
+                if {e.pin for e in events} >= set(early + late):
+                    break
+            stream.cancel()
+        finally:
+            run_sql(replica.dsn, "SELECT pg_wal_replay_resume()")
+    ours = [e.pin for e in events if e.pin in set(early + late)]
+    assert ours == early + late  # the replica's three, then the primary's three, once each
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(set(sequences)) and sequences[0] > after
+    assert _replica(tolerant).reads > served_before, "the backlog was not read from the replica"
 
 
 def test_a_replica_behind_the_lag_limit_is_skipped_and_returns(
