@@ -20,7 +20,8 @@ BIN=.venv/bin
 # -B and no bytecode anywhere: a mutant of the same size saved within the second of the last
 # compile would otherwise run as the stale .pyc of the original (measured: 31 false survivors).
 export PYTHONDONTWRITEBYTECODE=1
-PYTEST="$BIN/python -B -m pytest -x -q -p no:cacheprovider"
+# A mutant that makes a call wait forever fails at 30 s instead of the suite's 120 s.
+PYTEST="$BIN/python -B -m pytest -x -q -p no:cacheprovider -o timeout=30"
 
 # module = the tests that must kill its mutants (pure modules: unit tests, seconds per run).
 declare -A TESTS=(
