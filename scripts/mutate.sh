@@ -4,6 +4,8 @@
 #
 #   make mutate                          # every module below
 #   scripts/mutate.sh registry/rules/pin.py    # only the modules named
+#   MUTATE_ONLY="_tolerant CallGate._fail" MUTATE_TESTS="tests/grpc/test_x.py" \
+#       scripts/mutate.sh registry/grpc/gate.py  # part of one module, against chosen tests
 #
 # mutmut edits each module in place while it runs (and puts it back): do not edit or commit the
 # tree meanwhile, and do not run `mutmut show` or `mutmut results` until the run has ended: they
@@ -54,7 +56,9 @@ modules=("$@")
 
 summary=()
 for module in "${modules[@]}"; do
-  tests=${TESTS[$module]:?"no tests configured for $module"}
+  tests=${MUTATE_TESTS:-${TESTS[$module]:?"no tests configured for $module"}}
+  # MUTATE_ONLY="f Class.m ..." mutates those functions of the module instead of ONLY's.
+  [ -z "${MUTATE_ONLY:-}" ] || ONLY[$module]=$MUTATE_ONLY
   rm -f .mutmut-cache
   find registry tests -name __pycache__ -prune -exec rm -rf {} +
   only=()
