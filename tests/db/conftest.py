@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -14,6 +15,16 @@ import pytest
 from registry.db.migrate import migrate
 from registry.embedded import OWNER_ROLE, EmbeddedCluster
 from tests.conftest import run
+
+
+@asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the length of a block, closed whatever happens."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def in_database(dsn: str, name: str) -> str:
@@ -39,23 +50,14 @@ def private_db(cluster: EmbeddedCluster, dsn: str) -> Iterator[PrivateDatabase]:
     name = f"repo_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connected(dsn) as conn:
             await conn.execute(f'CREATE DATABASE "{name}" OWNER {OWNER_ROLE}')
-        finally:
-            await conn.close()
-        owner = await asyncpg.connect(in_database(cluster.owner_dsn, name))
-        try:
+        async with connected(in_database(cluster.owner_dsn, name)) as owner:
             await migrate(owner)
-        finally:
-            await owner.close()
 
     async def drop() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connected(dsn) as conn:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
     run(create())
     try:
@@ -71,51 +73,36 @@ def private_db(cluster: EmbeddedCluster, dsn: str) -> Iterator[PrivateDatabase]:
 @pytest.fixture
 async def rt(runtime_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the session database as the server's runtime role."""
-    conn = await asyncpg.connect(runtime_dsn)
-    try:
+    async with connected(runtime_dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 async def su(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A superuser connection to the session database, for setting up and checking rows."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 async def private_rt(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the module's own database as the server's runtime role."""
-    conn = await asyncpg.connect(private_db.runtime)
-    try:
+    async with connected(private_db.runtime) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 async def private_su(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
     """A superuser connection to the module's own database."""
-    conn = await asyncpg.connect(private_db.superuser)
-    try:
+    async with connected(private_db.superuser) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 async def private_owner(private_db: PrivateDatabase) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the module's own database as the owner role (operator commands)."""
-    conn = await asyncpg.connect(private_db.owner)
-    try:
+    async with connected(private_db.owner) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

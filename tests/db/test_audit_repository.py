@@ -13,6 +13,7 @@ import asyncpg
 
 from registry.db import audit
 from registry.rules.audit import GENESIS, Entry, link, walk
+from tests.db.conftest import connected
 from tests.db.records import fresh_pin
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -49,11 +50,8 @@ async def test_append_chains_entries_and_moves_the_head(private_rt):
 
 async def test_append_with_a_stale_head_chains_onto_the_real_one(private_rt, private_db):
     mine = await audit.head(private_rt)
-    other = await asyncpg.connect(private_db.runtime)
-    try:
+    async with connected(private_db.runtime) as other:
         theirs = await audit.append(other, [entry(n=10), entry(n=11)], None)
-    finally:
-        await other.close()
     seq, last = await audit.append(private_rt, [entry(n=12)], mine)  # `mine` is out of date
     assert seq == theirs[0] + 1 == mine[0] + 3
     assert last == link(theirs[1], seq, entry(n=12))
@@ -80,15 +78,12 @@ async def test_concurrent_appends_lose_nothing(private_rt, private_db):
 
 
 async def test_history_lists_a_citizens_entries_newest_first(private_rt, private_db):
-    owner = await asyncpg.connect(private_db.owner)
-    try:
+    async with connected(private_db.owner) as owner:
         await owner.execute(
             "INSERT INTO agencies (id, name, kind, confidential) VALUES "
             "('hist-open', 'Công an Hà Nội', 'POLICE', false), "
             "('hist-secret', 'Cơ quan X', 'OTHER', true)"
         )
-    finally:
-        await owner.close()
     pin, someone = fresh_pin(), fresh_pin()
     batch = [
         entry(pin, agency="hist-open", n=1),
@@ -142,8 +137,7 @@ async def test_checkpoints_are_stored_once_and_listed_by_position(private_rt):
 
 
 async def test_one_checkpoint_signer_at_a_time(private_rt, private_db):
-    other = await asyncpg.connect(private_db.runtime)
-    try:
+    async with connected(private_db.runtime) as other:
         async with private_rt.transaction():
             assert await audit.lock_checkpointing(private_rt)
             async with other.transaction():
@@ -151,5 +145,3 @@ async def test_one_checkpoint_signer_at_a_time(private_rt, private_db):
         # Released with the transaction.
         async with other.transaction():
             assert await audit.lock_checkpointing(other)
-    finally:
-        await other.close()

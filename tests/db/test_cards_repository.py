@@ -10,6 +10,7 @@ import pytest
 
 from registry.db import cards
 from registry.rules.cards import Card, CardIssue, CardKind, CardState
+from tests.db.conftest import connected
 from tests.db.records import insert_citizen
 
 
@@ -100,8 +101,7 @@ async def test_get_and_set_state(rt, su):
 
 async def test_get_for_update_locks_the_card(rt, runtime_dsn):
     card = await issue(rt, await insert_citizen(rt), date(2020, 2, 2))
-    other = await asyncpg.connect(runtime_dsn)
-    try:
+    async with connected(runtime_dsn) as other:
         await other.execute("SET lock_timeout = '300ms'")
         async with rt.transaction():
             await cards.get(rt, card.serial, for_update=True)
@@ -109,8 +109,6 @@ async def test_get_for_update_locks_the_card(rt, runtime_dsn):
                 await cards.get(other, card.serial, for_update=True)
             assert await cards.get(other, card.serial) == card  # a plain read does not wait
         assert await cards.get(other, card.serial, for_update=True) == card
-    finally:
-        await other.close()
 
 
 async def test_list_for_pin_is_newest_first(rt):

@@ -12,6 +12,7 @@ import pytest
 from registry.db import changes
 from registry.db.migrate import migrate
 from tests.conftest import ServerThread, run, server_settings
+from tests.db.conftest import connected
 
 
 @pytest.fixture
@@ -20,34 +21,24 @@ def feed_db(cluster, dsn) -> Iterator[tuple[str, str]]:
     name = f"feed_{uuid.uuid4().hex[:8]}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connected(dsn) as conn:
             await conn.execute(f'CREATE DATABASE "{name}" OWNER registry_owner')
-        finally:
-            await conn.close()
-        owner = await asyncpg.connect(cluster.owner_dsn.rsplit("/", 1)[0] + "/" + name)
-        try:
+        async with connected(cluster.owner_dsn.rsplit("/", 1)[0] + "/" + name) as owner:
             await migrate(owner)
-        finally:
-            await owner.close()
 
     run(create())
     base = dsn.rsplit("/", 1)[0] + "/" + name
     yield base, cluster.runtime_dsn.rsplit("/", 1)[0] + "/" + name
 
     async def drop() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connected(dsn) as conn:
             await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
     run(drop())
 
 
 async def _seed(superuser: str, old: int, young: int, unnumbered_old: int = 0) -> None:
-    conn = await asyncpg.connect(superuser)
-    try:
+    async with connected(superuser) as conn:
         await conn.execute(
             "INSERT INTO change_events (sequence, type, pin, time) "
             "SELECT n, 1, lpad(n::text, 12, '0'), now() - "
@@ -61,16 +52,11 @@ async def _seed(superuser: str, old: int, young: int, unnumbered_old: int = 0) -
             "SELECT 1, '000000000000', now() - interval '50 days' FROM generate_series(1, $1::int)",
             unnumbered_old,
         )
-    finally:
-        await conn.close()
 
 
 async def _sequences(dsn: str) -> list[int | None]:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return [r[0] for r in await conn.fetch("SELECT sequence FROM change_events ORDER BY id")]
-    finally:
-        await conn.close()
 
 
 def test_runtime_role_prunes_old_numbered_events_in_order(feed_db):
@@ -78,14 +64,11 @@ def test_runtime_role_prunes_old_numbered_events_in_order(feed_db):
     run(_seed(superuser, old=60, young=40, unnumbered_old=3))
 
     async def prune_all() -> list[int]:
-        conn = await asyncpg.connect(runtime)
-        try:
+        async with connected(runtime) as conn:
             removed = []
             while (n := await changes.prune(conn, keep_days=35, max_rows=25)) > 0:
                 removed.append(n)
             return [*removed, await changes.horizon(conn)]
-        finally:
-            await conn.close()
 
     *batches, horizon = run(prune_all())
     assert batches == [25, 25, 10] and horizon == 60
@@ -99,15 +82,12 @@ def test_pruning_keeps_the_newest_and_positions_are_never_reused(feed_db):
     run(_seed(superuser, old=10, young=0))
 
     async def go() -> tuple[int, int, list[int | None]]:
-        conn = await asyncpg.connect(runtime)
-        try:
+        async with connected(runtime) as conn:
             removed = await changes.prune(conn, keep_days=35)
             horizon = await changes.horizon(conn)
             await conn.execute("INSERT INTO change_events (type, pin) VALUES (1, '000000000001')")
             await changes.number_pending(conn)
             return removed, horizon, await _sequences(superuser)
-        finally:
-            await conn.close()
 
     removed, horizon, left = run(go())
     assert removed == 9 and horizon == 9
@@ -119,14 +99,11 @@ def test_the_runtime_role_cannot_prune_recent_events(feed_db):
     run(_seed(superuser, old=0, young=5))
 
     async def go() -> None:
-        conn = await asyncpg.connect(runtime)
-        try:
+        async with connected(runtime) as conn:
             with pytest.raises(asyncpg.RaiseError, match="at least one day"):
                 await changes.prune(conn, keep_days=0.5)
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute("DELETE FROM change_events")
-        finally:
-            await conn.close()
 
     run(go())
     assert run(_sequences(superuser)) == [1, 2, 3, 4, 5]

@@ -14,6 +14,7 @@ import pytest
 
 from registry.db import changes
 from registry.db.changes import ChangeEvent, FeedPruned
+from tests.db.conftest import connected
 from tests.db.records import fresh_pin
 
 
@@ -61,8 +62,7 @@ async def test_number_pending_numbers_committed_events_in_order_and_announces(
 
 
 async def test_number_pending_skips_events_not_yet_committed(private_rt, private_db):
-    writer = await asyncpg.connect(private_db.runtime)
-    try:
+    async with connected(private_db.runtime) as writer:
         before = await top(private_rt)
         late = fresh_pin()
         async with writer.transaction():
@@ -76,8 +76,6 @@ async def test_number_pending_skips_events_not_yet_committed(private_rt, private
             "SELECT pin FROM change_events WHERE sequence > $1 ORDER BY sequence", before
         )
         assert [r["pin"] for r in rows] == [early, late]
-    finally:
-        await writer.close()
 
 
 async def test_read_pages_filters_and_fills_new_pin(private_rt, private_pool):

@@ -21,6 +21,7 @@ from registry.rules.model import (
     MaritalStatus,
     Sex,
 )
+from tests.db.conftest import connected
 from tests.db.records import fresh_name, fresh_pin, insert_citizen, request_id
 
 
@@ -139,8 +140,7 @@ async def test_get_reads_every_column_and_sorted_legacy_ids(rt, su):
 
 async def test_get_for_update_blocks_other_lockers_but_not_foreign_keys(rt, su, runtime_dsn):
     pin = await insert_citizen(su)
-    other = await asyncpg.connect(runtime_dsn)
-    try:
+    async with connected(runtime_dsn) as other:
         await other.execute("SET lock_timeout = '300ms'")
         async with rt.transaction():
             assert (await citizens.get(rt, pin, for_update=True)) is not None
@@ -151,8 +151,6 @@ async def test_get_for_update_blocks_other_lockers_but_not_foreign_keys(rt, su, 
                 "SELECT pin FROM citizens WHERE pin = $1 FOR KEY SHARE", pin
             )
         assert (await citizens.get(other, pin, for_update=True)) is not None
-    finally:
-        await other.close()
 
 
 async def test_get_many_returns_only_those_that_exist(rt, su):

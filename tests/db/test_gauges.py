@@ -6,10 +6,9 @@ buckets), so these tests work in a database of their own (tests/db/conftest.py `
 
 from __future__ import annotations
 
-import asyncpg
-
 from registry.db import gauges
 from registry.rules.pin import BUCKET_SIZE
+from tests.db.conftest import connected
 
 
 async def test_sample_of_an_empty_register(private_pool):
@@ -19,8 +18,7 @@ async def test_sample_of_an_empty_register(private_pool):
 async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_buckets(
     private_pool, private_db
 ):
-    su = await asyncpg.connect(private_db.superuser)
-    try:
+    async with connected(private_db.superuser) as su:
         await su.execute(
             "INSERT INTO change_events (sequence, type, pin, time) VALUES "
             "(1, 1, '001080000001', now() - interval '1 hour'), "  # numbered: no backlog
@@ -39,8 +37,6 @@ async def test_sample_measures_the_backlog_the_checkpoint_and_the_fullest_bucket
             "('006', 1, 0, $1, 250000)",
             bytes(32),
         )
-    finally:
-        await su.close()
     lag, checkpoint_age, fullest = await gauges.sample(private_pool, buckets=3)
     assert 30 <= lag < 40  # the oldest event still waiting for a position
     assert checkpoint_age is not None and 60 <= checkpoint_age < 70

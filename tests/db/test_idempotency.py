@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import pytest
 
 from registry.db import idempotency
 from registry.db.idempotency import Answer, StoredRequest
 from registry.rules.errors import Code, RegistryError
+from tests.db.conftest import connected
 from tests.db.records import request_id
 
 HASH = b"\x07" * 32
@@ -36,8 +36,7 @@ async def test_claim_then_lookup(rt, su):
 
 
 async def test_a_concurrent_claim_waits_for_the_first_to_end(rt, runtime_dsn):
-    other = await asyncpg.connect(runtime_dsn)
-    try:
+    async with connected(runtime_dsn) as other:
         for first_commits in (True, False):
             who, key = agency(), request_id()
             tx = rt.transaction()
@@ -52,8 +51,6 @@ async def test_a_concurrent_claim_waits_for_the_first_to_end(rt, runtime_dsn):
             stored = await idempotency.lookup(rt, who, key)
             assert stored is not None
             assert stored.result_key == ("first" if first_commits else "second")
-    finally:
-        await other.close()
 
 
 def test_check_replay_answers_the_same_request_and_refuses_another():

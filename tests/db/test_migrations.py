@@ -12,15 +12,13 @@ import pytest
 from registry.db.migrate import MigrationError, load_migrations, migrate
 from registry.embedded import EmbeddedCluster
 from registry.rules.pin import PrefixTable
+from tests.db.conftest import connected
 
 
 async def _fresh_database(cluster: EmbeddedCluster) -> str:
     name = f"mig_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(cluster.dsn)
-    try:
+    async with connected(cluster.dsn) as conn:
         await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
     return cluster.dsn.rsplit("/", 1)[0] + "/" + name
 
 
@@ -30,8 +28,7 @@ def _write(directory: Path, name: str, sql: str) -> None:
 
 async def test_all_migrations_apply_to_an_empty_database_once(cluster):
     dsn = await _fresh_database(cluster)
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         applied = await migrate(conn)
         assert [m.version for m in applied] == [m.version for m in load_migrations()]
         assert await migrate(conn) == []  # second run: nothing to do
@@ -41,16 +38,11 @@ async def test_all_migrations_apply_to_an_empty_database_once(cluster):
         ]
         for table in ("citizens", "pin_buckets", "pin_prefixes", "agencies", "idempotency_keys"):
             assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
-    finally:
-        await conn.close()
 
 
 async def test_seeded_prefixes_match_the_packaged_table(dsn):
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         rows = await conn.fetch("SELECT code, name, kind, valid_from, valid_to FROM pin_prefixes")
-    finally:
-        await conn.close()
     packaged = PrefixTable.load_default()
     seeded = {r["code"]: (r["name"], r["kind"], r["valid_from"], r["valid_to"]) for r in rows}
     expected = {c: (p.name, p.kind, p.valid_from, p.valid_to) for c, p in packaged.items()}
@@ -78,8 +70,7 @@ async def test_concurrent_migrators_apply_each_migration_exactly_once(cluster, t
 async def test_an_edited_applied_migration_is_refused(cluster, tmp_path):
     dsn = await _fresh_database(cluster)
     _write(tmp_path, "0001_base.sql", "CREATE TABLE base (id int);")
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         await migrate(conn, load_migrations(tmp_path))
         _write(tmp_path, "0001_base.sql", "CREATE TABLE base (id bigint);")
         _write(tmp_path, "0002_next.sql", "CREATE TABLE next_one (id int);")
@@ -87,24 +78,19 @@ async def test_an_edited_applied_migration_is_refused(cluster, tmp_path):
             await migrate(conn, load_migrations(tmp_path))
         # Refused before applying anything newer.
         assert not await conn.fetchval("SELECT to_regclass('next_one') IS NOT NULL")
-    finally:
-        await conn.close()
 
 
 async def test_a_failing_migration_leaves_nothing_behind(cluster, tmp_path):
     dsn = await _fresh_database(cluster)
     _write(tmp_path, "0001_ok.sql", "CREATE TABLE ok (id int);")
     _write(tmp_path, "0002_bad.sql", "CREATE TABLE half (id int); SELECT * FROM no_such_table;")
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         with pytest.raises(MigrationError, match="0002_bad failed"):
             await migrate(conn, load_migrations(tmp_path))
         assert await conn.fetchval("SELECT to_regclass('ok') IS NOT NULL")
         assert not await conn.fetchval("SELECT to_regclass('half') IS NOT NULL")
         versions = await conn.fetch("SELECT version FROM schema_migrations")
         assert [r["version"] for r in versions] == [1]
-    finally:
-        await conn.close()
 
 
 def test_migration_files_are_well_named_and_unique(tmp_path):

@@ -9,14 +9,12 @@ import asyncpg
 
 from registry.db import prefixes
 from registry.rules.pin import Prefix, PrefixTable
+from tests.db.conftest import connected
 
 
 async def test_load_reads_the_seeded_table(private_db):
-    conn = await asyncpg.connect(private_db.runtime)
-    try:
+    async with connected(private_db.runtime) as conn:
         table = await prefixes.load(conn)
-    finally:
-        await conn.close()
     assert isinstance(table, PrefixTable)
     assert dict(table) == dict(PrefixTable.load_default())
     assert table["001"] == Prefix("001", "Hà Nội", "province", date(2016, 1, 1), None)

@@ -21,6 +21,7 @@ import pytest
 from registry.db.migrate import migrate
 from registry.embedded import OWNER_ROLE, RUNTIME_ROLE
 from tests.conftest import new_cluster, run
+from tests.db.conftest import connected
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,8 +68,7 @@ ATTACKS = {
 
 async def _refused(dsn: str, sql: str) -> str | None:
     """Run sql in a transaction that is rolled back; return the error, None if it worked."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         tx = conn.transaction()
         await tx.start()
         try:
@@ -78,8 +78,6 @@ async def _refused(dsn: str, sql: str) -> str | None:
         finally:
             await tx.rollback()
         return None
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +105,7 @@ def test_the_superuser_can_do_what_the_runtime_role_cannot(dsn, audited):
 
 def test_runtime_role_is_unprivileged_and_owns_nothing(runtime_dsn):
     async def go() -> asyncpg.Record:
-        conn = await asyncpg.connect(runtime_dsn)
-        try:
+        async with connected(runtime_dsn) as conn:
             return await conn.fetchrow(
                 """
                 SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
@@ -120,8 +117,6 @@ def test_runtime_role_is_unprivileged_and_owns_nothing(runtime_dsn):
                 FROM pg_roles r WHERE r.rolname = current_user
                 """
             )
-        finally:
-            await conn.close()
 
     row = run(go())
     assert dict(row) == {
@@ -235,12 +230,9 @@ def test_a_cluster_made_before_the_roles_is_handed_to_the_owner(tmp_path):
     try:
 
         async def as_superuser() -> None:
-            conn = await asyncpg.connect(old.dsn)
-            try:
+            async with connected(old.dsn) as conn:
                 await conn.execute("ALTER DATABASE registry OWNER TO registry")
                 await migrate(conn)  # the old way: objects owned by the superuser
-            finally:
-                await conn.close()
 
         run(as_superuser())
         for name in ("db-owner.json", "db-runtime.json"):
@@ -248,16 +240,13 @@ def test_a_cluster_made_before_the_roles_is_handed_to_the_owner(tmp_path):
         old.ensure_running()  # what `make run` does on the old data directory
 
         async def owners() -> set[str]:
-            conn = await asyncpg.connect(old.dsn)
-            try:
+            async with connected(old.dsn) as conn:
                 rows = await conn.fetch(
                     "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'S', 'i')"
                 )
                 return {r[0] for r in rows}
-            finally:
-                await conn.close()
 
         assert run(owners()) == {OWNER_ROLE}
         error = run(_refused(old.runtime_dsn, ATTACKS["update an audit entry"]))
