@@ -7,29 +7,16 @@ import asyncio
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from registry.db import imports as imports_db
-from registry.db.pool import Database
 from registry.rules.dates import PartialDate
 from registry.rules.imports import ImportRecord
 from registry.rules.model import CitizenStatus, Sex
 from registry.rules.pin import BUCKET_SIZE, bucket_for, parse
 from registry.usecases import imports
-from tests.conftest import SESSION_PIN_SECRET
 from tests.db.records import PROVINCES, fresh_name, fresh_pin, insert_citizen
-
-
-@pytest.fixture
-async def database(runtime_dsn: str) -> AsyncIterator[Database]:
-    db = await Database.connect(runtime_dsn, min_size=1, max_size=3)
-    try:
-        await db.use_pin_secret(SESSION_PIN_SECRET)
-        yield db
-    finally:
-        await db.close()
 
 
 def agency() -> str:

@@ -1,0 +1,178 @@
+"""registry/usecases/budgets.py against PostgreSQL as the runtime role: the miss budget as a
+process applies it (what it remembers of a throttled agency, on a clock the test controls),
+its alerts, and verification under both budgets.
+
+The budgets' SQL is tested in tests/db/test_budgets.py; the RPCs that spend them in
+tests/grpc/test_oracle_budgets.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import date
+
+import pytest
+
+from registry.rules import limits
+from registry.rules.errors import Code, RegistryError
+from registry.rules.model import Caller
+from registry.usecases.budgets import Answer, Budgets
+from tests.conftest import AgencyFactory
+
+ALERTS = "registry.alerts"
+
+
+class Clock:
+    """The process's monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caller(agency_id: str, miss_budget: int | None = None) -> Caller:
+    return Caller(agency_id, frozenset(), frozenset(), "k1", miss_budget=miss_budget)
+
+
+@pytest.fixture
+def agency_id(make_agency: AgencyFactory) -> str:
+    return make_agency().id
+
+
+async def refill(su, agency_id: str) -> None:
+    """Refill the agency's budget behind the processes' backs (as if a minute had passed)."""
+    await su.execute("UPDATE agency_miss_budgets SET tat = 0 WHERE agency_id = $1", agency_id)
+
+
+def exhausted(error: BaseException | None) -> RegistryError:
+    assert isinstance(error, RegistryError), error
+    assert (error.code, error.reason) == (Code.RESOURCE_EXHAUSTED, limits.MISS_BUDGET_EXHAUSTED)
+    return error
+
+
+async def test_charging_no_miss_grants_none_and_writes_nothing(database, su, agency_id):
+    budgets = Budgets(database, Clock())
+    for misses in (0, -1):
+        assert await budgets.charge_misses(caller(agency_id), misses) == (0, None)
+    rows = await su.fetchval(
+        "SELECT count(*) FROM agency_miss_budgets WHERE agency_id = $1", agency_id
+    )
+    assert rows == 0
+
+
+async def test_misses_within_the_budget_are_granted_and_lookups_stop_when_it_is_spent(
+    database, agency_id
+):
+    budgets = Budgets(database, Clock())
+    who = caller(agency_id, miss_budget=60)
+    assert await budgets.charge_misses(who, 59) == (59, None)
+    await budgets.check_agency(who)  # one miss left: lookups go on
+    assert await budgets.charge_misses(who, 1) == (1, None)
+    with pytest.raises(RegistryError) as refused:  # spent: the next miss would not fit
+        await Budgets(database, Clock()).check_agency(who)
+    exhausted(refused.value)
+
+
+async def test_a_spent_budget_is_remembered_by_the_process_until_its_wait_is_over(
+    database, su, agency_id
+):
+    clock = Clock()
+    budgets = Budgets(database, clock)
+    who = caller(agency_id, miss_budget=60)  # a miss frees up every second
+    granted, refusal = await budgets.charge_misses(who, 61)
+    assert granted == 60
+    wait = exhausted(refusal).retry_after_s
+    assert wait is not None and 0 < wait <= 1.0
+    # The database is refilled, but this process remembers the throttle: it refuses without
+    # asking, lookups and verifications alike, until the wait it was told is over.
+    await refill(su, agency_id)
+    with pytest.raises(RegistryError) as refused:
+        await budgets.check_agency(who)
+    assert exhausted(refused.value).retry_after_s == pytest.approx(wait)
+    clock.now += wait - 0.5
+    with pytest.raises(RegistryError) as refused:
+        await budgets.check_agency(who)
+    assert exhausted(refused.value).retry_after_s == pytest.approx(0.5)
+    answers = await budgets.verify(who, [], date(2026, 1, 1))
+    assert answers == []
+    clock.now += 0.6  # the wait is over: the process asks the database again, which allows
+    await budgets.check_agency(who)
+    # Another process never saw the refusal: it asks the database every time.
+    other = Budgets(database, Clock())
+    await other.check_agency(who)
+
+
+async def test_a_process_that_saw_no_refusal_asks_the_database_and_is_refused(database, agency_id):
+    who = caller(agency_id, miss_budget=60)
+    granted, _ = await Budgets(database, Clock()).charge_misses(who, 61)
+    assert granted == 60
+    with pytest.raises(RegistryError) as refused:
+        await Budgets(database, Clock()).check_agency(who)  # wait under a second: still no
+    wait = exhausted(refused.value).retry_after_s
+    assert wait is not None and 0 < wait <= 1.0
+
+
+async def test_a_lookup_not_found_is_charged_and_answered_only_if_granted(database, agency_id):
+    budgets = Budgets(database, Clock())
+    who = caller(agency_id, miss_budget=60)
+    not_found = RegistryError(Code.NOT_FOUND, "CITIZEN_NOT_FOUND", "no citizen has this PIN")
+    for _ in range(60):
+        with pytest.raises(RegistryError) as answered:
+            async with budgets.lookup(who):
+                raise not_found
+        assert answered.value is not_found
+    with pytest.raises(RegistryError) as refused:
+        async with budgets.lookup(who):
+            raise not_found
+    exhausted(refused.value)
+    # Other errors are not misses and pass through untouched.
+    other = Budgets(database, Clock())
+    with pytest.raises(RegistryError) as refused:
+        async with other.lookup(who):
+            pass  # refused before it looks
+    exhausted(refused.value)
+
+
+async def test_an_episode_is_alerted_once_naming_the_agency_and_its_budget(
+    database, agency_id, caplog
+):
+    caplog.set_level(logging.WARNING, logger=ALERTS)
+    who = caller(agency_id, miss_budget=60)
+    await Budgets(database, Clock()).charge_misses(who, 61)
+    await Budgets(database, Clock()).charge_misses(who, 5)  # another process, same episode
+    with pytest.raises(RegistryError):
+        await Budgets(database, Clock()).check_agency(who)
+    alerts = [r for r in caplog.records if r.name == ALERTS]
+    assert [r.getMessage() for r in alerts] == [
+        f"agency {agency_id} spent its budget of 60 NOT_FOUND/NO_MATCH answers per minute; "
+        "its lookups and verifications are throttled (possible enumeration)"
+    ]
+    assert alerts[0].fields == {  # type: ignore[attr-defined]
+        "alert": limits.MISS_BUDGET_EXHAUSTED,
+        "agency": agency_id,
+        "budget_per_min": 60,
+    }
+
+
+async def test_the_alert_of_an_agency_without_a_budget_names_the_default(
+    database, agency_id, caplog
+):
+    caplog.set_level(logging.WARNING, logger=ALERTS)
+    granted, refusal = await Budgets(database, Clock()).charge_misses(caller(agency_id), 601)
+    assert granted == limits.DEFAULT_MISS_BUDGET_PER_MIN == 600
+    exhausted(refusal)
+    [alert] = [r for r in caplog.records if r.name == ALERTS]
+    assert f"budget of {limits.DEFAULT_MISS_BUDGET_PER_MIN} NOT_FOUND" in alert.getMessage()
+    assert alert.fields["budget_per_min"] == 600  # type: ignore[attr-defined]
+
+
+def test_an_answer_is_a_value_and_only_a_spent_miss_budget_stops_a_stream():
+    answer = Answer(None, limits.miss_budget_exhausted("a", None, 1.0))
+    assert answer.stops
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        answer.error = None  # type: ignore[misc]
+    assert not Answer(None, limits.citizen_failure_limit("a", 5.0)).stops
+    assert not Answer(None, None).stops
