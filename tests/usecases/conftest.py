@@ -9,9 +9,9 @@ import pytest
 
 from registry.db.pool import Database
 from tests.conftest import SESSION_PIN_SECRET
-from tests.db.conftest import rt, su
+from tests.db.conftest import private_db, rt, su
 
-__all__ = ["database", "rt", "su"]
+__all__ = ["database", "private_db", "rt", "su"]
 
 
 @pytest.fixture

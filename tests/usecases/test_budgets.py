@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from datetime import date
 
+import asyncpg
 import pytest
 
+from registry.db.replicas import Replicas
 from registry.rules import limits
+from registry.rules.dates import PartialDate
 from registry.rules.errors import Code, RegistryError
-from registry.rules.model import Caller
+from registry.rules.identity import Claim, VerifyResult
+from registry.rules.model import Caller, Sex
 from registry.usecases.budgets import Answer, Budgets
 from tests.conftest import AgencyFactory
+from tests.db.records import fresh_name, insert_citizen
 
 ALERTS = "registry.alerts"
 
@@ -176,3 +182,81 @@ def test_an_answer_is_a_value_and_only_a_spent_miss_budget_stops_a_stream():
         answer.error = None  # type: ignore[misc]
     assert not Answer(None, limits.citizen_failure_limit("a", 5.0)).stops
     assert not Answer(None, None).stops
+
+
+# -- verification under both budgets --------------------------------------------------------
+
+TODAY = date(2026, 1, 1)
+
+
+async def citizen(su) -> Claim:
+    """A citizen in the register, and a claim that matches them."""
+    name = fresh_name()
+    pin = await insert_citizen(su, full_name=name, birth_year=1980, birth_month=5, birth_day=17)
+    return Claim(pin, name, PartialDate(1980, 5, 17), Sex.MALE, None, "")
+
+
+async def test_a_spent_budget_refuses_even_a_true_claim(database, su, agency_id):
+    true_claim = await citizen(su)
+    who = caller(agency_id, miss_budget=60)
+    budgets = Budgets(database, Clock())
+    assert [a.outcome.result for a in await budgets.verify(who, [true_claim], TODAY)] == [
+        VerifyResult.MATCH
+    ]
+    await budgets.charge_misses(who, 61)
+    # A process that remembers the refusal, and one that learns it from the verification
+    # query itself (a wait under a second): neither answers, not even a MATCH.
+    for process in (budgets, Budgets(database, Clock())):
+        [answer] = await process.verify(who, [true_claim], TODAY)
+        assert answer.outcome is None and exhausted(answer.error)
+
+
+async def test_a_remembered_refusal_holds_for_verification_though_the_database_refilled(
+    database, su, agency_id
+):
+    true_claim = await citizen(su)
+    who = caller(agency_id, miss_budget=60)
+    clock = Clock()
+    budgets = Budgets(database, clock)
+    _, refusal = await budgets.charge_misses(who, 61)
+    wait = exhausted(refusal).retry_after_s
+    assert wait is not None
+    await refill(su, agency_id)
+    clock.now += wait - 0.5
+    answers = await budgets.verify(who, [true_claim, true_claim], TODAY)
+    assert [exhausted(a.error).retry_after_s for a in answers] == pytest.approx([0.5, 0.5])
+    clock.now += 0.6
+    assert [a.outcome.result for a in await budgets.verify(who, [true_claim], TODAY)] == [
+        VerifyResult.MATCH
+    ]
+
+
+@pytest.fixture
+async def lagging_replica(database, private_db) -> AsyncIterator[Replicas]:
+    """A healthy-looking replica that has seen none of the session's citizens: a migrated
+    database of its own (tests/db/conftest.py) standing in for a standby behind the primary."""
+    replicas = Replicas((private_db.runtime,), max_lag_s=10)
+    replica = replicas.replicas[0]
+    replica.pool = await asyncpg.create_pool(private_db.runtime, min_size=1, max_size=2)
+    replica.healthy = True
+    database.replicas = replicas
+    try:
+        yield replicas
+    finally:
+        database.replicas = None
+        await replica.pool.close()
+
+
+async def test_what_a_lagging_replica_does_not_match_is_asked_of_the_primary(
+    database, su, agency_id, lagging_replica
+):
+    true_claim = await citizen(su)
+    who = caller(agency_id, miss_budget=60)
+    [answer] = await Budgets(database, Clock()).verify(who, [true_claim], TODAY)
+    assert answer.outcome is not None and answer.outcome.result is VerifyResult.MATCH
+    assert lagging_replica.replicas[0].reads == 1  # the replica was asked first
+    # Nothing was charged for the replica's NOT_FOUND: the budget is untouched.
+    rows = await su.fetchval(
+        "SELECT count(*) FROM agency_miss_budgets WHERE agency_id = $1", agency_id
+    )
+    assert rows == 0
