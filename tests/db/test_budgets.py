@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import asyncpg
@@ -125,3 +126,10 @@ async def test_failure_alerts_are_marked_once_and_end_with_the_episode(rt, su, a
         )
     }
     assert alerted == {full: True, partial: False}
+
+
+async def test_a_charge_is_a_value(rt, agency_id):
+    charge_ = await charge(rt, agency_id, 1)
+    assert charge_ == budgets.Charge(1, False, 0.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        charge_.granted = 2  # type: ignore[misc]

@@ -16,6 +16,8 @@ from datetime import date
 import asyncpg
 import pytest
 
+from registry.db import budgets as store
+from registry.db.pool import Database
 from registry.db.replicas import Replicas
 from registry.rules import limits
 from registry.rules.dates import PartialDate
@@ -260,3 +262,98 @@ async def test_what_a_lagging_replica_does_not_match_is_asked_of_the_primary(
         "SELECT count(*) FROM agency_miss_budgets WHERE agency_id = $1", agency_id
     )
     assert rows == 0
+
+
+# -- the per-citizen failure budget ----------------------------------------------------------
+
+
+def wrong(claim: Claim) -> Claim:
+    """The same citizen with a wrong date of birth: NO_MATCH."""
+    return dataclasses.replace(claim, date_of_birth=PartialDate(1981, 5, 17))
+
+
+async def fail(database: Database, agency_id: str, pin: str, times: int) -> None:
+    """Record NO_MATCH answers about the citizen as another process would."""
+    accepted = await store.record_failures(
+        database.pool,
+        agency_id,
+        [pin] * times,
+        limits.CITIZEN_FAILURE_WINDOW,
+        limits.CITIZEN_FAILURE_LIMIT,
+    )
+    assert accepted == {pin: times}
+
+
+def refused_for_the_citizen(answer: Answer) -> float:
+    assert answer.outcome is None and isinstance(answer.error, RegistryError)
+    assert answer.error.reason == "CITIZEN_FAILURE_LIMIT"
+    assert answer.error.retry_after_s is not None
+    return answer.error.retry_after_s
+
+
+async def test_failures_crowded_out_by_another_process_are_refused_and_alerted_once(
+    database, su, agency_id, caplog
+):
+    caplog.set_level(logging.WARNING, logger=ALERTS)
+    claim = await citizen(su)
+    await fail(database, agency_id, claim.pin, 3)
+    read = database.read
+
+    async def read_then_another_process_fails(*args, **kwargs):
+        # Between this call's query (3 failures seen) and its recording, another process
+        # answers one more NO_MATCH about the same citizen.
+        found = await read(*args, **kwargs)
+        await fail(database, agency_id, claim.pin, 1)
+        return found
+
+    database.read = read_then_another_process_fails
+    who = caller(agency_id, miss_budget=1000)
+    first, second = await Budgets(database, Clock()).verify(
+        who, [wrong(claim), wrong(claim)], TODAY
+    )
+    database.read = read
+    # This call counted 3 + 2 = 5, within the limit; the database holds room for one only.
+    assert first.error is None and first.outcome is not None
+    assert first.outcome.result is VerifyResult.NO_MATCH
+    wait = refused_for_the_citizen(second)
+    window = limits.CITIZEN_FAILURE_WINDOW.total_seconds()
+    assert window - 60 < wait <= window  # blocked for the whole window from now
+    stored = await su.fetchval(
+        "SELECT cardinality(failures) FROM verification_failures WHERE agency_id = $1 AND pin = $2",
+        agency_id,
+        claim.pin,
+    )
+    assert stored == limits.CITIZEN_FAILURE_LIMIT
+    # The next call sees the citizen blocked; the episode was alerted once, naming the
+    # agency and how many citizens, never which.
+    [again] = await Budgets(database, Clock()).verify(who, [claim], TODAY)
+    refused_for_the_citizen(again)
+    alerts = [r for r in caplog.records if r.name == ALERTS]
+    assert [r.getMessage() for r in alerts] == [
+        f"agency {agency_id} reached the limit of 5 NO_MATCH verifications of one citizen "
+        "within 24 h for 1 more citizen(s); it is refused their verification "
+        "(possible guessing of personal data)"
+    ]
+    assert alerts[0].fields == {  # type: ignore[attr-defined]
+        "alert": "CITIZEN_FAILURE_LIMIT",
+        "agency": agency_id,
+        "citizens": 1,
+    }
+    assert claim.pin not in alerts[0].getMessage()
+
+
+async def test_a_block_about_to_end_is_refused_for_at_least_a_second(database, su, agency_id):
+    claim = await citizen(su)
+    await fail(database, agency_id, claim.pin, limits.CITIZEN_FAILURE_LIMIT)
+    # The oldest of the five failures turns 24 h old in 0.95 s (a lookup takes milliseconds).
+    await su.execute(
+        "UPDATE verification_failures SET failures = array_fill("
+        "now() - $3::interval + interval '950 milliseconds', ARRAY[5]) "
+        "WHERE agency_id = $1 AND pin = $2",
+        agency_id,
+        claim.pin,
+        limits.CITIZEN_FAILURE_WINDOW,
+    )
+    who = caller(agency_id, miss_budget=1000)
+    [answer] = await Budgets(database, Clock()).verify(who, [claim], TODAY)
+    assert refused_for_the_citizen(answer) == 1.0
