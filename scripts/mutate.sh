@@ -39,7 +39,7 @@ declare -A TESTS=(
   [registry/usecases/lookup.py]="tests/grpc/test_get_citizen.py tests/grpc/test_field_policy.py tests/grpc/test_access_log.py tests/grpc/test_watch_changes.py tests/ops/test_replicas.py"
   [registry/usecases/budgets.py]="tests/usecases/test_budgets.py tests/grpc/test_oracle_budgets.py tests/grpc/test_verify_batches.py tests/grpc/test_batch_verify.py tests/grpc/test_limits.py tests/db/test_budgets.py"
   [registry/db/budgets.py]="tests/db/test_budgets.py tests/grpc/test_oracle_budgets.py tests/grpc/test_verify_batches.py"
-  [registry/runtime/audit_writer.py]="tests/runtime/test_audit_writers.py tests/grpc/test_audit_entries.py tests/grpc/test_cancelled_calls_audited.py"
+  [registry/runtime/audit_writer.py]="tests/runtime/test_audit_group_commit.py tests/runtime/test_audit_writers.py tests/grpc/test_audit_entries.py tests/grpc/test_cancelled_calls_audited.py"
   [registry/grpc/gate.py]="tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py tests/grpc/test_limits.py tests/grpc/test_request_bounds.py tests/grpc/test_corrupt_messages.py tests/ops/test_tls.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_cancelled_calls_audited.py"
 )
 # Modules mutated only in part (their tests need a server: minutes a mutant): the functions

@@ -73,6 +73,22 @@ class AuditWriter:
     def start(self) -> None:
         """Start the writer task."""
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """The writer task ended: a bug or a cancellation must not leave calls waiting for
+        ever for entries nobody will write. They fail with AUDIT_UNAVAILABLE, and so does
+        every later call (`record` checks the task)."""
+        group, self._pending = self._pending, []
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "audit writer stopped; %d entries not written",
+                sum(len(entries) for entries, _ in group),
+                exc_info=task.exception(),
+            )
+        for _, future in group:
+            if future is not None and not future.done():
+                future.set_exception(AuditUnavailable())
 
     async def record(self, entries: Sequence[Entry]) -> None:
         """Append entries and return once they are durable (raises AuditUnavailable)."""

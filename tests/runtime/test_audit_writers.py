@@ -27,6 +27,7 @@ def test_two_servers_interleave_their_groups_into_one_whole_chain(server, dsn, d
                 stub.VerifyIdentity(
                     pb.VerifyIdentityRequest(pin=pin, full_name="An"),
                     metadata=verifier.metadata(),
+                    timeout=30,  # a writer that never acknowledges fails the test, not hangs it
                 )
 
         targets = [server.target, other.target]

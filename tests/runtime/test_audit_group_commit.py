@@ -1,0 +1,195 @@
+"""registry/runtime/audit_writer.py against PostgreSQL, in a database of its own: when the
+writer refuses, how groups are cut, what a cancelled call's entries become, and how it comes
+back after losing its connection. (Several writers on one chain: test_audit_writers.py; the
+entries calls write: tests/grpc/test_audit_entries.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from registry.db.pool import Database
+from registry.rules.audit import Entry
+from registry.rules.errors import Code
+from registry.runtime.audit_writer import MAX_GROUP, AuditUnavailable, AuditWriter
+from tests.db.conftest import PrivateDatabase, connected, private_db
+from tests.runtime.audit_chain import _walk
+
+__all__ = ["private_db"]
+
+
+@pytest.fixture
+async def database(private_db: PrivateDatabase) -> AsyncIterator[Database]:
+    db = await Database.connect(private_db.runtime, min_size=1, max_size=2)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+def entries(n: int, tag: str = "t") -> list[Entry]:
+    now = datetime.now(UTC)
+    return [
+        Entry(now, "audit-tests", "/test/Write", (f"{i:012d}",), "OK", tag, f"{tag}-{i}")
+        for i in range(n)
+    ]
+
+
+async def stored(private_db: PrivateDatabase, *tags: str) -> list[str]:
+    """The request ids of the entries with these tags (purposes), in chain order. The module's
+    tests share their database: each writes tags of its own."""
+    async with connected(private_db.superuser) as su:
+        rows = await su.fetch(
+            "SELECT request_id FROM audit_log WHERE purpose = ANY($1) ORDER BY seq", list(tags)
+        )
+    return [r["request_id"] for r in rows]
+
+
+def test_the_refusal_is_unavailable_naming_the_audit_and_when_to_retry():
+    error = AuditUnavailable()
+    assert (error.code, error.reason, error.message, error.retry_after_s) == (
+        Code.UNAVAILABLE,
+        "AUDIT_UNAVAILABLE",
+        "the access could not be recorded in the audit log; retry shortly",
+        1.0,
+    )
+
+
+async def test_nothing_is_accepted_before_start_or_after_close(database, private_db):
+    writer = AuditWriter(database)
+    with pytest.raises(AuditUnavailable):
+        await writer.record(entries(1))
+    writer.start()
+    await writer.record(entries(1, "first"))  # the first group, on a connection of its own
+    await writer.close()
+    with pytest.raises(AuditUnavailable):
+        await writer.record(entries(1))
+    writer.submit(entries(1, "late"))  # dropped: nothing may be pending after close
+    assert writer.pending_entries == 0
+    assert await stored(private_db, "first", "late") == ["first-0"]
+    assert (writer.groups, writer.entries) == (1, 1)
+    walk = await _walk(private_db.superuser)
+    assert walk.intact, walk.problem
+
+
+async def test_a_backlog_is_cut_at_max_group_entries_never_inside_a_call(database, private_db):
+    assert MAX_GROUP == 5_000
+    writer = AuditWriter(database)
+    half = MAX_GROUP // 2
+    # Queued before the writer runs: 2,500 + 2,500 fill a group exactly; 2,500 + 2,501 do not;
+    # 6,000 from one call are written together.
+    for size, tag in ((half, "a"), (half, "b"), (half, "c"), (half + 1, "d"), (6_000, "e")):
+        writer.submit(entries(size, tag))
+    assert writer.pending_entries == 4 * half + 1 + 6_000
+    writer.start()
+    await writer.close()
+    assert (writer.groups, writer.entries) == (4, 4 * half + 1 + 6_000)
+    async with connected(private_db.superuser) as su:
+        groups = await su.fetch(
+            "SELECT purpose, min(xmin::text) AS tx FROM audit_log "
+            "WHERE purpose = ANY('{a,b,c,d,e}') GROUP BY purpose"
+        )
+    tx = {r["purpose"]: r["tx"] for r in groups}
+    assert tx["a"] == tx["b"] and len({tx["b"], tx["c"], tx["d"], tx["e"]}) == 4
+    walk = await _walk(private_db.superuser)
+    assert walk.intact, walk.problem
+
+
+async def test_a_cancelled_caller_s_entries_are_written_with_the_group(database, private_db):
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        gone = asyncio.create_task(writer.record(entries(1, "gone")))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await writer.record(entries(1, "stays"))
+    finally:
+        await writer.close()
+    assert sorted(await stored(private_db, "gone", "stays")) == ["gone-0", "stays-0"]
+
+
+async def test_a_cut_connection_is_reopened_and_the_chain_continues_after_another_writer(
+    database, private_db
+):
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        await writer.record(entries(1, "before"))
+        async with connected(private_db.superuser) as su:
+            # The writer's own connection is cut, and meanwhile another writer appends: the
+            # link the writer remembers is no longer the chain's last.
+            await su.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'citizen-registry-audit' "
+                "AND datname = current_database()"
+            )
+        other = AuditWriter(database)
+        other.start()
+        await other.record(entries(1, "other"))
+        await other.close()
+        await writer.record(entries(1, "after"))
+    finally:
+        await writer.close()
+    assert await stored(private_db, "before", "other", "after") == [
+        "before-0",
+        "other-0",
+        "after-0",
+    ]
+    walk = await _walk(private_db.superuser)
+    assert walk.intact, walk.problem
+
+
+async def test_a_group_the_database_refuses_fails_every_call_in_it_then_writing_resumes(
+    database, private_db, caplog
+):
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        await writer.record(entries(1, "ok1"))
+        async with connected(private_db.superuser) as su:
+            await su.execute("REVOKE INSERT ON audit_log FROM registry_runtime")
+            try:
+                refused = await asyncio.gather(
+                    writer.record(entries(1, "no")),
+                    writer.record(entries(2, "no")),
+                    return_exceptions=True,
+                )
+            finally:
+                await su.execute("GRANT INSERT ON audit_log TO registry_runtime")
+        assert [type(r) for r in refused] == [AuditUnavailable, AuditUnavailable]
+        await writer.record(entries(1, "ok2"))
+    finally:
+        await writer.close()
+    assert await stored(private_db, "ok1", "no", "ok2") == ["ok1-0", "ok2-0"]
+    assert "audit group of 3 not written" in caplog.text
+    walk = await _walk(private_db.superuser)
+    assert walk.intact, walk.problem
+
+
+async def test_calls_arriving_together_share_one_commit(database, private_db):
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        await writer.record(entries(1, "warm"))
+        await asyncio.gather(*(writer.record(entries(1, f"c{i}")) for i in range(20)))
+    finally:
+        await writer.close()
+    # The lone first call at once; the twenty that arrived within the group interval together.
+    assert writer.groups == 2 and writer.entries == 21
+
+
+async def test_calls_never_wait_for_a_writer_that_stopped(database, private_db):
+    writer = AuditWriter(database)
+    writer.start()
+    waiting = asyncio.create_task(writer.record(entries(1, "stopped")))
+    await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()  # the writer's task ends (here cancelled; a bug would do the same)
+    with pytest.raises(AuditUnavailable):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(AuditUnavailable):
+        await writer.record(entries(1, "stopped"))
+    assert await stored(private_db, "stopped") == []
