@@ -9,6 +9,7 @@ from tests.helpers import birth_request, decode
 
 GET_CITIZEN = "/registry.v1.IdentityService/GetCitizen"
 BATCH_VERIFY = "/registry.v1.IdentityService/BatchVerify"
+IMPORT_BATCHES = "/registry.v1.PopulationService/ImportCitizenBatches"
 
 
 def _raw_unary(channel, method):
@@ -76,3 +77,63 @@ def test_a_purpose_in_vietnamese_travels_as_utf8_bytes_and_is_recorded(identity,
         citizen_pin,
     )
     assert recorded == purpose
+
+
+def test_a_corrupt_message_is_described_exactly(channel, agency):
+    call = _raw_unary(channel, GET_CITIZEN)
+    for body, problem in (
+        (b"\x00", "corrupt"),
+        (b"\x0a\x03\xff\xfe\xfd", "invalid UTF-8 in a string field"),
+    ):
+        try:
+            call(body, metadata=agency.metadata())
+            raise AssertionError("a corrupt message was accepted")
+        except grpc.RpcError as exc:
+            details = decode(exc)
+        assert details.bad_descriptions == [
+            f"is not a valid registry.v1.GetCitizenRequest message ({problem})"
+        ]
+
+
+LIMIT = 4 * 1024 * 1024
+TOO_BIG = (
+    f"is {LIMIT + 1:,} bytes; a message of this method may hold at most {LIMIT:,} bytes (4 MiB)"
+)
+
+
+def _one_message(channel, agency, method: str, body: bytes):
+    stream = channel.stream_stream(
+        method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    try:
+        list(stream(iter([body]), metadata=agency.metadata(), timeout=60))
+        raise AssertionError("the message was accepted")
+    except grpc.RpcError as exc:
+        return decode(exc)
+
+
+def test_a_stream_message_over_its_limit_is_refused_unparsed_naming_the_limit(channel, agency):
+    # Any bytes: past the limit the message is answered from its length alone.
+    over = _one_message(channel, agency, BATCH_VERIFY, b"\x00" * (LIMIT + 1))
+    assert (over.code, over.reason, over.message, over.quota_subjects) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "MESSAGE_TOO_LARGE",
+        f"the request message {TOO_BIG}",
+        ["request"],
+    )
+    # At the limit it is parsed (and these bytes are no message).
+    at = _one_message(channel, agency, BATCH_VERIFY, b"\x00" * LIMIT)
+    assert (at.code, at.bad_descriptions) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["is not a valid registry.v1.VerifyIdentityRequest message (corrupt)"],
+    )
+
+
+def test_a_batch_over_its_limit_is_a_bad_request_naming_the_limit(channel, agency):
+    over = _one_message(channel, agency, IMPORT_BATCHES, b"\x00" * (LIMIT + 1))
+    assert (over.code, over.reason, over.bad_fields, over.bad_descriptions) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELDS",
+        ["request"],
+        [TOO_BIG],
+    )
