@@ -58,6 +58,8 @@ class AuditWriter:
         self._last: tuple[int, bytes] | None = None  # the chain's last link, as last appended
         # Submissions in arrival order; one call's entries are never split between groups.
         self._pending: list[tuple[Sequence[Entry], asyncio.Future[None] | None]] = []
+        # The group being committed, until its calls are answered.
+        self._writing: list[tuple[Sequence[Entry], asyncio.Future[None] | None]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -79,10 +81,11 @@ class AuditWriter:
         """The writer task ended: a bug or a cancellation must not leave calls waiting for
         ever for entries nobody will write. They fail with AUDIT_UNAVAILABLE, and so does
         every later call (`record` checks the task)."""
-        group, self._pending = self._pending, []
+        group = self._writing + self._pending
+        self._writing, self._pending = [], []
         if not task.cancelled() and task.exception() is not None:
             log.error(
-                "audit writer stopped; %d entries not written",
+                "audit writer stopped; %d entries not confirmed",
                 sum(len(entries) for entries, _ in group),
                 exc_info=task.exception(),
             )
@@ -130,6 +133,7 @@ class AuditWriter:
             entries.extend(submitted)
             taken += 1
         group, self._pending = self._pending[:taken], self._pending[taken:]
+        self._writing = group
         error: BaseException | None = None
         started = time.perf_counter()
         try:
@@ -147,6 +151,7 @@ class AuditWriter:
                 log.warning("audit group of %d not written: %s", len(entries), type(exc).__name__)
             else:
                 log.error("audit group of %d not written", len(entries), exc_info=exc)
+        self._writing = []
         for _, future in group:
             if future is None or future.done():
                 continue
@@ -165,7 +170,7 @@ class AuditWriter:
         self._closing = True
         self._arrived.set()
         if self._task is not None:
-            await self._task
+            await asyncio.wait([self._task])  # a task that already stopped raises nothing here
         log.info("audit writer: %d entries in %d groups", self.entries, self.groups)
         if self._conn is not None:
             await self._conn.close(timeout=5)

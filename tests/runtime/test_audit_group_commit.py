@@ -193,3 +193,45 @@ async def test_calls_never_wait_for_a_writer_that_stopped(database, private_db):
     with pytest.raises(AuditUnavailable):
         await writer.record(entries(1, "stopped"))
     assert await stored(private_db, "stopped") == []
+
+
+async def test_calls_of_a_group_in_flight_never_wait_for_a_writer_that_stopped(
+    database, private_db
+):
+    writer = AuditWriter(database)
+    writer.start()
+    await writer.record(entries(1, "warm"))  # the writer's connection is open
+    async with connected(private_db.superuser) as su, su.transaction():
+        # Hold the chain's head: the writer's next group blocks inside its commit.
+        await su.execute("SELECT 1 FROM audit_head FOR UPDATE")
+        writer.submit(entries(1, "in-flight"))  # a cancelled call's: no one waits for these
+        waiting = asyncio.create_task(writer.record(entries(1, "in-flight")))
+        for _ in range(500):
+            blocked = await su.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'citizen-registry-audit' AND wait_event_type = 'Lock'"
+            )
+            if blocked:
+                break
+            await asyncio.sleep(0.01)
+        assert blocked, "the writer's group never reached the locked head"
+        assert writer._task is not None
+        writer._task.cancel()
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(waiting, 5)
+    await writer.close()
+
+
+async def test_a_lone_call_is_written_at_once_and_a_closing_writer_reports_no_failure(
+    database, caplog
+):
+    writer = AuditWriter(database)
+    writer.start()
+    started = asyncio.get_running_loop().time()
+    for i in range(10):  # one after another: groups start at most every 20 ms
+        await asyncio.wait_for(writer.record(entries(1, f"seq{i}")), 5)
+    elapsed = asyncio.get_running_loop().time() - started
+    await writer.close()
+    assert writer.groups == 10
+    assert elapsed < 5.0, elapsed  # about 0.2 s; far above what any load adds
+    assert "audit writer stopped" not in caplog.text
