@@ -10,6 +10,7 @@ reads every line the process wrote: none may carry one of them.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -198,6 +199,63 @@ def test_a_revoked_key_is_locked_out_by_notify_within_two_seconds(served, db, ma
     revoke = "UPDATE agency_keys SET revoked_at = now() WHERE agency_id = $1"
     elapsed = _locked_out_after(served, db, agency, revoke, "TOKEN_KEY_REVOKED")
     assert elapsed < 2.0, f"locked out after {elapsed:.1f} s"
+
+
+def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, make_agency):
+    agency = make_agency(miss_budget=1_000_000)
+    start = len(served.lines)
+    pin = served.birth(agency)
+    with pytest.raises(grpc.RpcError):  # a token that is no token
+        served.identity.VerifyIdentity(
+            id_pb.VerifyIdentityRequest(pin=pin, sex=1), metadata=agency.metadata("x.y.z")
+        )
+    claim = id_pb.VerifyIdentityRequest(pin=pin, sex=1, correlation_id="held")
+    # A stream held open half a second, then ended by the client.
+    held_open = time.perf_counter()
+
+    def slowly() -> Iterator[id_pb.VerifyIdentityRequest]:
+        yield claim
+        time.sleep(0.5)
+
+    answers = list(served.identity.BatchVerify(slowly(), metadata=served.metadata(agency)))
+    held_s = time.perf_counter() - held_open
+    assert [a.correlation_id for a in answers] == ["held"]
+
+    def access() -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for line in served.lines[start:]
+            if line.startswith("{") and '"registry.access"' in line
+        ]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(e["agency"] == agency.id for e in access()) < 2:
+        time.sleep(0.1)
+    lines = access()
+    mine = [
+        (e["method"].rsplit("/", 1)[1], e["status"], e["reason"])
+        for e in lines
+        if e["agency"] == agency.id
+    ]
+    assert mine == [
+        ("RegisterBirth", "OK", ""),
+        ("BatchVerify", "OK", ""),
+    ], [(e["agency"], e["method"], e["status"]) for e in lines]
+    # Lines of unauthenticated calls name no agency (earlier tests' refusals appear too).
+    refused = [
+        (e["method"].rsplit("/", 1)[1], e["status"], e["reason"])
+        for e in lines
+        if e["agency"] == "-"
+    ]
+    assert ("VerifyIdentity", "UNAUTHENTICATED", "TOKEN_MALFORMED") in refused, refused
+    latency = {
+        e["method"].rsplit("/", 1)[1] + e["status"]: e["latency_ms"]
+        for e in lines
+        if e["agency"] == agency.id
+    }
+    assert 0 < latency["RegisterBirthOK"] < 30_000
+    # The server's stream began after the client's call and ended before its last answer.
+    assert 400 <= latency["BatchVerifyOK"] <= held_s * 1000 + 1, (latency, held_s)
 
 
 def test_sigterm_drains_a_stream_in_flight_and_no_log_line_holds_a_token_or_pin(served, clerk, db):
