@@ -43,7 +43,7 @@ from tests.grpc.audit_log import (
     verify_chain,
 )
 from tests.grpc.cards import issue_request, legacy, new_rid, person
-from tests.helpers import birth_request, call_error, death_request
+from tests.helpers import birth_request, call_error, death_request, decode
 
 # -- what writes entries ------------------------------------------------------------------------
 
@@ -431,3 +431,26 @@ def test_purposes_in_vietnamese_travel_as_utf8_bytes_and_are_audited_as_text(civ
     child = civil.RegisterBirth(birth_request(), metadata=md).citizen
     (entry,) = [e for e in entries_by(db, agency, before) if child.pin in e["pins"]]
     assert entry["purpose"] == "kyc"
+
+
+def test_a_refusal_whose_entry_cannot_be_written_is_audit_unavailable(identity, agency, db):
+    # A lookup of an unknown PIN is a refusal that reached a citizen's number: it answers
+    # only once its entry is durable. With the audit log refusing writes, the caller learns
+    # nothing about the PIN: AUDIT_UNAVAILABLE, not NOT_FOUND.
+    unknown = "001099000777"
+    db.execute("REVOKE INSERT ON audit_log FROM registry_runtime")
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            identity.GetCitizen(
+                id_pb.GetCitizenRequest(pin=unknown), metadata=agency.metadata(), timeout=30
+            )
+    finally:
+        db.execute("GRANT INSERT ON audit_log TO registry_runtime")
+    details = decode(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE")
+    # Writing resumes: the same lookup now answers NOT_FOUND, with its entry.
+    with pytest.raises(grpc.RpcError) as answered:
+        identity.GetCitizen(
+            id_pb.GetCitizenRequest(pin=unknown), metadata=agency.metadata(), timeout=30
+        )
+    assert decode(answered.value).reason == "CITIZEN_NOT_FOUND"
