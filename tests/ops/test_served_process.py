@@ -28,8 +28,14 @@ import grpc
 import jwt
 import pytest
 
-from registry.v1 import civil_registration_service_pb2_grpc, identity_service_pb2_grpc
+from registry.v1 import (
+    change_pb2,
+    civil_registration_service_pb2_grpc,
+    identity_service_pb2_grpc,
+    population_service_pb2_grpc,
+)
 from registry.v1 import identity_service_pb2 as id_pb
+from registry.v1 import population_service_pb2 as pop_pb
 from tests.conftest import DB, AgencyFactory, server_settings, wait_serving
 from tests.conftest import TestAgency as Agency
 from tests.helpers import birth_request, decode
@@ -201,7 +207,7 @@ def test_a_revoked_key_is_locked_out_by_notify_within_two_seconds(served, db, ma
     assert elapsed < 2.0, f"locked out after {elapsed:.1f} s"
 
 
-def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, make_agency):
+def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, make_agency, db):
     agency = make_agency(miss_budget=1_000_000)
     start = len(served.lines)
     pin = served.birth(agency)
@@ -221,6 +227,19 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     held_s = time.perf_counter() - held_open
     assert [a.correlation_id for a in answers] == ["held"]
 
+    # A change-feed watch that sees nothing (a type that does not occur) until its client
+    # cancels it: the server is waiting for events, so it is cancelled, not ended.
+    population = population_service_pb2_grpc.PopulationServiceStub(served.channel)
+    head = db.fetchval("SELECT coalesce(max(sequence), 0) FROM change_events")
+    watch = population.WatchChanges(
+        pop_pb.WatchChangesRequest(
+            after_sequence=head, types=[change_pb2.CHANGE_TYPE_CARD_STATE_CHANGED]
+        ),
+        metadata=served.metadata(agency),
+    )
+    time.sleep(0.5)
+    watch.cancel()
+
     def access() -> list[dict[str, Any]]:
         return [
             json.loads(line)
@@ -229,7 +248,7 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
         ]
 
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sum(e["agency"] == agency.id for e in access()) < 2:
+    while time.monotonic() < deadline and sum(e["agency"] == agency.id for e in access()) < 3:
         time.sleep(0.1)
     lines = access()
     mine = [
@@ -240,6 +259,7 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     assert mine == [
         ("RegisterBirth", "OK", ""),
         ("BatchVerify", "OK", ""),
+        ("WatchChanges", "CANCELLED", ""),
     ], [(e["agency"], e["method"], e["status"]) for e in lines]
     # Lines of unauthenticated calls name no agency (earlier tests' refusals appear too).
     refused = [
@@ -256,6 +276,11 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     assert 0 < latency["RegisterBirthOK"] < 30_000
     # The server's stream began after the client's call and ended before its last answer.
     assert 400 <= latency["BatchVerifyOK"] <= held_s * 1000 + 1, (latency, held_s)
+    # The watch delivered nothing and reached no citizen: no audit entry, cancelled or not.
+    assert not db.fetchval(
+        "SELECT count(*) FROM audit_log WHERE agency_id = $1 AND method LIKE '%WatchChanges'",
+        agency.id,
+    )
 
 
 def test_sigterm_drains_a_stream_in_flight_and_no_log_line_holds_a_token_or_pin(served, clerk, db):
