@@ -6,10 +6,12 @@ entries calls write: tests/grpc/test_audit_entries.py.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 
 from registry.db.pool import Database
 from registry.rules.audit import Entry
@@ -46,6 +48,17 @@ async def stored(private_db: PrivateDatabase, *tags: str) -> list[str]:
             "SELECT request_id FROM audit_log WHERE purpose = ANY($1) ORDER BY seq", list(tags)
         )
     return [r["request_id"] for r in rows]
+
+
+async def audit_backends(private_db: PrivateDatabase) -> int:
+    """How many connections audit writers hold open on the module's database."""
+    async with connected(private_db.superuser) as su:
+        return int(
+            await su.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'citizen-registry-audit' AND datname = current_database()"
+            )
+        )
 
 
 def test_the_refusal_is_unavailable_naming_the_audit_and_when_to_retry():
@@ -161,10 +174,11 @@ async def test_a_group_the_database_refuses_fails_every_call_in_it_then_writing_
                 await su.execute("GRANT INSERT ON audit_log TO registry_runtime")
         assert [type(r) for r in refused] == [AuditUnavailable, AuditUnavailable]
         await writer.record(entries(1, "ok2"))
+        assert await audit_backends(private_db) == 1  # the failed group's connection was closed
     finally:
         await writer.close()
     assert await stored(private_db, "ok1", "no", "ok2") == ["ok1-0", "ok2-0"]
-    assert "audit group of 3 not written" in caplog.text
+    assert "audit group of 3 not written" in [r.getMessage() for r in caplog.records]
     walk = await _walk(private_db.superuser)
     assert walk.intact, walk.problem
 
@@ -223,8 +237,11 @@ async def test_calls_of_a_group_in_flight_never_wait_for_a_writer_that_stopped(
 
 
 async def test_a_lone_call_is_written_at_once_and_a_closing_writer_reports_no_failure(
-    database, caplog
+    database, private_db, caplog
 ):
+    caplog.set_level(logging.INFO, logger="registry.runtime.audit_writer")
+    commits = REGISTRY.get_sample_value("registry_audit_group_commit_seconds_count") or 0.0
+    seconds = REGISTRY.get_sample_value("registry_audit_group_commit_seconds_sum") or 0.0
     writer = AuditWriter(database)
     writer.start()
     started = asyncio.get_running_loop().time()
@@ -235,3 +252,69 @@ async def test_a_lone_call_is_written_at_once_and_a_closing_writer_reports_no_fa
     assert writer.groups == 10
     assert elapsed < 5.0, elapsed  # about 0.2 s; far above what any load adds
     assert "audit writer stopped" not in caplog.text
+    assert "audit writer: 10 entries in 10 groups" in [r.getMessage() for r in caplog.records]
+    # Each commit is timed (registry_audit_group_commit_seconds), each well under a second.
+    assert REGISTRY.get_sample_value("registry_audit_group_commit_seconds_count") == commits + 10
+    spent = REGISTRY.get_sample_value("registry_audit_group_commit_seconds_sum") - seconds
+    assert 0 < spent < elapsed
+    assert await audit_backends(private_db) == 0  # close() closed its connection
+
+
+async def test_a_connection_lost_during_a_group_fails_its_calls_then_writing_resumes(
+    database, private_db, caplog
+):
+    caplog.set_level(logging.WARNING, logger="registry.runtime.audit_writer")
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        await writer.record(entries(1, "lost-before"))
+        async with connected(private_db.superuser) as su, su.transaction():
+            await su.execute("SELECT 1 FROM audit_head FOR UPDATE")
+            waiting = [
+                asyncio.create_task(writer.record(entries(1, "lost"))),
+                asyncio.create_task(writer.record(entries(1, "lost"))),
+            ]
+            for _ in range(500):
+                pid = await su.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = "
+                    "'citizen-registry-audit' AND wait_event_type = 'Lock'"
+                )
+                if pid:
+                    break
+                await asyncio.sleep(0.01)
+            assert pid, "the writer's group never reached the locked head"
+            await su.execute("SELECT pg_terminate_backend($1)", pid)
+            results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        assert [type(r) for r in results] == [AuditUnavailable, AuditUnavailable]
+        await writer.record(entries(1, "lost-after"))  # reconnected, the head read again
+    finally:
+        await writer.close()
+    assert await stored(private_db, "lost-before", "lost", "lost-after") == [
+        "lost-before-0",
+        "lost-after-0",
+    ]
+    assert [r.getMessage().split(": ")[0] for r in caplog.records] == [
+        "audit group of 2 not written"
+    ]
+    walk = await _walk(private_db.superuser)
+    assert walk.intact, walk.problem
+
+
+async def test_calls_are_written_in_the_order_they_arrived(database, private_db):
+    writer = AuditWriter(database)
+    # 2,500 + 2,499 leave room for 1 more: the third call (2,501) must still wait for the
+    # next group, and the fourth (1 entry) must not overtake it.
+    for size, tag in ((2_500, "o1"), (2_499, "o2"), (2_501, "o3"), (1, "o4")):
+        writer.submit(entries(size, tag))
+    writer.start()
+    await writer.close()
+    async with connected(private_db.superuser) as su:
+        order = [
+            r["purpose"]
+            for r in await su.fetch(
+                "SELECT purpose, min(seq) AS first FROM audit_log "
+                "WHERE purpose = ANY('{o1,o2,o3,o4}') GROUP BY purpose ORDER BY first"
+            )
+        ]
+    assert order == ["o1", "o2", "o3", "o4"]
+    assert writer.groups == 2
