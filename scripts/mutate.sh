@@ -40,7 +40,7 @@ declare -A TESTS=(
   [registry/usecases/budgets.py]="tests/usecases/test_budgets.py tests/grpc/test_oracle_budgets.py tests/grpc/test_verify_batches.py tests/grpc/test_batch_verify.py tests/grpc/test_limits.py tests/db/test_budgets.py"
   [registry/db/budgets.py]="tests/db/test_budgets.py tests/grpc/test_oracle_budgets.py tests/grpc/test_verify_batches.py"
   [registry/runtime/audit_writer.py]="tests/runtime/test_audit_group_commit.py tests/runtime/test_audit_writers.py tests/grpc/test_audit_entries.py tests/grpc/test_cancelled_calls_audited.py"
-  [registry/grpc/gate.py]="tests/grpc/test_database_errors.py tests/ops/test_served_process.py tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py tests/grpc/test_limits.py tests/grpc/test_request_bounds.py tests/grpc/test_corrupt_messages.py tests/ops/test_tls.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_cancelled_calls_audited.py"
+  [registry/grpc/gate.py]="tests/grpc/test_database_errors.py tests/ops/test_served_process.py tests/grpc/test_watch_changes.py tests/grpc/test_method_access.py tests/grpc/auth tests/grpc/test_gate_guards.py tests/grpc/test_limits.py tests/grpc/test_request_bounds.py tests/grpc/test_corrupt_messages.py tests/ops/test_tls.py tests/grpc/test_audit_entries.py tests/grpc/test_access_log.py tests/grpc/test_cancelled_calls_audited.py"
 )
 # Modules mutated only in part (their tests need a server: minutes a mutant): the functions
 # named here, by a patch that marks their lines as changed (mutmut --use-patch-file).
