@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from registry.db.pool import Database
 from registry.rules.audit import Entry
 from registry.rules.errors import Code
+from registry.runtime import audit_writer
 from registry.runtime.audit_writer import MAX_GROUP, AuditUnavailable, AuditWriter
 from tests.db.conftest import PrivateDatabase, connected, private_db
 from tests.runtime.audit_chain import _walk
@@ -318,3 +319,27 @@ async def test_calls_are_written_in_the_order_they_arrived(database, private_db)
         ]
     assert order == ["o1", "o2", "o3", "o4"]
     assert writer.groups == 2
+
+
+async def test_calls_arriving_within_the_group_interval_share_the_next_commit(
+    database, monkeypatch
+):
+    # A long interval, so that how fast the machine commits does not decide the test.
+    monkeypatch.setattr(audit_writer, "MIN_GROUP_INTERVAL_S", 0.5)
+    writer = AuditWriter(database)
+    writer.start()
+    try:
+        await writer.record(entries(1, "gather0"))  # a group starts: the next waits for 0.5 s
+        first = asyncio.create_task(writer.record(entries(1, "gather1")))
+        await asyncio.sleep(0.05)  # the writer is already waiting for the interval to pass
+        second = asyncio.create_task(writer.record(entries(1, "gather2")))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert writer.groups == 2  # the first call alone, then both late ones together
+        # Closing does not wait for the interval: what is pending is written at once.
+        await writer.record(entries(1, "gather3"))
+        writer.submit(entries(1, "gather4"))
+        closing = asyncio.get_running_loop().time()
+    finally:
+        await writer.close()
+    assert asyncio.get_running_loop().time() - closing < 0.4
+    assert writer.groups == 4
