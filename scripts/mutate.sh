@@ -27,7 +27,7 @@ PYTEST="$BIN/python -B -m pytest -x -q -p no:cacheprovider -o timeout=30"
 
 # module = the tests that must kill its mutants (pure modules: unit tests, seconds per run).
 declare -A TESTS=(
-  [registry/rules/pin.py]="tests/rules/test_pin.py tests/clients/test_pin_parity.py"
+  [registry/rules/pin.py]="tests/rules/test_pin.py tests/rules/test_pin_allocation.py tests/clients/test_pin_parity.py"
   [registry/rules/audit.py]="tests/rules/test_audit_chain.py"
   [registry/rules/cards.py]="tests/rules/test_cards.py tests/rules/test_card_expiry.py"
   [registry/rules/identity.py]="tests/rules/test_validate_claim.py tests/rules/test_verification.py tests/rules/test_read_mask.py"
