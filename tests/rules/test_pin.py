@@ -1,4 +1,5 @@
-"""Tests for registry.rules.pin: structure, prefix table and allocation."""
+"""Tests for registry.rules.pin: structure, the prefix table, buckets and key versions
+(the permutation and allocation: test_pin_allocation.py)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,7 @@ from registry.rules.pin import (
     PrefixTable,
     Sex,
 )
-
-KEY = bytes(range(32))
-OTHER_KEY = bytes(range(100, 132))
-keys = st.binary(min_size=16, max_size=64)
-
-TABLE = PrefixTable.load_default()
-
+from tests.rules.pins import KEY, TABLE
 
 # --- prefix table ----------------------------------------------------------------------------
 

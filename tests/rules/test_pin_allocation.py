@@ -15,16 +15,9 @@ from registry.rules.pin import (
     BUCKET_SIZE,
     BucketExhausted,
     Permutation,
-    PrefixTable,
     Sex,
 )
-
-KEY = bytes(range(32))
-OTHER_KEY = bytes(range(100, 132))
-keys = st.binary(min_size=16, max_size=64)
-
-TABLE = PrefixTable.load_default()
-
+from tests.rules.pins import KEY, OTHER_KEY, TABLE, keys
 
 # --- permutation -----------------------------------------------------------------------------
 
