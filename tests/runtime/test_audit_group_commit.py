@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -60,6 +61,20 @@ async def audit_backends(private_db: PrivateDatabase) -> int:
                 "'citizen-registry-audit' AND datname = current_database()"
             )
         )
+
+
+async def blocked_writer(su: asyncpg.Connection) -> int:
+    """Wait (up to 5 s) until a writer's group waits for a lock the test holds; its backend."""
+    for _ in range(500):
+        pid = await su.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = "
+            "'citizen-registry-audit' AND datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        if pid:
+            return int(pid)
+        await asyncio.sleep(0.01)
+    raise AssertionError("the writer's group never reached the locked head")
 
 
 def test_the_refusal_is_unavailable_naming_the_audit_and_when_to_retry():
@@ -221,15 +236,7 @@ async def test_calls_of_a_group_in_flight_never_wait_for_a_writer_that_stopped(
         await su.execute("SELECT 1 FROM audit_head FOR UPDATE")
         writer.submit(entries(1, "in-flight"))  # a cancelled call's: no one waits for these
         waiting = asyncio.create_task(writer.record(entries(1, "in-flight")))
-        for _ in range(500):
-            blocked = await su.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                "'citizen-registry-audit' AND wait_event_type = 'Lock'"
-            )
-            if blocked:
-                break
-            await asyncio.sleep(0.01)
-        assert blocked, "the writer's group never reached the locked head"
+        await blocked_writer(su)
         assert writer._task is not None
         writer._task.cancel()
         with pytest.raises(AuditUnavailable):
@@ -275,16 +282,7 @@ async def test_a_connection_lost_during_a_group_fails_its_calls_then_writing_res
                 asyncio.create_task(writer.record(entries(1, "lost"))),
                 asyncio.create_task(writer.record(entries(1, "lost"))),
             ]
-            for _ in range(500):
-                pid = await su.fetchval(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = "
-                    "'citizen-registry-audit' AND wait_event_type = 'Lock'"
-                )
-                if pid:
-                    break
-                await asyncio.sleep(0.01)
-            assert pid, "the writer's group never reached the locked head"
-            await su.execute("SELECT pg_terminate_backend($1)", pid)
+            await su.execute("SELECT pg_terminate_backend($1)", await blocked_writer(su))
             results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
         assert [type(r) for r in results] == [AuditUnavailable, AuditUnavailable]
         await writer.record(entries(1, "lost-after"))  # reconnected, the head read again
