@@ -33,6 +33,8 @@ MAX_GROUP = 5_000
 # transaction instead of committing one by one (each commit costs the database CPU and a WAL
 # flush); a lone call after a quiet moment is written at once.
 MIN_GROUP_INTERVAL_S = 0.02
+# A call's entries and the future it awaits (None: handed over without waiting).
+_Submission = tuple[Sequence[Entry], asyncio.Future[None] | None]
 
 
 class AuditUnavailable(RegistryError):
@@ -57,9 +59,9 @@ class AuditWriter:
         self._conn: asyncpg.Connection | None = None
         self._last: tuple[int, bytes] | None = None  # the chain's last link, as last appended
         # Submissions in arrival order; one call's entries are never split between groups.
-        self._pending: list[tuple[Sequence[Entry], asyncio.Future[None] | None]] = []
+        self._pending: list[_Submission] = []
         # The group being committed, until its calls are answered.
-        self._writing: list[tuple[Sequence[Entry], asyncio.Future[None] | None]] = []
+        self._writing: list[_Submission] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -89,9 +91,7 @@ class AuditWriter:
                 sum(len(entries) for entries, _ in group),
                 exc_info=task.exception(),
             )
-        for _, future in group:
-            if future is not None and not future.done():
-                future.set_exception(AuditUnavailable())
+        _answer(group, failed=True)
 
     async def record(self, entries: Sequence[Entry]) -> None:
         """Append entries and return once they are durable (raises AuditUnavailable)."""
@@ -152,13 +152,7 @@ class AuditWriter:
             else:
                 log.error("audit group of %d not written", len(entries), exc_info=exc)
         self._writing = []
-        for _, future in group:
-            if future is None or future.done():
-                continue
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(AuditUnavailable())
+        _answer(group, failed=error is not None)
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -175,3 +169,15 @@ class AuditWriter:
         if self._conn is not None:
             await self._conn.close(timeout=5)
             self._conn = None
+
+
+def _answer(group: Sequence[_Submission], failed: bool) -> None:
+    """Answer the calls waiting for a group: their entries are durable, or AUDIT_UNAVAILABLE.
+    Entries handed over without waiting, and calls already gone, have nobody to answer."""
+    for _, future in group:
+        if future is None or future.done():
+            continue
+        if failed:
+            future.set_exception(AuditUnavailable())
+        else:
+            future.set_result(None)
