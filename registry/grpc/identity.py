@@ -41,9 +41,19 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 512
 BATCH_WAIT_S = 0.02
 _END = None
+# VerifyIdentityBatches: batches checked ahead of the one whose audit entries are committing.
+PIPELINE_DEPTH = 2
 
 
 _Arrival = pb.VerifyIdentityRequest | RegistryError | None
+_Checked = tuple[list[pb.VerifyIdentityResponse], "asyncio.Future[None] | None"] | Exception | None
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a batch's audit outcome as seen: the answering loop may have stopped before it
+    (its own failure is raised there), and asyncio would log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _next_batch(
@@ -167,15 +177,33 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         *,
         stop_at_refusal: bool,
     ) -> tuple[list[pb.VerifyIdentityResponse], RegistryError | None]:
+        """Verify a batch (`_check_items`) and return its answers once their entries are
+        durable."""
+        answers, entries, refusal = await self._check_items(
+            call, requests, today, stop_at_refusal=stop_at_refusal
+        )
+        if entries:
+            await call.audit(entries)
+        return answers, refusal
+
+    async def _check_items(
+        self,
+        call: CallContext,
+        requests: Sequence[pb.VerifyIdentityRequest],
+        today: date,
+        *,
+        stop_at_refusal: bool,
+    ) -> tuple[list[pb.VerifyIdentityResponse], list[Entry], RegistryError | None]:
         """Verify a batch with one query, in order; each item validated, budgeted, attested and
-        audited on its own (a malformed item's error is its answer, the others go on).
+        given its audit entry on its own (a malformed item's error is its answer, the others
+        go on). Returns (answers, entries, refusal): no answer may leave before the entries
+        are durable.
 
         Each verification gets its own audit entry (the citizen's history shows it like a unary
-        one), written in one group before any answer of the batch leaves. With
-        `stop_at_refusal` (BatchVerify), an item the agency's miss budget ran out at ends the
-        stream: the items before it are answered, it is recorded, nothing after it is either,
-        and its error is returned. Without (VerifyIdentityBatches), that refusal is the item's
-        answer and the batch goes on, as VerifyIdentity's would (usecases.budgets).
+        one). With `stop_at_refusal` (BatchVerify), an item the agency's miss budget ran out at
+        ends the stream: the items before it are answered, it is recorded, nothing after it
+        is either, and its error is returned. Without (VerifyIdentityBatches), that refusal is
+        the item's answer and the batch goes on, as VerifyIdentity's would (usecases.budgets).
         """
         caller = call.caller
         answers: list[pb.VerifyIdentityResponse | None] = [None] * len(requests)
@@ -204,9 +232,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     break
                 answers[index] = self._answer(caller, claim, result, request)
         written = [e for e in entries[: stop_at + 1] if e is not None]
-        if written:
-            await call.audit(written)
-        return [a for a in answers[:stop_at] if a is not None], refusal
+        return [a for a in answers[:stop_at] if a is not None], written, refusal
 
     def _answer(
         self, caller: Caller, claim: Claim, result: Answer, request: pb.VerifyIdentityRequest
@@ -223,16 +249,47 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         request_iterator: AsyncIterator[pb.VerifyIdentityBatchesRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.VerifyIdentityBatchesResponse]:
-        """Answer each batch in order, one answer per request, once its audit is durable."""
+        """Answer each batch in order, one answer per request, once its audit is durable.
+
+        Pipelined: while a batch's entries are being committed (the audit writer gathers and
+        writes them), the next batch is already validated and checked against the register, up
+        to PIPELINE_DEPTH batches ahead of the answers. Entries are submitted in batch order,
+        and a batch is answered only after its own entries are durable.
+        """
         call = current_call()
-        async for batch in request_iterator:
-            v = Violations()
-            check_batch_size(v, "requests", len(batch.requests))
-            v.raise_if_any()
-            answers, _ = await self._verify_items(
-                call, batch.requests, clock.today(), stop_at_refusal=False
-            )
-            yield pb.VerifyIdentityBatchesResponse(responses=answers)
+        checked: asyncio.Queue[_Checked] = asyncio.Queue(PIPELINE_DEPTH)
+
+        async def check() -> None:
+            try:
+                async for batch in request_iterator:
+                    v = Violations()
+                    check_batch_size(v, "requests", len(batch.requests))
+                    v.raise_if_any()
+                    answers, entries, _ = await self._check_items(
+                        call, batch.requests, clock.today(), stop_at_refusal=False
+                    )
+                    durable = asyncio.ensure_future(call.audit(entries)) if entries else None
+                    if durable is not None:
+                        durable.add_done_callback(_retrieved)
+                    await checked.put((answers, durable))
+            except Exception as error:  # answered after the batches before it
+                await checked.put(error)
+                return
+            await checked.put(None)
+
+        worker = asyncio.create_task(check())
+        try:
+            while (item := await checked.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                answers, durable = item
+                if durable is not None:
+                    await durable
+                yield pb.VerifyIdentityBatchesResponse(responses=answers)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
 
     async def GetCitizen(
         self, request: pb.GetCitizenRequest, context: grpc.aio.ServicerContext

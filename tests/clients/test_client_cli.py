@@ -74,3 +74,48 @@ def test_register_verify_get_watch_and_batch_verify(cli, capsys, connection, tmp
 def test_errors_name_the_reason_and_exit_1(cli, capsys, connection):
     code, _, err = run(cli, capsys, "get", "001099999996", *connection)
     assert code == 1 and "CITIZEN_NOT_FOUND" in err
+
+
+def test_batch_verify_answers_rows_it_cannot_send_in_place(cli, capsys, connection, tmp_path):
+    # Rows are sent as the file streams; a row whose sex or date of birth cannot be put into a
+    # request is answered ERROR in its own place, naming the field, and the others go on.
+    code, out, err = run(
+        cli, capsys, "register-birth", *connection, "--name", "Lê Văn Bình", "--sex", "MALE",
+        "--born", "2026-10-02", "--province", "001", "--place-of-birth", "Bệnh viện Bạch Mai",
+        "--hometown", "Hà Nội", "--authority", "UBND phường", "--number", "2/2026", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    pin = json.loads(out)["pin"]
+    source = tmp_path / "mixed.csv"
+    source.write_text(
+        "sex,id,pin,date_of_birth\n"  # any column order
+        f"M,r1,{pin},2026-10-02\n"
+        f"MALE,r2,{pin},2026-10-02\n"
+        f"MALE,r3,{pin},2026-10-xx\n"
+        f"MALE,r4,{pin},2026-10-03\n"
+        f"MALE,r5,{pin},\n"
+        f"FEMALE,r6,{pin},2026-10\n",
+        encoding="utf-8",
+    )
+    code, out, _ = run(cli, capsys, "batch-verify", str(source), *connection, "--batch-size", "2")
+    assert code == 0, out
+    assert "6 rows: ERROR 2, MATCH 2, NO_MATCH 2" in out
+    with (tmp_path / "mixed.results.csv").open(encoding="utf-8") as f:
+        rows = [(r["id"], r["result"], r["error"]) for r in csv.DictReader(f)]
+    assert [(i, result) for i, result, _ in rows] == [
+        ("r1", "ERROR"), ("r2", "MATCH"), ("r3", "ERROR"), ("r4", "NO_MATCH"), ("r5", "MATCH"),
+        ("r6", "NO_MATCH"),
+    ]  # fmt: skip
+    assert rows[0][2] == "sex: 'M' is not a Sex: use one of MALE, FEMALE"
+    assert rows[2][2] == (
+        "date_of_birth: not a date: '2026-10-xx' (use YYYY, YYYY-MM or YYYY-MM-DD)"
+    )
+
+
+def test_batch_verify_of_a_file_without_a_pin_column_exits_2(cli, capsys, connection, tmp_path):
+    source = tmp_path / "nopin.csv"
+    source.write_text("id,full_name\nc1,Lê Văn Bình\n", encoding="utf-8")
+    code, out, err = run(cli, capsys, "batch-verify", str(source), *connection)
+    assert code == 2 and out == ""
+    assert "no 'pin' column" in err
+    assert not (tmp_path / "nopin.results.csv").exists()

@@ -28,7 +28,7 @@ from tests.grpc.identity import (
     verify_attestation,
     vreq,
 )
-from tests.helpers import call_error
+from tests.helpers import call_error, decode
 
 NOBODY = "001099999999"
 
@@ -185,3 +185,42 @@ def test_each_batch_is_looked_up_with_one_query(private_dsn):
     delta = commits(private_dsn) - before
     check_answers([r for a in answers for r in a.responses], expected, "row-04321")
     assert delta < 200, f"{delta} transactions for 3 batches of 2,000: not one query a batch"
+
+
+def test_batches_before_an_invalid_one_are_answered_and_none_after_it(identity, agency, population):
+    # Batches are checked ahead of the answers (a pipeline): the invalid batch's error still
+    # comes after the answers of the batches sent before it, and nothing after it is answered.
+    p = population[0]
+    good = [vreq(p["pin"], sex=p["sex"], correlation_id=f"g{i}") for i in range(3)]
+    groups = [good[:2], good[2:], [], good]
+    requests = (pb.VerifyIdentityBatchesRequest(requests=g) for g in groups)
+    stream = identity.VerifyIdentityBatches(requests, metadata=agency.metadata(), timeout=60)
+    answered = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for answer in stream:
+            answered.append([r.correlation_id for r in answer.responses])
+    assert answered == [["g0", "g1"], ["g2"]]
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_no_batch_is_answered_before_its_checks_are_audited(identity, agency, population, db):
+    # With the audit log refusing writes, batches checked ahead of their audit must not leak
+    # out: the caller gets AUDIT_UNAVAILABLE and not one answer.
+    p = population[0]
+    groups = [[vreq(p["pin"], sex=p["sex"], correlation_id=f"b{b}-{i}") for i in range(50)]
+              for b in range(4)]  # fmt: skip
+    db.execute("REVOKE INSERT ON audit_log FROM registry_runtime")
+    answered = []
+    try:
+        requests = (pb.VerifyIdentityBatchesRequest(requests=g) for g in groups)
+        stream = identity.VerifyIdentityBatches(requests, metadata=agency.metadata(), timeout=60)
+        with pytest.raises(grpc.RpcError) as refused:
+            for answer in stream:
+                answered.append(answer)
+    finally:
+        db.execute("GRANT INSERT ON audit_log TO registry_runtime")
+    assert answered == []
+    details = decode(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE")
+    # Writing resumes: the same batches are answered, in order.
+    assert [len(a.responses) for a in batches(identity, agency, groups)] == [50] * 4

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .auth import TokenSource
 from .client import RegistryClient
 from .errors import RegistryError
-from .types import VerifyRequest
+from .types import Verification, VerifyRequest
 
 
 def _plain(value: Any) -> Any:
@@ -195,49 +195,88 @@ class _Progress:
         return self._done / max(time.monotonic() - self._started, 1e-6)
 
 
+_VERIFY_COLUMNS = ("id", "pin", "full_name", "date_of_birth", "sex", "card_serial")
+
+
+def _verify_rows(source: Path) -> list[list[str]]:
+    """The CSV's rows with its columns in _VERIFY_COLUMNS order (absent ones empty); the file
+    must name a pin column."""
+    with source.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = [name.strip() for name in next(reader, [])]
+        if "pin" not in header:
+            raise ValueError(f"{source}: no 'pin' column (columns: {', '.join(_VERIFY_COLUMNS)})")
+        where = [header.index(name) if name in header else None for name in _VERIFY_COLUMNS]
+        return [
+            [row[i] if i is not None and i < len(row) else "" for i in where]
+            for row in reader
+            if row
+        ]
+
+
+def _verify_messages(rows: list[list[str]], unusable: dict[int, str]) -> Iterator[Any]:
+    """The request of each usable row, in order; a row whose sex or date of birth cannot be sent
+    goes into ``unusable`` (row number -> why) before any later row is handed over."""
+    for number, (row_id, pin, name, born, sex, serial) in enumerate(rows):
+        request = VerifyRequest(
+            pin=pin,
+            full_name=name or None,
+            date_of_birth=born or None,
+            sex=sex or None,
+            card_serial=serial or None,
+            correlation_id=row_id or str(number),
+        )
+        try:
+            yield request.to_proto()
+        except ValueError as exc:
+            unusable[number] = str(exc)
+
+
 def cmd_batch_verify(args: argparse.Namespace) -> None:
     source = Path(args.file)
-    with source.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    requests = [
-        VerifyRequest(
-            pin=row.get("pin", ""),
-            full_name=row.get("full_name") or None,
-            date_of_birth=row.get("date_of_birth") or None,
-            sex=row.get("sex") or None,
-            card_serial=row.get("card_serial") or None,
-            correlation_id=row.get("id") or str(i),
-        )
-        for i, row in enumerate(rows)
-    ]
+    rows = _verify_rows(source)
     out = Path(args.out or source.with_suffix(".results.csv"))
     counts: dict[str, int] = {}
-    progress = _Progress(len(requests), quiet=args.json)
+    progress = _Progress(len(rows), quiet=args.json)
+    # Rows are converted as they are sent (gRPC's request thread), so the file streams while
+    # earlier batches are being verified. A row that cannot be sent gets its ERROR line here
+    # in its place: answers come back in the order of the rows sent.
+    unusable: dict[int, str] = {}
     with _client(args) as client, out.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "result", "field_matches", "citizen_status", "card_state", "error"])
-        answers = client.verify_many(requests, batch_size=args.batch_size)
-        for answer in answers:
-            result = "ERROR" if answer.error else answer.result.name
-            matches = answer.field_matches.items()
-            counts[result] = counts.get(result, 0) + 1
-            writer.writerow(
-                [
+        answers = client.verify_many(_verify_messages(rows, unusable), batch_size=args.batch_size)
+        answer: Verification | None = None
+        for number, row in enumerate(rows):
+            if number not in unusable and answer is None:
+                # Blocks until the next sent row is answered, which is converted after this
+                # one: whether this row was unusable is known by then.
+                answer = next(answers, None)
+            if number in unusable:
+                result = "ERROR"
+                line = [row[0] or str(number), result, "", "", "", unusable[number]]
+            elif answer is None:
+                raise ValueError("the stream ended before every row was answered")
+            else:
+                result = "ERROR" if answer.error else answer.result.name
+                matches = answer.field_matches.items()
+                line = [
                     answer.correlation_id, result,
                     ";".join(f"{k}={'yes' if v else 'no'}" for k, v in matches),
-                    answer.citizen_status.name, answer.card_state.name,
-                    str(answer.error or ""),
-                ]
-            )  # fmt: skip
+                    answer.citizen_status.name, answer.card_state.name, str(answer.error or ""),
+                ]  # fmt: skip
+                answer = None
+            counts[result] = counts.get(result, 0) + 1
+            writer.writerow(line)
             progress.advance(1)
     rate = progress.close()
     if not args.json:
-        print(f"  {len(requests):,} verified at {rate:,.0f}/s", file=sys.stderr)
-    summary = {"rows": len(requests), "results": counts, "output": str(out)}
+        print(f"  {len(rows):,} verified at {rate:,.0f}/s", file=sys.stderr)
+    summary = {"rows": len(rows), "results": counts, "output": str(out)}
     _show(
         args,
         summary,
-        f"{len(requests):,} rows: "
+        f"{len(rows):,} rows: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
         + f"; results in {out}",
     )

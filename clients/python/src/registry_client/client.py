@@ -544,9 +544,15 @@ def _watch_request(after_sequence: int, types: Sequence[ChangeType | str] | None
 
 
 def _batch_requests(requests: Iterable[VerifyRequest | str], first: int = 0) -> Iterator[Any]:
+    """The request messages, numbered from ``first`` where the caller gave no correlation_id.
+    The package's own CLI hands over messages it already built (checking each CSV row)."""
+    message_type = identity_service_pb2.VerifyIdentityRequest
     for index, request in enumerate(requests, start=first):
-        item = VerifyRequest(request) if isinstance(request, str) else request
-        message = item.to_proto()
+        if isinstance(request, message_type):
+            message = request
+        else:
+            item = VerifyRequest(request) if isinstance(request, str) else request
+            message = item.to_proto()
         if not message.correlation_id:
             message.correlation_id = str(index)
         yield message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -88,12 +89,26 @@ E = TypeVar("E", bound=_ProtoEnum)
 
 
 def _enum_in(cls: type[E], value: E | str | int | None) -> Any:
-    """An enum argument as its protobuf number: accepts the enum, its name, or None."""
+    """An enum argument as its protobuf number: accepts the enum, its name, or None.
+
+    Raises ValueError naming the accepted names for a name the enum does not have.
+    """
     if value is None:
         return 0
     if isinstance(value, str):
-        return int(cls[value.upper()])
+        member = cls.__members__.get(value.upper())
+        if member is None:
+            names = ", ".join(name for name, m in cls.__members__.items() if m != 0)
+            raise ValueError(f"{value!r} is not a {cls.__name__}: use one of {names}")
+        return int(member)
     return int(cls(value))
+
+
+def _enum_out(cls: type[E], number: int) -> E:
+    """The member for a protobuf number (UNSPECIFIED for a number this client does not know);
+    a dictionary lookup: answers of bulk verification read three enums each."""
+    member = cls._value2member_map_.get(number)
+    return member if member is not None else cls(number)  # type: ignore[return-value]
 
 
 # -- dates --------------------------------------------------------------------------------------
@@ -120,10 +135,10 @@ class PartialDate:
     @classmethod
     def parse(cls, text: str) -> PartialDate:
         """Parse ``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``."""
-        parts = [int(p) for p in text.strip().split("-")]
-        if not 1 <= len(parts) <= 3:
-            raise ValueError(f"not a date: {text!r}")
-        return cls(*parts)
+        pieces = text.strip().split("-")
+        if not 1 <= len(pieces) <= 3 or not all(p.isascii() and p.isdigit() for p in pieces):
+            raise ValueError(f"not a date: {text!r} (use YYYY, YYYY-MM or YYYY-MM-DD)")
+        return cls(*(int(p) for p in pieces))
 
     @property
     def is_full(self) -> bool:
@@ -149,10 +164,18 @@ def date_to_proto(value: DateLike | None) -> date_pb2.Date | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = PartialDate.parse(value)
+        return date_pb2.Date(year=(parts := _date_parts(value))[0], month=parts[1], day=parts[2])
     if isinstance(value, _dt.datetime):
         value = value.date()
     return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _date_parts(text: str) -> tuple[int, int, int]:
+    """``"YYYY[-MM[-DD]]"`` as (year, month, day), checked as PartialDate checks it; kept for
+    the next claim with the same birth date (a bank's file has a few tens of thousands)."""
+    value = PartialDate.parse(text)
+    return value.year, value.month, value.day
 
 
 def date_from_proto(message: Any, present: bool = True) -> _dt.date | PartialDate | None:
@@ -294,18 +317,24 @@ class VerifyRequest:
     want_attestation: bool = False
 
     def to_proto(self) -> identity_service_pb2.VerifyIdentityRequest:
-        m = identity_service_pb2.VerifyIdentityRequest(
+        """The request message; ValueError names a sex or date of birth it cannot carry."""
+        try:
+            dob = date_to_proto(self.date_of_birth)
+        except ValueError as exc:
+            raise ValueError(f"date_of_birth: {exc}") from None
+        try:
+            sex = _enum_in(Sex, self.sex)
+        except ValueError as exc:
+            raise ValueError(f"sex: {exc}") from None
+        return identity_service_pb2.VerifyIdentityRequest(
             pin=self.pin,
             full_name=self.full_name or "",
-            sex=_enum_in(Sex, self.sex),
+            date_of_birth=dob,
+            sex=sex,
             card_serial=self.card_serial or "",
             correlation_id=self.correlation_id or "",
             want_attestation=self.want_attestation,
         )
-        dob = date_to_proto(self.date_of_birth)
-        if dob is not None:
-            m.date_of_birth.CopyFrom(dob)
-        return m
 
 
 @dataclass(frozen=True)
@@ -337,10 +366,10 @@ class Verification:
 
             error = error_from_status(m.error)
         return cls(
-            result=VerifyResult(m.result),
+            result=_enum_out(VerifyResult, m.result),
             field_matches=dict(m.field_matches),
-            citizen_status=CitizenStatus(m.citizen_status),
-            card_state=CardState(m.card_state),
+            citizen_status=_enum_out(CitizenStatus, m.citizen_status),
+            card_state=_enum_out(CardState, m.card_state),
             correlation_id=m.correlation_id,
             attestation=m.attestation,
             error=error,
