@@ -54,7 +54,16 @@ def audited_pins(*values: str) -> tuple[str, ...]:
 class CallContext:
     """What the gate knows about the call being served."""
 
-    __slots__ = ("_writer", "audited", "caller", "method", "pins", "request_id", "started")
+    __slots__ = (
+        "_time",
+        "_writer",
+        "audited",
+        "caller",
+        "method",
+        "pins",
+        "request_id",
+        "started",
+    )
 
     def __init__(
         self, caller: Caller, method: str, request: Any, started: float, writer: AuditWriter
@@ -64,6 +73,7 @@ class CallContext:
         self.caller = caller
         self.method = method
         self.started = started
+        self._time: datetime | None = None  # `started` as the entries' time, made once
         self.pins = _request_pins(request)
         # The caller's idempotency key, or the correlation id of a verification.
         request_id = getattr(request, "request_id", "") or getattr(request, "correlation_id", "")
@@ -79,8 +89,10 @@ class CallContext:
         self, outcome: str, pins: tuple[str, ...] | None = None, request_id: str | None = None
     ) -> Entry:
         """Return the audit entry for this call (or for one item of a streaming call)."""
+        if self._time is None:
+            self._time = datetime.fromtimestamp(self.started, UTC)
         return Entry(
-            time=datetime.fromtimestamp(self.started, UTC),
+            time=self._time,
             agency_id=self.caller.agency_id,
             method=self.method,
             pins=tuple(self.pins) if pins is None else pins,

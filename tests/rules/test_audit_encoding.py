@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.rules.audit import (
     GENESIS,
@@ -15,6 +17,7 @@ from registry.rules.audit import (
     ChainCheck,
     Entry,
     canonical,
+    canonical_reference,
     clean_text,
     link,
     walk,
@@ -118,3 +121,19 @@ def test_a_walk_stops_reading_at_the_first_broken_link():
 def test_entry_times_are_recorded_in_utc_with_microseconds():
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert b'"2026-01-02T03:04:05.000000+00:00"' in canonical(1, ENTRY._replace(time=at))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    texts=st.lists(st.text(max_size=40), min_size=4, max_size=4),
+    pins=st.lists(st.text(max_size=14), max_size=3),
+    at=st.datetimes(timezones=st.timezones()),
+)
+def test_the_canonical_bytes_are_those_of_the_json_definition(seq, texts, pins, at):
+    # `canonical` builds the bytes itself for speed: any text (quotes, backslashes, control
+    # characters, Vietnamese, emoji), any time zone, no PINs or several, must give exactly
+    # the bytes of the json.dumps definition every recorded hash was made with.
+    agency_id, outcome, purpose, request_id = texts
+    entry = Entry(at, agency_id, "/m", tuple(pins), outcome, purpose, request_id)
+    assert canonical(seq, entry) == canonical_reference(seq, entry)
