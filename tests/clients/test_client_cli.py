@@ -76,9 +76,13 @@ def test_errors_name_the_reason_and_exit_1(cli, capsys, connection):
     assert code == 1 and "CITIZEN_NOT_FOUND" in err
 
 
-def test_batch_verify_answers_rows_it_cannot_send_in_place(cli, capsys, connection, tmp_path):
+@pytest.mark.parametrize("streams", [1, 3])
+def test_batch_verify_answers_rows_it_cannot_send_in_place(
+    cli, capsys, connection, tmp_path, streams
+):
     # Rows are sent as the file streams; a row whose sex or date of birth cannot be put into a
-    # request is answered ERROR in its own place, naming the field, and the others go on.
+    # request is answered ERROR in its own place, naming the field, and the others go on. With
+    # 3 streams, the blocks of 2 rows go to a different stream each and come back in order.
     code, out, err = run(
         cli, capsys, "register-birth", *connection, "--name", "Lê Văn Bình", "--sex", "MALE",
         "--born", "2026-10-02", "--province", "001", "--place-of-birth", "Bệnh viện Bạch Mai",
@@ -97,7 +101,10 @@ def test_batch_verify_answers_rows_it_cannot_send_in_place(cli, capsys, connecti
         f"FEMALE,r6,{pin},2026-10\n",
         encoding="utf-8",
     )
-    code, out, _ = run(cli, capsys, "batch-verify", str(source), *connection, "--batch-size", "2")
+    code, out, _ = run(
+        cli, capsys, "batch-verify", str(source), *connection, "--batch-size", "2",
+        "--streams", str(streams),
+    )  # fmt: skip
     assert code == 0, out
     assert "6 rows: ERROR 2, MATCH 2, NO_MATCH 2" in out
     with (tmp_path / "mixed.results.csv").open(encoding="utf-8") as f:
@@ -119,3 +126,13 @@ def test_batch_verify_of_a_file_without_a_pin_column_exits_2(cli, capsys, connec
     assert code == 2 and out == ""
     assert "no 'pin' column" in err
     assert not (tmp_path / "nopin.results.csv").exists()
+
+
+def test_batch_verify_takes_1_to_16_streams(cli, capsys, connection, tmp_path):
+    source = tmp_path / "one.csv"
+    source.write_text("id,pin,sex\nc1,001099999996,MALE\n", encoding="utf-8")
+    for streams in ("0", "17"):
+        code, _, err = run(
+            cli, capsys, "batch-verify", str(source), *connection, "--streams", streams
+        )
+        assert code == 2 and f"--streams must be 1 to 16, got {streams}" in err

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def _show(args: argparse.Namespace, value: Any, human: str) -> None:
     print(json.dumps(_plain(value), ensure_ascii=False) if args.json else human, flush=True)
 
 
-def _client(args: argparse.Namespace) -> RegistryClient:
+def _client(args: argparse.Namespace, *, own_connection: bool = False) -> RegistryClient:
     missing = [n for n in ("agency", "kid", "key") if not getattr(args, n)]
     if missing:
         raise SystemExit(f"registry-client: give --{', --'.join(missing)} (or REGISTRY_* env)")
@@ -66,7 +66,7 @@ def _client(args: argparse.Namespace) -> RegistryClient:
         tls = grpc.ssl_channel_credentials()
     return RegistryClient(
         args.target, args.agency, args.kid, Path(args.key).read_bytes(), tls=tls,
-        purpose=args.purpose,
+        purpose=args.purpose, own_connection=own_connection,
     )  # fmt: skip
 
 
@@ -214,10 +214,14 @@ def _verify_rows(source: Path) -> list[list[str]]:
         ]
 
 
-def _verify_messages(rows: list[list[str]], unusable: dict[int, str]) -> Iterator[Any]:
-    """The request of each usable row, in order; a row whose sex or date of birth cannot be sent
-    goes into ``unusable`` (row number -> why) before any later row is handed over."""
-    for number, (row_id, pin, name, born, sex, serial) in enumerate(rows):
+def _verify_messages(
+    rows: list[list[str]], numbers: Iterable[int], unusable: dict[int, str]
+) -> Iterator[Any]:
+    """The request of each usable row of ``numbers``, in order; a row whose sex or date of
+    birth cannot be sent goes into ``unusable`` (row number -> why) before any later row is
+    handed over."""
+    for number in numbers:
+        row_id, pin, name, born, sex, serial = rows[number]
         request = VerifyRequest(
             pin=pin,
             full_name=name or None,
@@ -232,43 +236,77 @@ def _verify_messages(rows: list[list[str]], unusable: dict[int, str]) -> Iterato
             unusable[number] = str(exc)
 
 
+def _stream_rows(count: int, block: int, streams: int, stream: int) -> Iterator[int]:
+    """The row numbers stream ``stream`` of ``streams`` verifies: every streams-th block of
+    ``block`` rows, starting with block ``stream``."""
+    for first in range(stream * block, count, streams * block):
+        yield from range(first, min(first + block, count))
+
+
+def _result_line(answer: Verification) -> tuple[str, list[str]]:
+    result = "ERROR" if answer.error else answer.result.name
+    matches = answer.field_matches.items()
+    return result, [
+        answer.correlation_id, result,
+        ";".join(f"{k}={'yes' if v else 'no'}" for k, v in matches),
+        answer.citizen_status.name, answer.card_state.name, str(answer.error or ""),
+    ]  # fmt: skip
+
+
 def cmd_batch_verify(args: argparse.Namespace) -> None:
+    if not 1 <= args.streams <= 16:
+        raise ValueError(f"--streams must be 1 to 16, got {args.streams}")
     source = Path(args.file)
     rows = _verify_rows(source)
     out = Path(args.out or source.with_suffix(".results.csv"))
     counts: dict[str, int] = {}
     progress = _Progress(len(rows), quiet=args.json)
-    # Rows are converted as they are sent (gRPC's request thread), so the file streams while
-    # earlier batches are being verified. A row that cannot be sent gets its ERROR line here
-    # in its place: answers come back in the order of the rows sent.
+    block = args.batch_size
+    # Rows are converted as they are sent (gRPC's request threads), so the file streams while
+    # earlier batches are being verified. Blocks of --batch-size rows are dealt to the streams
+    # in turn, each stream on its own connection (a registry's workers each take whole
+    # connections); answers come back in order within a stream, so reading the streams in
+    # the same turn gives the rows' order. A row that cannot be sent gets its ERROR line here
+    # in its place.
     unusable: dict[int, str] = {}
-    with _client(args) as client, out.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "result", "field_matches", "citizen_status", "card_state", "error"])
-        answers = client.verify_many(_verify_messages(rows, unusable), batch_size=args.batch_size)
-        answer: Verification | None = None
-        for number, row in enumerate(rows):
-            if number not in unusable and answer is None:
-                # Blocks until the next sent row is answered, which is converted after this
-                # one: whether this row was unusable is known by then.
-                answer = next(answers, None)
-            if number in unusable:
-                result = "ERROR"
-                line = [row[0] or str(number), result, "", "", "", unusable[number]]
-            elif answer is None:
-                raise ValueError("the stream ended before every row was answered")
-            else:
-                result = "ERROR" if answer.error else answer.result.name
-                matches = answer.field_matches.items()
-                line = [
-                    answer.correlation_id, result,
-                    ";".join(f"{k}={'yes' if v else 'no'}" for k, v in matches),
-                    answer.citizen_status.name, answer.card_state.name, str(answer.error or ""),
-                ]  # fmt: skip
-                answer = None
-            counts[result] = counts.get(result, 0) + 1
-            writer.writerow(line)
-            progress.advance(1)
+    clients = [_client(args, own_connection=args.streams > 1) for _ in range(args.streams)]
+    answers = [
+        client.verify_many(
+            _verify_messages(rows, _stream_rows(len(rows), block, args.streams, i), unusable),
+            batch_size=block,
+        )
+        for i, client in enumerate(clients)
+    ]
+    waiting: list[Verification | None] = [None] * args.streams  # read, its row not yet reached
+    try:
+        with out.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(
+                ["id", "result", "field_matches", "citizen_status", "card_state", "error"]
+            )
+            for number, row in enumerate(rows):
+                stream = number // block % args.streams
+                if number not in unusable and waiting[stream] is None:
+                    # Blocks until the stream's next sent row is answered, which is converted
+                    # after this one: whether this row was unusable is known by then.
+                    waiting[stream] = next(answers[stream], None)
+                answer = waiting[stream]
+                if number in unusable:
+                    result = "ERROR"
+                    line = [row[0] or str(number), result, "", "", "", unusable[number]]
+                elif answer is None:
+                    raise ValueError("the stream ended before every row was answered")
+                else:
+                    result, line = _result_line(answer)
+                    waiting[stream] = None
+                counts[result] = counts.get(result, 0) + 1
+                writer.writerow(line)
+                progress.advance(1)
+    finally:
+        for stream_answers in answers:
+            stream_answers.close()  # type: ignore[attr-defined]
+        for client in clients:
+            client.close()
     rate = progress.close()
     if not args.json:
         print(f"  {len(rows):,} verified at {rate:,.0f}/s", file=sys.stderr)
@@ -339,10 +377,16 @@ def _parser() -> argparse.ArgumentParser:
     p = command(
         "batch-verify",
         cmd_batch_verify,
-        "verify a CSV in batches over one VerifyIdentityBatches stream",
+        "verify a CSV in batches over VerifyIdentityBatches streams",
     )
     p.add_argument(
         "--batch-size", type=int, default=2000, help="rows per message (1 to 10,000; default 2000)"
+    )
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=2,
+        help="parallel streams, each on its own connection (1 to 16; default 2)",
     )
     p.add_argument("file", help="CSV: id, pin, full_name, date_of_birth, sex, card_serial")
     p.add_argument("--out", help="result CSV (default FILE.results.csv)")

@@ -576,6 +576,7 @@ class _Base:
         timeout: float | None = 10.0,
         token_lifetime: int = LIFETIME,
         interceptors: Sequence[Any] = (),
+        own_connection: bool = False,
     ):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -587,6 +588,9 @@ class _Base:
         self.max_retry_delay = max_retry_delay
         self.timeout = timeout
         self._tokens = TokenSource(agency_id, kid, private_key_pem, audience, token_lifetime)
+        self._options = _CHANNEL_OPTIONS + (
+            [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        )
         self._open_channel(target, tls, interceptors)
 
     def _open_channel(
@@ -641,6 +645,10 @@ class RegistryClient(_Base):
         token_lifetime: seconds each minted token is valid (61 to 900, default 300); a new
             one is minted when the current one has less than a minute left.
         interceptors: extra gRPC client interceptors (logging, tracing, tests).
+        own_connection: open a connection of its own rather than share one with the other
+            clients of the same target in this process. A registry with several workers
+            serves each connection in one of them: clients meant to run in parallel (the
+            streams of ``registry-client batch-verify --streams``) each need their own.
 
     Use it as a context manager, or call close().
     """
@@ -649,9 +657,9 @@ class RegistryClient(_Base):
         self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
     ) -> None:
         raw = (
-            grpc.secure_channel(target, tls, options=_CHANNEL_OPTIONS)
+            grpc.secure_channel(target, tls, options=self._options)
             if tls
-            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else grpc.insecure_channel(target, options=self._options)
         )
         self._raw_channel = raw
         self._channel = grpc.intercept_channel(raw, *interceptors) if interceptors else raw
@@ -1019,9 +1027,9 @@ class AsyncRegistryClient(_Base):
     ) -> None:
         extra = list(interceptors) or None
         self._channel = (
-            grpc.aio.secure_channel(target, tls, options=_CHANNEL_OPTIONS, interceptors=extra)
+            grpc.aio.secure_channel(target, tls, options=self._options, interceptors=extra)
             if tls
-            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=extra)
+            else grpc.aio.insecure_channel(target, options=self._options, interceptors=extra)
         )
 
     async def close(self) -> None:
