@@ -130,6 +130,19 @@ async def begin_bulk(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT set_config('registry.bulk_import', 'on', true)")
 
 
+async def lock_provinces(conn: asyncpg.Connection, codes: Sequence[str]) -> None:
+    """Hold these provinces' import locks until the transaction ends (migration 0021).
+
+    Taken in code order by one statement, before the duplicate lookup: imports of the same
+    provinces decide their duplicates one after the other, and cannot deadlock on these rows.
+    """
+    await conn.execute(
+        "SELECT FROM import_locks WHERE province_code = ANY($1::text[]) "
+        "ORDER BY province_code FOR UPDATE",
+        sorted(set(codes)),
+    )
+
+
 async def sources_seen(
     conn: asyncpg.Connection, agency_id: str, source_ids: Sequence[str]
 ) -> dict[str, str]:
@@ -151,15 +164,27 @@ async def held(conn: asyncpg.Connection, pins: Sequence[str]) -> set[str]:
 async def candidates(
     conn: asyncpg.Connection, records: Sequence[imports.ImportRecord]
 ) -> list[Candidate]:
-    """Return the registered citizens with a record's province, sex and date of birth."""
-    rows = await conn.fetch(
-        _CANDIDATES,
-        [r.registration_province_code for r in records],
-        [int(r.sex) for r in records],
-        [r.date_of_birth.year for r in records],
-        [r.date_of_birth.month or 0 for r in records],
-        [r.date_of_birth.day or 0 for r in records],
+    """Return the registered citizens with a record's province, sex and date of birth.
+
+    Each (province, sex, date) is asked once: a batch of k people born the same day in the
+    same province (a province's file sorted by date has many) would otherwise fetch every
+    such citizen k times (7,500 alike records onto 600 registered: 4.5 M rows, 30 s).
+    """
+    keys = list(
+        {
+            (
+                r.registration_province_code,
+                int(r.sex),
+                r.date_of_birth.year,
+                r.date_of_birth.month or 0,
+                r.date_of_birth.day or 0,
+            )
+            for r in records
+        }
     )
+    if not keys:
+        return []
+    rows = await conn.fetch(_CANDIDATES, *(list(column) for column in zip(*keys, strict=True)))
     return [Candidate(*row) for row in rows]
 
 
@@ -180,14 +205,27 @@ async def insert_citizens(
 async def record_sources(
     conn: asyncpg.Connection, agency_id: str, pairs: Sequence[tuple[str, str]]
 ) -> None:
-    """Remember the (source_id, PIN) of each citizen an agency's import created."""
-    await conn.execute(
-        "INSERT INTO import_sources (agency_id, source_id, pin) "
-        "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",
-        agency_id,
-        [s for s, _ in pairs],
-        [p for _, p in pairs],
-    )
+    """Remember the (source_id, PIN) of each citizen an agency's import created.
+
+    Raises SourceTaken when another import of the agency committed one of these source ids
+    meanwhile (with a record of other provinces, so not held off by the province locks).
+    """
+    try:
+        await conn.execute(
+            "INSERT INTO import_sources (agency_id, source_id, pin) "
+            "SELECT $1, s, p FROM unnest($2::text[], $3::text[]) AS u(s, p)",
+            agency_id,
+            [s for s, _ in pairs],
+            [p for _, p in pairs],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "import_sources_pkey":
+            raise SourceTaken from None
+        raise
+
+
+class SourceTaken(Exception):
+    """A concurrent import of the same agency committed a source id this batch also has."""
 
 
 _LAST_BATCH = """

@@ -20,6 +20,7 @@ from registry.db import pins as buckets
 from registry.db.pool import Database
 from registry.rules import imports, names
 from registry.rules import pin as pins
+from registry.rules.errors import Code, RegistryError
 from registry.rules.imports import BATCH, ImportRecord
 
 
@@ -164,8 +165,14 @@ async def import_batch(
     db: Database, agency_id: str, records: Sequence[imports.ImportRecord]
 ) -> BatchResult:
     """Write a batch of valid records in one transaction."""
-    async with db.pool.acquire() as conn, conn.transaction():
-        return await _write(db, conn, agency_id, records)
+    async with db.pool.acquire() as conn:
+        for _ in range(_ATTEMPTS):
+            try:
+                async with conn.transaction():
+                    return await _write(db, conn, agency_id, records)
+            except imports_db.SourceTaken:
+                continue  # decided again: the source id is a duplicate now
+    raise _collided()
 
 
 async def import_chunk(
@@ -186,45 +193,81 @@ async def import_chunk(
     batch's start.
     """
     async with db.pool.acquire() as conn:
-        for _ in range(2):
-            async with conn.transaction():
-                done = await imports_db.acknowledged(conn, agency_id, import_id)
-                if offset != done:
-                    stored = await imports_db.stored_batch(conn, agency_id, import_id, offset)
-                    if stored is None:
-                        raise OffsetMismatch(done)
-                    return _replayed(stored)
-                # The row is claimed first: a second stream sending the same batch waits here
-                # for this transaction and then finds it acknowledged.
-                if not await imports_db.claim_batch(
-                    conn, agency_id, import_id, offset, offset + received
-                ):
-                    continue  # a racing stream wrote it: answer from its row
-                result = await _write(db, conn, agency_id, records)
-                rejects = sorted(
-                    [(offset + i, s, r) for i, s, r in invalid]
-                    + [(offset + positions[p], s, r) for p, s, r in result.rejects]
+        for _ in range(_ATTEMPTS):
+            try:
+                return await _chunk_once(
+                    db, conn, agency_id, import_id, offset, received, records, positions, invalid
                 )
-                counts = (
-                    len(result.created),
-                    result.assigned,
-                    result.duplicates,
-                    result.mismatched,
-                )
-                await imports_db.settle_batch(conn, agency_id, import_id, offset, counts, rejects)
-                return AckedBatch(
-                    offset=offset,
-                    received=received,
-                    created=len(result.created),
-                    assigned=result.assigned,
-                    duplicates=result.duplicates,
-                    mismatched=result.mismatched,
-                    rejects=rejects,
-                    replayed=False,
-                    pins=tuple(result.created),
-                    matched=tuple(result.matched),
-                )
-    raise AssertionError("unreachable: a claimed batch row is there on the second pass")
+            except (_ClaimedElsewhere, imports_db.SourceTaken):
+                continue  # answered from the racing stream's row, or decided again
+    raise _collided()
+
+
+class _ClaimedElsewhere(Exception):
+    """A racing stream claimed the batch's row first: its row answers on the next pass."""
+
+
+async def _chunk_once(
+    db: Database,
+    conn: asyncpg.Connection,
+    agency_id: str,
+    import_id: str,
+    offset: int,
+    received: int,
+    records: Sequence[imports.ImportRecord],
+    positions: Sequence[int],
+    invalid: Sequence[tuple[int, str, str]],
+) -> AckedBatch:
+    """One pass of import_chunk: its transaction."""
+    async with conn.transaction():
+        done = await imports_db.acknowledged(conn, agency_id, import_id)
+        if offset != done:
+            stored = await imports_db.stored_batch(conn, agency_id, import_id, offset)
+            if stored is None:
+                raise OffsetMismatch(done)
+            return _replayed(stored)
+        # The row is claimed first: a second stream sending the same batch waits here
+        # for this transaction and then finds it acknowledged.
+        if not await imports_db.claim_batch(conn, agency_id, import_id, offset, offset + received):
+            raise _ClaimedElsewhere
+        result = await _write(db, conn, agency_id, records)
+        rejects = sorted(
+            [(offset + i, s, r) for i, s, r in invalid]
+            + [(offset + positions[p], s, r) for p, s, r in result.rejects]
+        )
+        counts = (
+            len(result.created),
+            result.assigned,
+            result.duplicates,
+            result.mismatched,
+        )
+        await imports_db.settle_batch(conn, agency_id, import_id, offset, counts, rejects)
+        return AckedBatch(
+            offset=offset,
+            received=received,
+            created=len(result.created),
+            assigned=result.assigned,
+            duplicates=result.duplicates,
+            mismatched=result.mismatched,
+            rejects=rejects,
+            replayed=False,
+            pins=tuple(result.created),
+            matched=tuple(result.matched),
+        )
+
+
+_ATTEMPTS = 3
+"""Passes over a batch that collided with a concurrent import (see _write) before the caller
+is told to retry."""
+
+
+def _collided() -> RegistryError:
+    return RegistryError(
+        Code.ABORTED,
+        "CONCURRENT_UPDATE",
+        "the batch collided with a concurrent import of the same source ids; send it again",
+        retry_after_s=0.1,
+    )
 
 
 def _replayed(stored: imports_db.StoredBatch) -> AckedBatch:
@@ -248,6 +291,14 @@ async def _write(
 ) -> BatchResult:
     result = BatchResult()
     await imports_db.begin_bulk(conn)
+    # Concurrent imports of the same provinces decide duplicates one after the other (0021);
+    # the same source id with records of other provinces is caught at import_sources' key
+    # (SourceTaken: the caller decides the batch again and finds it there).
+    await imports_db.lock_provinces(
+        conn,
+        [r.registration_province_code for r in records]
+        + [r.pin[:3] for r in records if r.pin is not None],
+    )
     todo = await _drop_duplicates(conn, agency_id, records, result)
     todo = await _drop_unknown_references(conn, records, todo, result)
     assigned = await _assign_pins(db, conn, [records[p] for p in todo])

@@ -147,6 +147,7 @@ EXPECTED_GRANTS = {
     "citizens": {"SELECT", "INSERT", "UPDATE"},
     "idempotency_keys": {"SELECT", "INSERT", "UPDATE"},
     "import_batches": {"SELECT", "INSERT", "UPDATE"},
+    "import_locks": {"SELECT", "UPDATE"},
     "import_sources": {"SELECT", "INSERT", "UPDATE"},
     "legacy_ids": {"SELECT", "INSERT", "UPDATE"},
     "pin_buckets": {"SELECT", "INSERT", "UPDATE"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -185,6 +186,26 @@ def test_import_runs_are_per_agency(population, make_agency):
     send(population, one, chunks("shared-name", people(3), 3))
     [ack] = send(population, other, chunks("shared-name", people(2), 2))
     assert (ack.offset, ack.created, ack.replayed) == (0, 2, False)
+
+
+def test_the_same_person_sent_by_two_agencies_at_once_is_created_once(population, make_agency, db):
+    importers = [make_agency(scopes=("population:import",)) for _ in range(2)]
+    person = name("Trùng")
+    batches = [
+        [*people(300), record(full_name=person, date_of_birth=date(1958, 11, 2))] for _ in importers
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda who, batch: send(population, who, chunks("overlap", batch, 301)),
+                importers,
+                batches,
+            )
+        )
+    acks = [ack for [ack] in answers]
+    assert sorted(a.duplicates for a in acks) == [0, 1]
+    assert sum(a.created for a in acks) == 601
+    assert db.fetchval("SELECT count(*) FROM citizens WHERE full_name = $1", person) == 1
 
 
 @pytest.mark.parametrize(

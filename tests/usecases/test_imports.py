@@ -227,3 +227,111 @@ async def test_latest_run_is_the_newest_with_the_prefix(database):
         assert await imports_db.latest_run(conn, who, stem) == (f"{stem}-2", 3)
         assert await imports_db.latest_run(conn, who, f"{stem}-1") == (f"{stem}-1", 1)
         assert await imports_db.latest_run(conn, who, "other") is None
+
+
+async def test_the_same_person_in_imports_running_at_once_is_created_once(database, su):
+    # Under READ COMMITTED neither transaction sees the other's new row: without the province
+    # locks (migration 0021) both created the person, with two PINs, in every round.
+    for _ in range(4):
+        name, born = fresh_name(), PartialDate(1961, 2, 3)
+        person = {"full_name": name, "date_of_birth": born, "registration_province_code": "031"}
+        batches = [
+            [record(f"{side}-{k}") for k in range(150)] + [record(f"{side}-same", **person)]
+            for side in ("a", "b")
+        ]
+        results = await asyncio.gather(
+            *(imports.import_batch(database, agency(), batch) for batch in batches)
+        )
+        pins = await su.fetch("SELECT pin FROM citizens WHERE full_name = $1", name)
+        assert len(pins) == 1
+        assert sorted(r.duplicates for r in results) == [0, 1]
+        assert [r.matched for r in results if r.duplicates] == [[pins[0]["pin"]]]
+        assert sum(len(r.created) for r in results) == 301
+
+
+async def test_a_pin_given_to_imports_running_at_once_is_created_once(database, su):
+    given = fresh_pin(Sex.FEMALE, 1972, "048")
+    people = [
+        record("g", pin=given, sex=Sex.FEMALE, date_of_birth=PartialDate(1972),
+               registration_province_code=province)
+        for province in ("048", "079")  # the second one's PIN mismatches its province
+    ]  # fmt: skip
+    results = await asyncio.gather(
+        *(imports.import_batch(database, agency(), [person]) for person in people)
+    )
+    assert sorted(len(r.created) for r in results) == [0, 1]
+    assert [r.matched for r in results if r.duplicates] == [[given]]
+    assert await su.fetchval("SELECT count(*) FROM citizens WHERE pin = $1", given) == 1
+
+
+async def test_a_source_id_in_two_runs_at_once_is_created_once(database, su):
+    # Records of other provinces do not wait for each other: the source id's key catches the
+    # second, whose batch is decided again and finds the source imported.
+    who = agency()
+    runs = [
+        imports.import_chunk(
+            database, who, f"run-{province}", 0, 1,
+            [record("same-source", registration_province_code=province)], [0], [],
+        )
+        for province in ("001", "092")
+    ]  # fmt: skip
+    acks = await asyncio.gather(*runs)
+    assert sorted(a.created for a in acks) == [0, 1]
+    assert sorted(a.duplicates for a in acks) == [0, 1]
+    kept = await su.fetch("SELECT pin FROM import_sources WHERE agency_id = $1", who)
+    assert [a.matched for a in acks if a.duplicates] == [(kept[0]["pin"],)]
+
+
+async def test_imports_of_other_provinces_do_not_wait_for_each_other(database, su):
+    async with database.pool.acquire() as holder, holder.transaction():
+        await imports_db.lock_provinces(holder, ["004"])  # an import of province 004 under way
+        elsewhere = await asyncio.wait_for(
+            imports.import_batch(
+                database, agency(), [record("x", registration_province_code="022")]
+            ),
+            timeout=10,
+        )
+        assert len(elsewhere.created) == 1
+        same = asyncio.create_task(
+            imports.import_batch(
+                database, agency(), [record("y", registration_province_code="004")]
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not same.done()  # waits for the holder's transaction
+    assert len((await asyncio.wait_for(same, timeout=10)).created) == 1
+
+
+async def test_a_province_code_added_by_the_operator_gets_its_import_lock(su):
+    adding = su.transaction()
+    await adding.start()
+    try:
+        await su.execute(
+            "INSERT INTO pin_prefixes (code, name, kind, valid_from) "
+            "VALUES ('097', 'Tỉnh mới', 'province', '2027-01-01')"
+        )
+        missing = (
+            "SELECT array_agg(p.code) FROM pin_prefixes p "
+            "LEFT JOIN import_locks l ON l.province_code = p.code WHERE l.province_code IS NULL"
+        )
+        assert await su.fetchval(missing) is None
+        assert await su.fetchval("SELECT count(*) FROM import_locks WHERE province_code = '097'")
+    finally:
+        await adding.rollback()
+
+
+async def test_candidates_are_fetched_once_however_many_records_share_their_day(database, su):
+    born = PartialDate(1944, 7, 7)
+    registered = {
+        await insert_citizen(
+            su, birth_year=1944, birth_month=7, birth_day=7, registration_province_code="079"
+        )
+        for _ in range(3)
+    }
+    alike = [
+        record(f"d{k}", date_of_birth=born, registration_province_code="079") for k in range(50)
+    ]
+    async with database.pool.acquire() as conn:
+        found = [c.pin for c in await imports_db.candidates(conn, alike)]
+        assert await imports_db.candidates(conn, []) == []
+    assert registered <= set(found) and len(found) == len(set(found))
