@@ -472,9 +472,12 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         """Audit the refusal and abort the call with the status it deserves (raises)."""
         ctx = outcome.ctx
-        if isinstance(exc, grpc.aio.AbortError | GeneratorExit):
-            return  # already aborted / stream closed by the client
+        if isinstance(exc, grpc.aio.AbortError):
+            return  # already aborted
         if not isinstance(exc, Exception):
+            # Cancelled while waiting (CancelledError) or while waiting to write an answer of a
+            # response stream (gRPC closes the handler: GeneratorExit); both are the client
+            # gone or the deadline passed.
             outcome.status = "CANCELLED"
             if ctx is not None and ctx.pins and not ctx.audited:
                 ctx.audit_later((ctx.entry("CANCELLED"),))

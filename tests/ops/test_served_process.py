@@ -240,6 +240,17 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     time.sleep(0.5)
     watch.cancel()
 
+    # A verification stream whose client stops reading: the server's answers back up until
+    # it waits to write one; the client then cancels. Cancelled at a write, the handler is
+    # closed (GeneratorExit), not interrupted: this line said OK.
+    flooded = served.identity.BatchVerify(
+        iter([id_pb.VerifyIdentityRequest(pin=pin, sex=1, correlation_id="x" * 60)] * 20_000),
+        metadata=served.metadata(agency),
+    )
+    next(flooded)
+    time.sleep(1.0)
+    flooded.cancel()
+
     def access() -> list[dict[str, Any]]:
         return [
             json.loads(line)
@@ -248,7 +259,7 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
         ]
 
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sum(e["agency"] == agency.id for e in access()) < 3:
+    while time.monotonic() < deadline and sum(e["agency"] == agency.id for e in access()) < 4:
         time.sleep(0.1)
     lines = access()
     mine = [
@@ -260,6 +271,7 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
         ("RegisterBirth", "OK", ""),
         ("BatchVerify", "OK", ""),
         ("WatchChanges", "CANCELLED", ""),
+        ("BatchVerify", "CANCELLED", ""),
     ], [(e["agency"], e["method"], e["status"]) for e in lines]
     # Lines of unauthenticated calls name no agency (earlier tests' refusals appear too).
     refused = [
