@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -22,6 +22,8 @@ from registry.rules import imports, names
 from registry.rules import pin as pins
 from registry.rules.errors import Code, RegistryError
 from registry.rules.imports import BATCH, ImportRecord
+
+_Result = TypeVar("_Result")
 
 
 class BatchPipeline:
@@ -165,14 +167,12 @@ async def import_batch(
     db: Database, agency_id: str, records: Sequence[imports.ImportRecord]
 ) -> BatchResult:
     """Write a batch of valid records in one transaction."""
-    async with db.pool.acquire() as conn:
-        for _ in range(_ATTEMPTS):
-            try:
-                async with conn.transaction():
-                    return await _write(db, conn, agency_id, records)
-            except imports_db.SourceTaken:
-                continue  # decided again: the source id is a duplicate now
-    raise _collided()
+
+    async def once(conn: asyncpg.Connection) -> BatchResult:
+        async with conn.transaction():
+            return await _write(db, conn, agency_id, records)
+
+    return await _in_passes(db, once)
 
 
 async def import_chunk(
@@ -192,15 +192,12 @@ async def import_chunk(
     OffsetMismatch when the offset is neither the acknowledged count nor an acknowledged
     batch's start.
     """
-    async with db.pool.acquire() as conn:
-        for _ in range(_ATTEMPTS):
-            try:
-                return await _chunk_once(
-                    db, conn, agency_id, import_id, offset, received, records, positions, invalid
-                )
-            except (_ClaimedElsewhere, imports_db.SourceTaken):
-                continue  # answered from the racing stream's row, or decided again
-    raise _collided()
+    return await _in_passes(
+        db,
+        lambda conn: _chunk_once(
+            db, conn, agency_id, import_id, offset, received, records, positions, invalid
+        ),
+    )
 
 
 class _ClaimedElsewhere(Exception):
@@ -261,8 +258,19 @@ _ATTEMPTS = 3
 is told to retry."""
 
 
-def _collided() -> RegistryError:
-    return RegistryError(
+async def _in_passes(
+    db: Database, once: Callable[[asyncpg.Connection], Awaitable[_Result]]
+) -> _Result:
+    """Run `once` (a batch's transaction) again when it collided with a concurrent import:
+    a racing stream claimed the batch (its row answers now) or committed one of its source ids
+    (a duplicate now). ABORTED after _ATTEMPTS passes."""
+    async with db.pool.acquire() as conn:
+        for _ in range(_ATTEMPTS):
+            try:
+                return await once(conn)
+            except (_ClaimedElsewhere, imports_db.SourceTaken):
+                continue
+    raise RegistryError(
         Code.ABORTED,
         "CONCURRENT_UPDATE",
         "the batch collided with a concurrent import of the same source ids; send it again",
