@@ -175,6 +175,19 @@ def test_attestations_live_as_long_as_configured(served, clerk):
     assert claims["exp"] - claims["iat"] == ATTESTATION_LIFETIME_S
 
 
+def _sequence_of_birth(db: DB, pin: str) -> int:
+    """The feed sequence of `pin`'s BORN event, once the sequencer has given it one."""
+    deadline = time.monotonic() + 10
+    while True:
+        sequence = db.fetchval(
+            "SELECT sequence FROM change_events WHERE pin = $1 AND type = 1", pin
+        )
+        if sequence is not None:
+            return int(sequence)
+        assert time.monotonic() < deadline, "the birth never got a feed sequence"
+        time.sleep(0.05)
+
+
 def _locked_out_after(served: Served, db: DB, agency: Agency, change: str, reason: str) -> float:
     """Apply `change` (SQL on the agency) and return how long until its cached token is refused."""
     token = served.metadata(agency)
@@ -227,17 +240,19 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     held_s = time.perf_counter() - held_open
     assert [a.correlation_id for a in answers] == ["held"]
 
-    # A change-feed watch that sees nothing (a type that does not occur) until its client
-    # cancels it: the server is waiting for events, so it is cancelled, not ended.
+    # A change-feed watch that delivers the birth above, then waits for births that do not
+    # come until its client cancels it: the server is waiting for events, so it is cancelled,
+    # not ended. (Reading the first event first proves the server is inside the handler: a
+    # cancel that reaches the server before the call does leaves no line at all.)
     population = population_service_pb2_grpc.PopulationServiceStub(served.channel)
-    head = db.fetchval("SELECT coalesce(max(sequence), 0) FROM change_events")
+    born = _sequence_of_birth(db, pin)
     watch = population.WatchChanges(
-        pop_pb.WatchChangesRequest(
-            after_sequence=head, types=[change_pb2.CHANGE_TYPE_CARD_STATE_CHANGED]
-        ),
+        pop_pb.WatchChangesRequest(after_sequence=born - 1, types=[change_pb2.CHANGE_TYPE_BORN]),
         metadata=served.metadata(agency),
     )
-    time.sleep(0.5)
+    first = next(watch)
+    assert (first.event.sequence, first.event.pin) == (born, pin)
+    time.sleep(0.2)
     watch.cancel()
 
     # A verification stream whose client stops reading: the server's answers back up until
@@ -288,11 +303,13 @@ def test_every_call_writes_one_access_line_with_its_outcome_and_latency(served, 
     assert 0 < latency["RegisterBirthOK"] < 30_000
     # The server's stream began after the client's call and ended before its last answer.
     assert 400 <= latency["BatchVerifyOK"] <= held_s * 1000 + 1, (latency, held_s)
-    # The watch delivered nothing and reached no citizen: no audit entry, cancelled or not.
-    assert not db.fetchval(
-        "SELECT count(*) FROM audit_log WHERE agency_id = $1 AND method LIKE '%WatchChanges'",
+    # The watch's one delivery is audited once, before it left; its cancellation while waiting
+    # disclosed nothing more, so it adds no entry.
+    watched = db.fetch(
+        "SELECT outcome FROM audit_log WHERE agency_id = $1 AND method LIKE '%WatchChanges'",
         agency.id,
     )
+    assert [r["outcome"] for r in watched] == ["OK"]
 
 
 def test_sigterm_drains_a_stream_in_flight_and_no_log_line_holds_a_token_or_pin(served, clerk, db):
