@@ -40,7 +40,7 @@ buf-lint:
 lint: $(GENERATED) buf-lint
 	$(BIN)/ruff check registry tests bench clients scripts server.py
 	$(BIN)/ruff format --check registry tests bench clients scripts server.py
-	$(BIN)/mypy registry
+	$(BIN)/mypy registry bench
 
 fmt: $(INSTALLED)
 	$(BIN)/ruff format registry tests bench clients scripts server.py

@@ -84,7 +84,8 @@ async def _run(dsn: str) -> None:
         def many(sql: str, *extra: object) -> Callable[[], Awaitable[object]]:
             def go() -> Awaitable[object]:
                 batch = random.sample(pins, 512)
-                return conn.fetch(sql, batch, [None] * 512, *extra)
+                fetched: Awaitable[object] = conn.fetch(sql, batch, [None] * 512, *extra)
+                return fetched
 
             return go
 

@@ -48,7 +48,9 @@ async def seed_holders(dsn: str) -> list[str]:
     return pins
 
 
-async def _run(target: str, md: tuple[tuple[str, str], ...], holders: list[str]):
+async def _run(
+    target: str, md: tuple[tuple[str, str], ...], holders: list[str]
+) -> tuple[int, list[float], int]:
     d = today()
     issued_on = date_pb2.Date(year=d.year, month=d.month, day=d.day)
     async with grpc.aio.insecure_channel(target) as channel:

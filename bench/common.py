@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -188,7 +188,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def closed_loop(
-    call, concurrency: int, duration_s: float, warmup_s: float = 2.0
+    call: Callable[[int, int], Awaitable[object]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 2.0,
 ) -> tuple[int, list[float], int]:
     """Run `concurrency` callers back to back; return (completed, latencies, errors) measured."""
     latencies: list[float] = []

@@ -16,6 +16,7 @@ import asyncio
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from bench import loads
@@ -51,7 +52,9 @@ def _verifications(target: str, md: Metadata, claims: list[bytes], seed: int) ->
     return completed, errors
 
 
-def _load(pool: ProcessPoolExecutor, work, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def _load(
+    pool: ProcessPoolExecutor, work: Callable[..., tuple[int, int]], *args: object
+) -> tuple[float, int]:
     """Run work in every client process at once; return (calls/s, errors)."""
     futures = [pool.submit(work, *args, seed) for seed in range(CLIENT_PROCS)]
     results = [f.result() for f in futures]

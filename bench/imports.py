@@ -50,7 +50,7 @@ def _records(n: int) -> list[pb.ImportCitizensRequest]:
                 citizen=citizen_pb2.Citizen(
                     full_name=f"{family} {name}",
                     date_of_birth=date_pb2.Date(year=year, month=month, day=day),
-                    sex=rng.choice((1, 2)),
+                    sex=rng.choice((citizen_pb2.SEX_MALE, citizen_pb2.SEX_FEMALE)),
                     registration_province_code=rng.choice(provinces),
                     hometown="Nam Định",
                     ethnicity="Kinh",

@@ -16,6 +16,7 @@ from google.type import date_pb2
 from bench.common import CHANNELS, closed_loop, open_channels
 from registry.rules.pin import PrefixTable
 from registry.runtime.clock import today
+from registry.v1 import citizen_pb2
 from registry.v1 import civil_registration_service_pb2 as civil_pb
 from registry.v1 import civil_registration_service_pb2_grpc as civil_grpc
 from registry.v1 import identity_service_pb2 as id_pb
@@ -45,7 +46,7 @@ async def births(
             civil_pb.RegisterBirthRequest(
                 request_id=uuid.uuid4().hex,
                 full_name="Nguyễn Thị Bình",
-                sex=rng.choice((1, 2)),
+                sex=rng.choice((citizen_pb2.SEX_MALE, citizen_pb2.SEX_FEMALE)),
                 date_of_birth=date_pb2.Date(year=d.year, month=d.month, day=1),
                 place_of_birth="Trạm y tế xã",
                 registration_province_code=rng.choice(provinces),

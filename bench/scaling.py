@@ -18,6 +18,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -163,7 +164,7 @@ def main() -> dict[str, float]:
         for workers in (1, 2):
             with server_process(dsn, REGISTRY_WORKERS=str(workers)) as server:
                 rate, _, cpu = _measured(
-                    lambda s=server: asyncio.run(_births(s.target, md)),
+                    partial(asyncio.run, _births(server.target, md)),
                     primary.pgdata,
                     server.process.pid,
                 )
@@ -173,7 +174,7 @@ def main() -> dict[str, float]:
             with server_process(dsn, REGISTRY_WORKERS=str(workers)) as server:
                 bank = _bank(dsn)
                 rate, cpu, server_cpu = _measured(
-                    lambda s=server, b=bank: asyncio.run(_verify(s.target, b, requests)),
+                    partial(asyncio.run, _verify(server.target, bank, requests)),
                     primary.pgdata,
                     server.process.pid,
                 )
@@ -185,7 +186,7 @@ def main() -> dict[str, float]:
             with server_process(dsn, REGISTRY_REPLICA_URLS=replica.runtime_dsn) as server:
                 bank = _bank(dsn)
                 rate, cpu, _ = _measured(
-                    lambda s=server, b=bank: asyncio.run(_verify(s.target, b, requests)),
+                    partial(asyncio.run, _verify(server.target, bank, requests)),
                     primary.pgdata,
                     server.process.pid,
                 )

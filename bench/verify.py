@@ -48,10 +48,13 @@ from bench.common import (
 )
 from registry.rules.pin import PrefixTable, Sex, bucket_for
 from registry.runtime.clock import today
+from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
 from registry.v1 import identity_service_pb2_grpc as pb_grpc
 
 TARGET_RATIO = 1.0
+# Sex code in the database (0, 1, 2) -> the proto enum.
+_SEX = (citizen_pb2.SEX_UNSPECIFIED, citizen_pb2.SEX_MALE, citizen_pb2.SEX_FEMALE)
 TARGET_BATCH_PER_S = 20_000
 CONCURRENCY = 64
 DURATION_S = 10.0
@@ -332,7 +335,8 @@ def _generate_chunk(
             day: int | None = rng.randint(1, calendar.monthrange(year, month)[1])  # type: ignore[arg-type]
             if year < 1950 and rng.random() < 0.05:  # old records may hold the year only
                 month = day = None
-            status, death = 1, (None, None, None)
+            death: tuple[int | None, int | None, int | None] = (None, None, None)
+            status = 1
             if year < 1960 and rng.random() < 0.05:
                 death_year = rng.randint(max(year + 40, 1990), LAST_BIRTH_YEAR)
                 status, death = 2, (death_year, rng.randint(1, 12), rng.randint(1, 28))
@@ -512,7 +516,7 @@ def true_claims(samples: Sequence[Sample], count: int = 20_000) -> list[pb.Verif
             date_of_birth=date_pb2.Date(
                 year=s.birth_year, month=s.birth_month or 0, day=s.birth_day or 0
             ),
-            sex=s.sex,
+            sex=_SEX[s.sex],
         )
         for s in samples[:count]
     ]
@@ -560,7 +564,7 @@ def build_requests(
                 pin=pin,
                 full_name=name,
                 date_of_birth=dob,
-                sex=sex,
+                sex=_SEX[sex],
                 card_serial=serial,
                 correlation_id=str(i),
             )
