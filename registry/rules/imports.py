@@ -129,8 +129,12 @@ def check_batch_size(v: Violations, name: str, count: int) -> None:
 
 def reported_source_id(source_id: str) -> str:
     """The source_id as a reject reports it: as sent, cut at 1,024 characters (the answer
-    lists up to 1,000 rejects and must stay within the message size limit)."""
-    return source_id if len(source_id) <= 1024 else source_id[:1024]
+    lists up to 1,000 rejects and must stay within the message size limit), each NUL replaced
+    by U+FFFD. A batch's rejects are stored to answer its replays, and PostgreSQL's text and
+    jsonb cannot hold NUL; a source_id holding one is invalid anyway, and the reject's index
+    names its record."""
+    cut = source_id if len(source_id) <= 1024 else source_id[:1024]
+    return cut.replace("\x00", "\ufffd")
 
 
 def validate_record(

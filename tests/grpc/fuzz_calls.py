@@ -331,8 +331,8 @@ def check_ok_response(rpc: str, outcome: Outcome, sent: Sequence[Message], conte
         assert r.received == r.created + r.duplicates + r.rejected, f"counts{context}"
         assert r.assigned_pins <= r.created and r.mismatched_pins <= r.created, context
         assert len(r.rejects) == min(r.rejected, 1000), f"rejects listed{context}"
-        # As sent, cut at 1,024 characters (ImportReject.source_id).
-        ids = {m.source_id[:1024] for m in sent}
+        # As sent, cut at 1,024 characters, NUL reported as U+FFFD (ImportReject.source_id).
+        ids = {m.source_id[:1024].replace("\x00", "\ufffd") for m in sent}
         assert all(x.source_id in ids for x in r.rejects), f"unknown source_id{context}"
     elif rpc == "PopulationService/WatchChanges":
         [request] = sent

@@ -136,6 +136,16 @@ def test_parents_must_be_in_the_register_or_earlier_in_the_file(population, agen
     assert "father_pin" in answer.rejects[0].reason
 
 
+def test_a_source_id_holding_nul_is_rejected_and_reported_as_every_import_reports_it(
+    population, make_agency
+):
+    importer = make_agency(scopes=("population:import",))
+    answer = run_import(population, importer, [record("a\x00b", full_name=name("Nul"))])
+    assert (answer.received, answer.rejected) == (1, 1)
+    assert answer.rejects[0].source_id == "a\ufffdb"  # as ImportCitizenBatches stores it
+    assert answer.rejects[0].reason.startswith("source_id: "), answer.rejects[0].reason
+
+
 def test_importing_needs_the_population_import_scope(population, make_agency):
     reader = make_agency(scopes=("citizen:read",))
     err = call_error(run_import, population, reader, [record()])

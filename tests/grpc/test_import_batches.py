@@ -315,6 +315,25 @@ def test_every_import_rule_holds_through_the_chunked_rpc(
     assert (second.offset, second.created) == (12, 1)
 
 
+def test_a_source_id_holding_nul_is_rejected_and_its_replay_answers_the_same(
+    population, make_agency, db
+):
+    """PostgreSQL cannot store NUL, and a batch's rejects are stored for its replays: such a
+    source_id (invalid anyway) is reported with U+FFFD, never an INTERNAL error."""
+    importer = make_agency(scopes=("population:import",))
+    records = [*people(1), record("bad\x00id\x00", full_name=name("Nul"))]
+    batch = chunks(f"nul-{uuid.uuid4().hex[:8]}", records, 2)
+    [ack] = send(population, importer, batch)
+    assert (ack.received, ack.created, ack.rejected, ack.replayed) == (2, 1, 1, False)
+    [reject] = ack.rejects
+    assert (reject.index, reject.source_id) == (1, "bad\ufffdid\ufffd")
+    assert reject.reason.startswith("source_id: must be 1 to 128 printable ASCII"), reject.reason
+    [again] = send(population, importer, batch)
+    assert again.replayed and list(again.rejects) == list(ack.rejects)
+    assert (again.received, again.created, again.rejected) == (2, 1, 1)
+    assert stored_count(db, importer, records[:1]) == 1
+
+
 def test_a_message_that_is_no_batch_comes_after_the_ack_of_the_batch_before_it(
     channel, make_agency, db
 ):

@@ -64,6 +64,25 @@ def test_import_a_csv_then_re_run_it_harmlessly(tmp_path, dsn, db, make_agency):
     assert set(audited[1]["pins"]) == {r["pin"] for r in stored}
 
 
+def test_a_source_id_holding_nul_is_rejected_not_a_crash(tmp_path, dsn, db, make_agency):
+    """A NUL in a CSV's source_id (Python's csv reads it) cannot be stored with the batch's
+    rejects: the row is rejected, reported with U+FFFD, and the rest imported."""
+    agency = make_agency(scopes=("population:import",))
+    path = tmp_path / "nul.csv"
+    path.write_text(
+        "source_id,full_name,date_of_birth,sex,registration_province_code\n"
+        f"n\x00l,{_name('Lý Thị')},1960,FEMALE,001\n"
+        f"fine,{_name('Lý Văn')},1961,MALE,001\n",
+        encoding="utf-8",
+    )
+    out = ok(registry("import", str(path), "--agency", agency.id, dsn=dsn, env=SESSION_KEYS))
+    assert "received 2: created 1" in out and "rejected 1" in out, out
+    assert "rejected n\ufffdl: source_id" in out, out
+    assert "\x00" not in out
+    stored = db.fetch("SELECT source_id FROM import_sources WHERE agency_id = $1", agency.id)
+    assert [r["source_id"] for r in stored] == ["fine"]
+
+
 def test_import_names_an_unknown_agency(tmp_path, dsn):
     path = tmp_path / "empty.csv"
     path.write_text("source_id,full_name\n", encoding="utf-8")
