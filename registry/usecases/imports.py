@@ -192,65 +192,46 @@ async def import_chunk(
     OffsetMismatch when the offset is neither the acknowledged count nor an acknowledged
     batch's start.
     """
-    return await _in_passes(
-        db,
-        lambda conn: _chunk_once(
-            db, conn, agency_id, import_id, offset, received, records, positions, invalid
-        ),
-    )
+
+    async def once(conn: asyncpg.Connection) -> AckedBatch:
+        async with conn.transaction():
+            done = await imports_db.acknowledged(conn, agency_id, import_id)
+            if offset != done:
+                stored = await imports_db.stored_batch(conn, agency_id, import_id, offset)
+                if stored is None:
+                    raise OffsetMismatch(done)
+                return _replayed(stored)
+            # The row is claimed first: a second stream sending the same batch waits here
+            # for this transaction and then finds it acknowledged.
+            if not await imports_db.claim_batch(
+                conn, agency_id, import_id, offset, offset + received
+            ):
+                raise _ClaimedElsewhere
+            result = await _write(db, conn, agency_id, records)
+            acked = AckedBatch(
+                offset=offset,
+                received=received,
+                created=len(result.created),
+                assigned=result.assigned,
+                duplicates=result.duplicates,
+                mismatched=result.mismatched,
+                rejects=sorted(
+                    [(offset + i, s, r) for i, s, r in invalid]
+                    + [(offset + positions[p], s, r) for p, s, r in result.rejects]
+                ),
+                replayed=False,
+                pins=tuple(result.created),
+                matched=tuple(result.matched),
+            )
+            counts = (acked.created, acked.assigned, acked.duplicates, acked.mismatched)
+            await imports_db.settle_batch(conn, agency_id, import_id, offset, counts, acked.rejects)
+            return acked
+
+    return await _in_passes(db, once)
 
 
 class _ClaimedElsewhere(Exception):
     """A racing stream claimed the batch's row first: its row answers on the next pass."""
-
-
-async def _chunk_once(
-    db: Database,
-    conn: asyncpg.Connection,
-    agency_id: str,
-    import_id: str,
-    offset: int,
-    received: int,
-    records: Sequence[imports.ImportRecord],
-    positions: Sequence[int],
-    invalid: Sequence[tuple[int, str, str]],
-) -> AckedBatch:
-    """One pass of import_chunk: its transaction."""
-    async with conn.transaction():
-        done = await imports_db.acknowledged(conn, agency_id, import_id)
-        if offset != done:
-            stored = await imports_db.stored_batch(conn, agency_id, import_id, offset)
-            if stored is None:
-                raise OffsetMismatch(done)
-            return _replayed(stored)
-        # The row is claimed first: a second stream sending the same batch waits here
-        # for this transaction and then finds it acknowledged.
-        if not await imports_db.claim_batch(conn, agency_id, import_id, offset, offset + received):
-            raise _ClaimedElsewhere
-        result = await _write(db, conn, agency_id, records)
-        rejects = sorted(
-            [(offset + i, s, r) for i, s, r in invalid]
-            + [(offset + positions[p], s, r) for p, s, r in result.rejects]
-        )
-        counts = (
-            len(result.created),
-            result.assigned,
-            result.duplicates,
-            result.mismatched,
-        )
-        await imports_db.settle_batch(conn, agency_id, import_id, offset, counts, rejects)
-        return AckedBatch(
-            offset=offset,
-            received=received,
-            created=len(result.created),
-            assigned=result.assigned,
-            duplicates=result.duplicates,
-            mismatched=result.mismatched,
-            rejects=rejects,
-            replayed=False,
-            pins=tuple(result.created),
-            matched=tuple(result.matched),
-        )
 
 
 _ATTEMPTS = 3
