@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -220,17 +222,23 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
 
         The next batch is read and validated while the previous one is being written (one in
         flight: the database's work and ours overlap); it is decided (written, replayed or
-        out of range) only after the previous one committed.
+        out of range) only after the previous one committed. A batch is acknowledged as soon
+        as it commits, whether or not the next has arrived: a client that waits for each
+        acknowledgement before sending more is answered.
         """
         call = current_call()
         table, today = self._prefixes.table, clock.today()
         run = import_runs.ChunkedRun(self._db, call.caller.agency_id)
         import_id = ""  # of the batch being written
         requests = request_iterator.__aiter__()
+        reading: asyncio.Future[pb.ImportCitizenBatchesRequest] | None = None
         try:
             while True:
+                reading = asyncio.ensure_future(requests.__anext__())
+                if (done := await self._finish(run, unless=reading)) is not None:
+                    yield await self._acknowledge(call, import_id, done)
                 try:
-                    request = await requests.__anext__()
+                    request = await reading
                     chunk = _prepare_chunk(request, table, today)
                 except StopAsyncIteration:
                     break
@@ -248,12 +256,20 @@ class PopulationServicer(pb_grpc.PopulationServiceServicer):
             if (done := await self._finish(run)) is not None:
                 yield await self._acknowledge(call, import_id, done)
         finally:
+            if reading is not None:
+                reading.cancel()  # the call ended while waiting for the client
+                with contextlib.suppress(BaseException):
+                    await reading
             await run.close()
 
     @staticmethod
-    async def _finish(run: import_runs.ChunkedRun) -> import_runs.AckedBatch | None:
+    async def _finish(
+        run: import_runs.ChunkedRun, unless: asyncio.Future[Any] | None = None
+    ) -> import_runs.AckedBatch | None:
+        """The batch in flight, acknowledged (None if none; with `unless`, None too while it
+        is still being written when `unless` is done first)."""
         try:
-            return await run.finish()
+            return await (run.finish() if unless is None else run.finish_unless(unless))
         except import_runs.OffsetMismatch as mismatch:
             raise RegistryError(
                 Code.OUT_OF_RANGE,

@@ -156,6 +156,15 @@ class ChunkedRun:
             if writing.done():  # else (we were cancelled) close() stops it
                 self._writing = None
 
+    async def finish_unless(self, other: asyncio.Future[Any]) -> AckedBatch | None:
+        """The batch in flight's acknowledgement if it is written before `other` is done;
+        None if not (it stays in flight: `finish()` it later) or if there is none."""
+        writing = self._writing
+        if writing is None:
+            return None
+        await asyncio.wait({writing, other}, return_when=asyncio.FIRST_COMPLETED)
+        return await self.finish() if writing.done() else None
+
     async def close(self) -> None:
         if self._writing is not None and not self._writing.done():
             self._writing.cancel()

@@ -4,6 +4,8 @@ ImportCitizens through the chunked RPC."""
 
 from __future__ import annotations
 
+import threading
+import time
 import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +81,13 @@ def stored_count(db, agency, records):
     )
 
 
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the server never wrote the batch in flight"
+        time.sleep(0.02)
+
+
 def test_batches_are_acknowledged_in_order_with_their_counts(population, make_agency, db):
     importer = make_agency(scopes=("population:import",))
     records = people(25)
@@ -100,28 +109,60 @@ def test_batches_are_acknowledged_in_order_with_their_counts(population, make_ag
     assert {r["request_id"] for r in audited} == {"run-1"}
 
 
+def test_each_batch_is_acknowledged_before_the_next_is_sent(population, make_agency, db):
+    """A client that waits for each acknowledgement before sending the next batch (or that
+    sends its last batch and waits before closing) is answered once the batch is durable."""
+    importer = make_agency(scopes=("population:import",))
+    records = people(30)
+    batches = chunks("lockstep", records, 10)
+    answered = threading.Semaphore(0)
+    waited = []
+
+    def sender():
+        for batch in batches:
+            yield batch
+            waited.append(answered.acquire(timeout=10))
+
+    acks = []
+    for ack in population.ImportCitizenBatches(sender(), metadata=importer.metadata(), timeout=60):
+        assert stored_count(db, importer, records) == ack.offset + ack.received
+        acks.append(ack)
+        answered.release()
+    assert waited == [True, True, True]
+    assert [(a.offset, a.created) for a in acks] == [(0, 10), (10, 10), (20, 10)]
+
+
+@pytest.mark.parametrize(
+    ("sent", "replays"),
+    [(2, [False, False]), (3, [True, False])],
+    ids=["break-before-batch-3-was-sent", "break-after-batch-3-was-written-unacknowledged"],
+)
 def test_a_broken_stream_resumed_from_the_last_ack_loses_nothing_and_writes_nothing_twice(
-    population, make_agency, db
+    population, make_agency, db, sent, replays
 ):
     importer = make_agency(scopes=("population:import",))
     records = people(40)
     batches = chunks("resumable", records, 10)
-    acked = []
-    stream = population.ImportCitizenBatches(
-        iter(batches), metadata=importer.metadata(), timeout=60
-    )
-    for ack in stream:
-        acked.append(ack)
-        if len(acked) == 2:
-            stream.cancel()  # the connection breaks after batch 2 was acknowledged
-            break
+    broken = threading.Event()
+
+    def sender():
+        """The client sends `sent` batches, then its connection hangs until it breaks."""
+        yield from batches[:sent]
+        broken.wait(30)
+
+    stream = population.ImportCitizenBatches(sender(), metadata=importer.metadata(), timeout=60)
+    acked = [next(stream), next(stream)]
+    # With a third batch sent, the server writes it but its acknowledgement is never read.
+    wait_until(lambda: stored_count(db, importer, records) == 10 * sent)
+    stream.cancel()  # the connection breaks after batch 2 was acknowledged
+    broken.set()
     resume_at = acked[-1].offset + acked[-1].received
     assert resume_at == 20
-    # Whatever the server had in flight when the stream broke, resending from the last
-    # acknowledgement answers it (written then or now) without doubling anything.
+    # Resending from the last acknowledgement answers a batch written before the break by its
+    # replay, with the original counts, and writes the others now; nothing is doubled.
     acks = send(population, importer, chunks("resumable", records, 10, start=resume_at))
-    assert [a.offset for a in acks] == [20, 30]
-    assert sum(a.created for a in acked) + sum(a.created for a in acks if not a.replayed) == 40
+    assert [(a.offset, a.replayed) for a in acks] == list(zip([20, 30], replays, strict=True))
+    assert [a.created for a in [*acked, *acks]] == [10, 10, 10, 10]
     assert stored_count(db, importer, records) == 40
     pins = db.fetch(
         "SELECT pin FROM import_sources WHERE agency_id = $1 AND source_id = ANY($2)",
