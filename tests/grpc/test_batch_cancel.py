@@ -1,4 +1,5 @@
-"""A caller abandoning a BatchVerify stream mid-way leaves the server healthy."""
+"""A caller abandoning a BatchVerify or ImportCitizenBatches stream mid-way leaves the server
+healthy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import grpc
 
 from registry.v1 import citizen_pb2
 from registry.v1 import identity_service_pb2 as pb
+from registry.v1 import population_service_pb2 as pop_pb
+from registry.v1 import population_service_pb2_grpc as pop_grpc
+from tests.grpc.imports import name, record
 from tests.helpers import birth_request
 
 
@@ -59,3 +63,46 @@ def test_a_cancelled_batch_stream_leaves_no_task_behind_and_the_server_serving(
     assert all(a.result == pb.VERIFY_RESULT_MATCH for a in answers)
     assert time.monotonic() - started < 10
     assert call.code() == grpc.StatusCode.CANCELLED
+
+
+def test_an_import_stream_abandoned_while_the_server_waits_for_its_next_batch_ends_there(
+    channel, make_agency, server
+):
+    """The servicer reads the next batch while it writes one; a caller that goes away while
+    the server waits for that batch leaves neither the read nor the handler behind."""
+    importer = make_agency(scopes=("population:import",))
+    population = pop_grpc.PopulationServiceStub(channel)
+    baseline = server.call(_task_count())
+    gone = threading.Event()
+
+    def one_batch_then_silence():
+        yield pop_pb.ImportCitizenBatchesRequest(
+            import_id="abandoned",
+            offset=0,
+            records=[record(f"ab-{i}", full_name=name("Bỏ")) for i in range(5)],
+        )
+        gone.wait(20)
+
+    call = population.ImportCitizenBatches(
+        one_batch_then_silence(), metadata=importer.metadata(), timeout=30
+    )
+    ack = next(call)  # acknowledged at its commit, with no next batch in sight
+    assert (ack.offset, ack.received, ack.created) == (0, 5, 5)
+    assert server.call(_task_count()) > baseline  # the handler waits for the next batch
+    call.cancel()
+    gone.set()
+    deadline = time.monotonic() + 10
+    while server.call(_task_count()) > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.call(_task_count()) <= baseline, "an abandoned import stream left tasks behind"
+    assert call.code() == grpc.StatusCode.CANCELLED
+    # The run continues on a new stream from the acknowledged offset.
+    more = pop_pb.ImportCitizenBatchesRequest(
+        import_id="abandoned",
+        offset=5,
+        records=[record(f"ab-{i}", full_name=name("Bỏ")) for i in range(5, 8)],
+    )
+    acks = list(
+        population.ImportCitizenBatches(iter([more]), metadata=importer.metadata(), timeout=30)
+    )
+    assert [(a.offset, a.created, a.replayed) for a in acks] == [(5, 3, False)]
