@@ -217,6 +217,7 @@ async def build_server(settings: Settings, db: Database) -> RegistryServer:
         bind_client_certificates=settings.tls_client_ca is not None,
         on_change=feed.kick,
         limit_shares=settings.limit_shares,
+        workers=settings.workers if settings.worker_index is not None else 1,
     )
     # Outermost, so they see every call's final status; neither installed without an endpoint.
     counting = [MetricsInterceptor()] if settings.metrics_listen is not None else []

@@ -59,6 +59,14 @@ from registry.v1 import (
 
 log = logging.getLogger(__name__)
 
+INSTANCE_HEADER = "x-registry-instance"
+"""Names the server process that answered (an opaque id, new at each start): trailing metadata
+of every unary answer and of every refusal of an authenticated caller, initial metadata of every
+admitted stream. With
+WORKERS_HEADER (that process's host runs that many workers on the port) a client opening
+several connections can tell whether they reach different workers."""
+WORKERS_HEADER = "x-registry-workers"
+
 _V1 = "/registry.v1."
 SERVICE_FILES = (
     civil_registration_service_pb2,
@@ -288,6 +296,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         bind_client_certificates: bool = False,
         on_change: Callable[[], None] | None = None,
         limit_shares: int = 1,
+        workers: int = 1,
     ):
         self._directory = directory
         self._verifier = verifier
@@ -298,6 +307,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._bind_certificates = bind_client_certificates
         self._limits = RateLimiter(shares=limit_shares)
         self._on_change = on_change or (lambda: None)
+        self._instance = ((INSTANCE_HEADER, uuid.uuid4().hex[:12]), (WORKERS_HEADER, str(workers)))
         # Handlers are fixed per method, so each is wrapped once, not on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -432,6 +442,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if inspect.isawaitable(result):
                     result = await result
                 await self._audit_answer(outcome)
+                context.set_trailing_metadata(self._instance)
                 return result
             except BaseException as exc:
                 await self._fail(exc, context, outcome)
@@ -452,6 +463,7 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             outcome = _Outcome()
             try:
                 request = await self._open(request, context, method, scope, streamed_in, outcome)
+                await context.send_initial_metadata(self._instance)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     await result
@@ -493,7 +505,10 @@ class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         status = to_grpc_status(error)
         # abort() itself, not abort_with_status(): what gRPC does for the latter, but through
         # the context a wrapping interceptor handed us (tracing records the code there).
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        # Only an authenticated caller learns which process refused it: to anyone else a new
+        # instance id would announce that a worker restarted (a crash oracle).
+        named = self._instance if outcome.agency != "-" else ()
+        await context.abort(status.code, status.details, (*status.trailing_metadata, *named))
 
 
 def _as_registry_error(exc: Exception) -> RegistryError:

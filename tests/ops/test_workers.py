@@ -37,6 +37,7 @@ from tests.conftest import (
     SIGNING_KEY_DIR,
     AgencyFactory,
     make_agency_factory,
+    private_pem,
     server_settings,
     wait_serving,
 )
@@ -176,6 +177,75 @@ def test_one_listening_line_and_two_workers_serving_one_port(supervised: Supervi
     for channel in supervised.one_per_worker():
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _serving(channel: grpc.Channel, agency: Agency) -> tuple[str, str]:
+    """(x-registry-instance, x-registry-workers) of an answer on this connection."""
+    _, call = id_grpc.IdentityServiceStub(channel).GetSigningKeys.with_call(
+        id_pb.GetSigningKeysRequest(), metadata=agency.metadata(), timeout=30
+    )
+    headers = dict(call.trailing_metadata())
+    return headers["x-registry-instance"], headers["x-registry-workers"]
+
+
+def test_each_worker_names_itself_in_its_answers(supervised: Supervised, agency) -> None:
+    ids = {
+        worker: {_serving(channel, agency) for channel in channels[:3]}
+        for worker, channels in supervised.channels.items()
+    }
+    # One id per worker, the same on each of its connections; two workers, two ids.
+    assert all(len(named) == 1 for named in ids.values()), ids
+    assert {workers for named in ids.values() for _, workers in named} == {"2"}
+    assert len({instance for named in ids.values() for instance, _ in named}) == 2
+
+
+def test_batch_verify_streams_reach_both_workers_every_time(
+    supervised: Supervised,
+    agency: Agency,
+    make_agency: AgencyFactory,
+    registry_client: Any,
+    tmp_path: Path,
+) -> None:
+    """The kernel gives each connection to a worker by chance (two streams share one worker
+    half the time); the client asks each connection which worker serves it and opens another
+    while a worker has none of its streams."""
+    from registry_client import cli
+
+    bank = make_agency(scopes=("identity:verify",), miss_budget=1_000_000)
+    key = tmp_path / "bank.pem"
+    key.write_text(private_pem(bank.private_key))
+    civil = civil_grpc.CivilRegistrationServiceStub(supervised.one_per_worker()[0])
+    pin = civil.RegisterBirth(birth_request(), metadata=agency.metadata()).citizen.pin
+    source = tmp_path / "customers.csv"
+    source.write_text(
+        "id,pin,full_name\n" + "".join(f"c{i},{pin},Ai Đó\n" for i in range(8)),
+        encoding="utf-8",
+    )
+    connection = ["--target", supervised.target, "--agency", bank.id, "--kid", "k1"]
+    for run in range(4):
+        code = cli.main(
+            ["batch-verify", str(source), *connection, "--key", str(key), "--streams", "2",
+             "--batch-size", "2", "--out", str(tmp_path / f"results-{run}.csv"), "--json"]
+        )  # fmt: skip
+        assert code == 0
+        lines = supervised.wait_log(
+            lambda line: (
+                line.get("agency") == bank.id
+                and line.get("method", "").endswith("VerifyIdentityBatches")
+            ),
+        )
+        deadline = time.monotonic() + 30
+        while len(lines) < 2 * (run + 1):  # the stream's line is written when it ends
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+            lines = [
+                line
+                for line in supervised.log_lines()
+                if line.get("agency") == bank.id
+                and line.get("method", "").endswith("VerifyIdentityBatches")
+            ]
+        assert len(lines) == 2 * (run + 1)
+        assert {line["worker"] for line in lines[-2:]} == {0, 1}, lines[-2:]
 
 
 def test_births_through_both_workers_never_share_a_pin(supervised, agency, db) -> None:

@@ -253,6 +253,49 @@ def _result_line(answer: Verification) -> tuple[str, list[str]]:
     ]  # fmt: skip
 
 
+_SPREAD_TRIES = 32
+"""Connections opened at most, beyond one per stream, looking for workers not yet used."""
+
+
+def _clients_on_distinct_workers(args: argparse.Namespace, count: int) -> list[RegistryClient]:
+    """``count`` clients, each on its own connection, spread over the registry's workers.
+
+    The workers of a registry share its port and the kernel gives each new connection to one
+    of them, by chance: two connections land on one worker half the time with two workers.
+    Each connection is asked which process serves it (RegistryClient.serving_instance); one
+    that reaches a worker already used more than another is closed and a new one opened, up
+    to _SPREAD_TRIES extra connections in all (a registry behind a load balancer, or with
+    fewer workers than streams, is used as it comes).
+    """
+    if count == 1:
+        return [_client(args)]
+    clients: list[RegistryClient] = []
+    used: dict[str, int] = {}
+    workers, spare = 1, _SPREAD_TRIES
+    try:
+        while len(clients) < count:
+            client = _client(args, own_connection=True)
+            try:
+                instance, host_workers = client.serving_instance()
+            except BaseException:
+                client.close()
+                raise
+            workers = max(workers, host_workers)
+            # The fewest streams a worker has: 0 while some worker has none yet.
+            fewest = min(used.values()) if len(used) >= workers else 0
+            if used.get(instance, 0) > fewest and spare > 0:
+                spare -= 1
+                client.close()
+                continue
+            used[instance] = used.get(instance, 0) + 1
+            clients.append(client)
+    except BaseException:
+        for client in clients:
+            client.close()
+        raise
+    return clients
+
+
 def cmd_batch_verify(args: argparse.Namespace) -> None:
     if not 1 <= args.streams <= 16:
         raise ValueError(f"--streams must be 1 to 16, got {args.streams}")
@@ -269,7 +312,7 @@ def cmd_batch_verify(args: argparse.Namespace) -> None:
     # the same turn gives the rows' order. A row that cannot be sent gets its ERROR line here
     # in its place.
     unusable: dict[int, str] = {}
-    clients = [_client(args, own_connection=args.streams > 1) for _ in range(args.streams)]
+    clients = _clients_on_distinct_workers(args, args.streams)
     answers = [
         client.verify_many(
             _verify_messages(rows, _stream_rows(len(rows), block, args.streams, i), unusable),

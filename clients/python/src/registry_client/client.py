@@ -45,6 +45,10 @@ R = TypeVar("R")
 _CIVIL = "/registry.v1.CivilRegistrationService/"
 _CARDS = "/registry.v1.CardService/"
 _IDENTITY = "/registry.v1.IdentityService/"
+INSTANCE_HEADER = "x-registry-instance"
+"""The registry process that answered (an opaque id, new at each start of it)."""
+WORKERS_HEADER = "x-registry-workers"
+"""How many worker processes that process's host runs on the registry's port."""
 _POPULATION = "/registry.v1.PopulationService/"
 
 
@@ -247,6 +251,13 @@ def _resolve_legacy_id(legacy_id: str) -> _Call[str]:
         identity_service_pb2.ResolveLegacyIdResponse,
         lambda r: str(r.pin),
     )
+
+
+def _serving(trailers: Any) -> tuple[str, int]:
+    """(instance id, workers) from an answer's trailers; ("", 1) when the registry sent none."""
+    headers = dict(trailers or ())
+    workers = str(headers.get(WORKERS_HEADER, "1"))
+    return str(headers.get(INSTANCE_HEADER, "")), int(workers) if workers.isdigit() else 1
 
 
 def _get_signing_keys() -> _Call[str]:
@@ -844,6 +855,26 @@ class RegistryClient(_Base):
         """The PIN in use today for an old CMND number."""
         return self._unary(_resolve_legacy_id(legacy_id))
 
+    def serving_instance(self) -> tuple[str, int]:
+        """Which registry process serves this client's connection: (its opaque instance id,
+        how many workers its host runs), from the headers of a GetSigningKeys answer;
+        ("", 1) from a registry that sends none. Clients with ``own_connection`` compare
+        them to reach different workers (``registry-client batch-verify --streams``)."""
+        rpc = self._channel.unary_unary(
+            _IDENTITY + "GetSigningKeys",
+            request_serializer=identity_service_pb2.GetSigningKeysRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.GetSigningKeysResponse.FromString,
+        )
+        try:
+            _, call = rpc.with_call(
+                identity_service_pb2.GetSigningKeysRequest(),
+                metadata=self._metadata(),
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        return _serving(call.trailing_metadata())
+
     def get_signing_keys(self) -> str:
         """The registry's attestation keys as a JWKS JSON document."""
         return self._unary(_get_signing_keys())
@@ -1114,6 +1145,24 @@ class AsyncRegistryClient(_Base):
     async def resolve_legacy_id(self, legacy_id: str) -> str:
         """See RegistryClient.resolve_legacy_id."""
         return await self._unary(_resolve_legacy_id(legacy_id))
+
+    async def serving_instance(self) -> tuple[str, int]:
+        """See RegistryClient.serving_instance."""
+        rpc = self._channel.unary_unary(
+            _IDENTITY + "GetSigningKeys",
+            request_serializer=identity_service_pb2.GetSigningKeysRequest.SerializeToString,
+            response_deserializer=identity_service_pb2.GetSigningKeysResponse.FromString,
+        )
+        call = rpc(
+            identity_service_pb2.GetSigningKeysRequest(),
+            metadata=self._metadata(),
+            timeout=self.timeout,
+        )
+        try:
+            await call
+        except grpc.RpcError as exc:
+            raise error_from_rpc_error(exc) from None
+        return _serving(await call.trailing_metadata())
 
     async def get_signing_keys(self) -> str:
         """See RegistryClient.get_signing_keys."""
