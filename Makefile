@@ -40,7 +40,8 @@ buf-lint:
 lint: $(GENERATED) buf-lint
 	$(BIN)/ruff check registry tests bench clients scripts server.py
 	$(BIN)/ruff format --check registry tests bench clients scripts server.py
-	$(BIN)/mypy registry bench
+	$(BIN)/python clients/python/generate.py
+	$(BIN)/mypy registry bench clients/python/src clients/python/generate.py clients/examples
 
 fmt: $(INSTALLED)
 	$(BIN)/ruff format registry tests bench clients scripts server.py

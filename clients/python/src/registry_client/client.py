@@ -457,7 +457,10 @@ class _ImportRun:
             )
 
     def summary(self) -> ImportSummary:
-        return ImportSummary(*self.totals, self.rejects)
+        received, created, assigned, duplicates, mismatched, rejected = self.totals
+        return ImportSummary(
+            received, created, assigned, duplicates, mismatched, rejected, self.rejects
+        )
 
 
 class _VerifyRun:
