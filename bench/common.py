@@ -28,6 +28,8 @@ from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.embedded import EmbeddedCluster
 from registry.rules.tokens import SCOPES
+from registry.v1 import identity_service_pb2 as id_pb
+from registry.v1 import identity_service_pb2_grpc as id_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +127,40 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 def open_channels(target: str, count: int = CHANNELS) -> list[grpc.aio.Channel]:
     """Open `count` channels, each its own connection (to spread over the server's workers)."""
     return [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
+
+
+async def spread_channels(
+    target: str, count: int, md: tuple[tuple[str, str], ...], tries: int = 64
+) -> list[grpc.aio.Channel]:
+    """`count` channels, each its own connection, spread evenly over the server's workers.
+
+    The kernel gives each connection to a worker by chance (with 8 workers and 16 connections
+    some get none, some four), which would measure the busiest worker, not the server. Each
+    connection is asked which process serves it (x-registry-instance, x-registry-workers: the
+    rule of `registry-client batch-verify --streams`); one reaching a worker that holds more
+    of them than another is replaced, up to `tries` extra connections. With `count` a multiple
+    of the workers every worker gets the same share.
+    """
+    channels: list[grpc.aio.Channel] = []
+    used: dict[str, int] = {}
+    workers = 1
+    while len(channels) < count:
+        channel = grpc.aio.insecure_channel(target, options=OWN_CONNECTION)
+        call = id_grpc.IdentityServiceStub(channel).GetSigningKeys(
+            id_pb.GetSigningKeysRequest(), metadata=md, timeout=30
+        )
+        await call
+        headers = dict(await call.trailing_metadata() or ())
+        instance = str(headers.get("x-registry-instance", ""))
+        workers = max(workers, int(headers.get("x-registry-workers", "1")))
+        fewest = min(used.values()) if len(used) >= workers else 0
+        if used.get(instance, 0) > fewest and tries > 0:
+            tries -= 1
+            await channel.close()
+            continue
+        used[instance] = used.get(instance, 0) + 1
+        channels.append(channel)
+    return channels
 
 
 @dataclass

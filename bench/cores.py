@@ -2,10 +2,10 @@
 
 Made for a many-core host, where the load generator does not starve the server: the load comes
 from BENCH_CLIENT_PROCS client processes (default: a quarter of the cores), each with its own
-channels (one connection each, so the kernel spreads them over the workers) and callers. The
-claims are true claims about citizens of the bench register (bench.verify builds it by COPY,
-BENCH_CITIZENS of them): a MATCH writes nothing but its audit entry, so the figure is the
-serving path's, not the budgets'. Prints each figure and its ratio to one worker.
+channels (one connection each, the same number to every worker: bench.common.spread_channels)
+and callers. The claims are true claims about citizens of the bench register (bench.verify
+builds it by COPY, BENCH_CITIZENS of them): a MATCH writes nothing but its audit entry, so the
+figure is the serving path's, not the budgets'. Prints each figure and its ratio to one worker.
 
     BENCH_WORKERS=1,2,4,8 BENCH_CITIZENS=1000000 .venv/bin/python -m bench.cores
 """
@@ -33,21 +33,28 @@ CALLERS = int(os.environ.get("BENCH_CALLERS", "32"))  # per client process
 # Register sizes to measure unary verification at, with the most workers (e.g. 1M and 10M):
 # each is reached by topping the bench register up (bench.verify's COPY path).
 SIZES = [int(n) for n in os.environ.get("BENCH_SIZES", "").split(",") if n]
-CHANNELS = 4  # per client process
+CHANNELS = 4  # per client process, at least: a multiple of the workers (spread evenly)
 Metadata = tuple[tuple[str, str], ...]
 
 
-def _births(target: str, md: Metadata, seed: int) -> tuple[int, int]:
+def _channels(workers: int) -> int:
+    """Channels per client process: CHANNELS or more, the same number to every worker."""
+    return workers * -(-CHANNELS // workers)
+
+
+def _births(target: str, md: Metadata, workers: int, seed: int) -> tuple[int, int]:
     completed, _, errors = asyncio.run(
-        loads.births(target, md, CALLERS, DURATION_S, seed, CHANNELS)
+        loads.births(target, md, CALLERS, DURATION_S, seed, _channels(workers))
     )
     return completed, errors
 
 
-def _verifications(target: str, md: Metadata, claims: list[bytes], seed: int) -> tuple[int, int]:
+def _verifications(
+    target: str, md: Metadata, claims: list[bytes], workers: int, seed: int
+) -> tuple[int, int]:
     requests = [id_pb.VerifyIdentityRequest.FromString(c) for c in claims]
     completed, _, errors = asyncio.run(
-        loads.verifications(target, md, requests, CALLERS, DURATION_S, seed, CHANNELS)
+        loads.verifications(target, md, requests, CALLERS, DURATION_S, seed, _channels(workers))
     )
     return completed, errors
 
@@ -72,8 +79,10 @@ def main() -> dict[str, float]:
         for workers in WORKERS:
             with server_process(dsn, REGISTRY_WORKERS=str(workers)) as server:
                 started = time.monotonic()
-                births, birth_errors = _load(pool, _births, server.target, md)
-                verifies, verify_errors = _load(pool, _verifications, server.target, md, claims)
+                births, birth_errors = _load(pool, _births, server.target, md, workers)
+                verifies, verify_errors = _load(
+                    pool, _verifications, server.target, md, claims, workers
+                )
                 figures[f"births_w{workers}"] = births
                 figures[f"verify_w{workers}"] = verifies
                 print(
@@ -91,7 +100,9 @@ def main() -> dict[str, float]:
             print(f"register at {size:,}: ready in {loaded_s:.0f} s", flush=True)
             print(asyncio.run(_explain(dsn, samples[0].pin)), flush=True)
             with server_process(dsn, REGISTRY_WORKERS=str(WORKERS[-1])) as server:
-                verifies, errors = _load(pool, _verifications, server.target, md, sized)
+                verifies, errors = _load(
+                    pool, _verifications, server.target, md, sized, WORKERS[-1]
+                )
             figures[f"verify_at_{size}"] = verifies
             print(
                 f"unary verifications at {size:,} citizens, {WORKERS[-1]} workers: "

@@ -1,8 +1,9 @@
 """The closed-loop loads the benchmarks share: births and unary verifications.
 
-Each opens its own channels (one connection each, so that the kernel can spread them over
-worker processes), runs `callers` callers back to back for `duration_s` after a warm-up, and
-returns what bench.common.closed_loop measured: (completed, sorted latencies, errors).
+Each opens its own channels (one connection each, spread evenly over the server's worker
+processes: bench.common.spread_channels), runs `callers` callers back to back for `duration_s`
+after a warm-up, and returns what bench.common.closed_loop measured: (completed, sorted
+latencies, errors).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from google.type import date_pb2
 
-from bench.common import CHANNELS, closed_loop, open_channels
+from bench.common import CHANNELS, closed_loop, spread_channels
 from registry.rules.pin import PrefixTable
 from registry.runtime.clock import today
 from registry.v1 import citizen_pb2
@@ -38,7 +39,7 @@ async def births(
     provinces = sorted(PrefixTable.load_default())
     d = today()
     rng = random.Random(seed)
-    opened = open_channels(target, channels)
+    opened = await spread_channels(target, channels, md)
     stubs = [civil_grpc.CivilRegistrationServiceStub(c) for c in opened]
 
     async def call(i: int, n: int) -> None:
@@ -77,7 +78,7 @@ async def verifications(
     channels: int = CHANNELS,
 ) -> Measured:
     """VerifyIdentity of the given claims, each caller walking them in its own order."""
-    opened = open_channels(target, channels)
+    opened = await spread_channels(target, channels, md)
     stubs = [id_grpc.IdentityServiceStub(c) for c in opened]
 
     async def call(i: int, n: int) -> None:

@@ -36,6 +36,7 @@ import grpc
 from google.type import date_pb2
 
 from bench.common import (
+    CHANNELS,
     ROOT,
     bench_database,
     closed_loop,
@@ -44,6 +45,7 @@ from bench.common import (
     percentile,
     prepare,
     server_process,
+    spread_channels,
     token,
 )
 from registry.rules.pin import PrefixTable, Sex, bucket_for
@@ -642,7 +644,8 @@ async def _unary(
     results: dict[int, int] = {}
     counter = itertools.count()
     n_requests = len(requests)
-    channels = open_channels(target)
+    # The reference server answers VerifyIdentity only: its channels are not asked their worker.
+    channels = await spread_channels(target, CHANNELS, md) if md else open_channels(target)
     verifiers = [pb_grpc.IdentityServiceStub(c).VerifyIdentity for c in channels]
     try:
 
