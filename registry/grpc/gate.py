@@ -62,9 +62,8 @@ log = logging.getLogger(__name__)
 INSTANCE_HEADER = "x-registry-instance"
 """Names the server process that answered (an opaque id, new at each start): trailing metadata
 of every unary answer and of every refusal of an authenticated caller, initial metadata of every
-admitted stream. With
-WORKERS_HEADER (that process's host runs that many workers on the port) a client opening
-several connections can tell whether they reach different workers."""
+admitted stream. With WORKERS_HEADER (how many workers that process's host runs on the port) a
+client opening several connections can tell whether they reach different workers."""
 WORKERS_HEADER = "x-registry-workers"
 
 _V1 = "/registry.v1."

@@ -117,7 +117,9 @@ class ChunkedRun:
     at a time and in order by `import_chunk`, while the caller reads and validates the next.
 
     For each batch: `finish()` (the batch in flight, acknowledged: the caller audits and
-    answers it), then `start(...)` this one; `finish()` after the last. `finish` raises what
+    answers it), then `start(...)` this one; `finish()` after the last. `finish_unless(f)`
+    acknowledges the batch in flight early if it commits before `f` (the next message) is
+    done, so an acknowledgement never waits for the next batch. `finish` raises what
     the write raised (OffsetMismatch). Call `close()` in any case: it stops a write still
     running when the run is abandoned.
     """
