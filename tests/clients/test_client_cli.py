@@ -136,3 +136,20 @@ def test_batch_verify_takes_1_to_16_streams(cli, capsys, connection, tmp_path):
             cli, capsys, "batch-verify", str(source), *connection, "--streams", streams
         )
         assert code == 2 and f"--streams must be 1 to 16, got {streams}" in err
+
+
+def test_batch_verify_with_a_key_the_registry_does_not_know_exits_1_naming_it(
+    cli, capsys, connection, tmp_path
+):
+    # The connections' worker probe is refused too; the stream's own refusal is what is shown.
+    source = tmp_path / "one.csv"
+    source.write_text("id,pin,sex\nc1,001099999996,MALE\n", encoding="utf-8")
+    stranger = tmp_path / "stranger.pem"
+    code, _, _ = run(cli, capsys, "keygen", "--out", str(stranger))
+    assert code == 0
+    mine = connection[: connection.index("--key")]
+    code, out, err = run(
+        cli, capsys, "batch-verify", str(source), *mine, "--key", str(stranger), "--streams", "2"
+    )
+    assert code == 1 and out == ""
+    assert "UNAUTHENTICATED" in err

@@ -277,6 +277,10 @@ def _clients_on_distinct_workers(args: argparse.Namespace, count: int) -> list[R
             client = _client(args, own_connection=True)
             try:
                 instance, host_workers = client.serving_instance()
+            except RegistryError:
+                # Not known (e.g. UNAVAILABLE while a worker restarts): the connection is used
+                # as it comes, and the stream's own retries and errors take over.
+                instance, host_workers = "", 1
             except BaseException:
                 client.close()
                 raise
