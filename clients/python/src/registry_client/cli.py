@@ -433,7 +433,8 @@ def _parser() -> argparse.ArgumentParser:
         "--streams",
         type=int,
         default=2,
-        help="parallel streams, each on its own connection (1 to 16; default 2)",
+        help="parallel streams, each on its own connection, on different workers of the "
+        "registry where it has them (1 to 16; default 2)",
     )
     p.add_argument("file", help="CSV: id, pin, full_name, date_of_birth, sex, card_serial")
     p.add_argument("--out", help="result CSV (default FILE.results.csv)")
