@@ -27,6 +27,7 @@ from registry.config import Settings
 from registry.db import agencies
 from registry.db.migrate import migrate
 from registry.embedded import EmbeddedCluster
+from registry.grpc.gate import INSTANCE_HEADER, WORKERS_HEADER
 from registry.rules.tokens import SCOPES
 from registry.v1 import identity_service_pb2 as id_pb
 from registry.v1 import identity_service_pb2_grpc as id_grpc
@@ -151,8 +152,8 @@ async def spread_channels(
         )
         await call
         headers = dict(await call.trailing_metadata() or ())
-        instance = str(headers.get("x-registry-instance", ""))
-        workers = max(workers, int(headers.get("x-registry-workers", "1")))
+        instance = str(headers.get(INSTANCE_HEADER, ""))
+        workers = max(workers, int(headers.get(WORKERS_HEADER, "1")))
         fewest = min(used.values()) if len(used) >= workers else 0
         if used.get(instance, 0) > fewest and tries > 0:
             tries -= 1

@@ -573,6 +573,8 @@ def _batch_requests(requests: Iterable[VerifyRequest | str], first: int = 0) -> 
 
 
 class _Base:
+    _channel: Any  # grpc.Channel or grpc.aio.Channel, opened by the subclass's _open_channel
+
     def __init__(
         self,
         target: str,
@@ -611,6 +613,14 @@ class _Base:
         self, target: str, tls: grpc.ChannelCredentials | None, interceptors: Sequence[Any]
     ) -> None:
         raise NotImplementedError
+
+    def _rpc(self, call: _Call[Any]) -> Any:
+        """The channel's callable for a unary call's method."""
+        return self._channel.unary_unary(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=call.response_type.FromString,
+        )
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         md: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {self._tokens.token()}")]
@@ -688,11 +698,7 @@ class RegistryClient(_Base):
         self.close()
 
     def _unary(self, call: _Call[R]) -> R:
-        rpc = self._channel.unary_unary(
-            call.path,
-            request_serializer=type(call.request).SerializeToString,
-            response_deserializer=call.response_type.FromString,
-        )
+        rpc = self._rpc(call)
         attempt = 0
         while True:
             attempt += 1
@@ -863,16 +869,10 @@ class RegistryClient(_Base):
         how many workers its host runs), from the headers of a GetSigningKeys answer;
         ("", 1) from a registry that sends none. Clients with ``own_connection`` compare
         them to reach different workers (``registry-client batch-verify --streams``)."""
-        rpc = self._channel.unary_unary(
-            _IDENTITY + "GetSigningKeys",
-            request_serializer=identity_service_pb2.GetSigningKeysRequest.SerializeToString,
-            response_deserializer=identity_service_pb2.GetSigningKeysResponse.FromString,
-        )
+        keys = _get_signing_keys()
         try:
-            _, call = rpc.with_call(
-                identity_service_pb2.GetSigningKeysRequest(),
-                metadata=self._metadata(),
-                timeout=self.timeout,
+            _, call = self._rpc(keys).with_call(
+                keys.request, metadata=self._metadata(), timeout=self.timeout
             )
         except grpc.RpcError as exc:
             raise error_from_rpc_error(exc) from None
@@ -1076,11 +1076,7 @@ class AsyncRegistryClient(_Base):
         await self.close()
 
     async def _unary(self, call: _Call[R]) -> R:
-        rpc = self._channel.unary_unary(
-            call.path,
-            request_serializer=type(call.request).SerializeToString,
-            response_deserializer=call.response_type.FromString,
-        )
+        rpc = self._rpc(call)
         attempt = 0
         while True:
             attempt += 1
@@ -1151,16 +1147,8 @@ class AsyncRegistryClient(_Base):
 
     async def serving_instance(self) -> tuple[str, int]:
         """See RegistryClient.serving_instance."""
-        rpc = self._channel.unary_unary(
-            _IDENTITY + "GetSigningKeys",
-            request_serializer=identity_service_pb2.GetSigningKeysRequest.SerializeToString,
-            response_deserializer=identity_service_pb2.GetSigningKeysResponse.FromString,
-        )
-        call = rpc(
-            identity_service_pb2.GetSigningKeysRequest(),
-            metadata=self._metadata(),
-            timeout=self.timeout,
-        )
+        keys = _get_signing_keys()
+        call = self._rpc(keys)(keys.request, metadata=self._metadata(), timeout=self.timeout)
         try:
             await call
         except grpc.RpcError as exc:
